@@ -1,0 +1,1 @@
+"""gofr-common: shared infrastructure for GOFR services."""

@@ -1,0 +1,542 @@
+"""Writing archives: scan the configured paths, then one streaming pass that reads each file once
+and compresses, hashes and writes it.
+
+Archive layout (a normal POSIX/PAX tar, readable by GNU tar):
+  .gofr-backup.json       first member: describes the archive on its own (project, tier, created,
+                          name -> path mapping, tool version, planned file count and bytes)
+  <name>/...              one tree per _PATHS entry, stored under its *name*
+  .gofr-backup-end.json   last member: what was actually written (file count, bytes, warnings).
+                          Its presence proves the stream is complete (zstd and plain tar do not
+                          detect truncation on their own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import hashlib
+import io
+import json
+import os
+import pwd
+import stat
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from . import __version__, naming
+from .codecs import CHUNK, CODECS
+from .config import BackupConfig, PathSpec
+from .errors import BackupError, Interrupted, NoDataError
+from .fsutil import FILE_MODE, fsync_dir, remove_quietly
+
+META_NAME = ".gofr-backup.json"
+END_NAME = ".gofr-backup-end.json"
+META_MEMBERS = (META_NAME, END_NAME)
+FORMAT_VERSION = 1
+SMALL_FILE = 8 << 20  # read whole, and re-read if it changed while being read
+CHANGE_RETRIES = 3
+
+
+@dataclass
+class ScanEntry:
+    arcname: str
+    path: str
+    st: os.stat_result
+
+
+@dataclass
+class Scan:
+    entries: list[ScanEntry] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)  # name -> dir|file|link
+    missing: list[str] = field(default_factory=list)  # "name=path"
+    unreadable: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def source_bytes(self) -> int:
+        return sum(e.st.st_size for e in self.entries if stat.S_ISREG(e.st.st_mode))
+
+
+def _kind(mode: int) -> str | None:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "link"
+    return None
+
+
+def scan(paths: tuple[PathSpec, ...], should_stop: Callable[[], bool] = lambda: False) -> Scan:
+    """Walk every configured path without following symlinks. Sorted, so archives are stable."""
+    result = Scan()
+    for spec in paths:
+        try:
+            st = os.lstat(spec.path)
+        except FileNotFoundError:
+            result.missing.append(f"{spec.name}={spec.path}")
+            result.warnings.append(f"path {spec.name}={spec.path} does not exist; skipped")
+            continue
+        except PermissionError:
+            result.unreadable.append(str(spec.path))
+            continue
+        kind = _kind(st.st_mode)
+        if kind is None:
+            result.warnings.append(f"{spec.path} is not a file, directory or symlink; skipped")
+            continue
+        result.kinds[spec.name] = kind
+        result.entries.append(ScanEntry(spec.name, str(spec.path), st))
+        if kind == "dir":
+            _walk(spec.path, spec.name, result, should_stop)
+    return result
+
+
+def _walk(top: Path, arctop: str, result: Scan, should_stop: Callable[[], bool]) -> None:
+    stack = [(str(top), arctop)]
+    while stack:
+        if should_stop():
+            raise Interrupted("interrupted while scanning")
+        dirpath, arcdir = stack.pop()
+        try:
+            with os.scandir(dirpath) as it:
+                items = sorted(it, key=lambda d: d.name)
+        except PermissionError:
+            result.unreadable.append(dirpath + "/")
+            continue
+        except FileNotFoundError:
+            result.warnings.append(f"{dirpath} vanished while scanning; skipped")
+            continue
+        subdirs = []
+        for d in items:
+            try:
+                st = d.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                result.warnings.append(f"{d.path} vanished while scanning; skipped")
+                continue
+            arc = f"{arcdir}/{d.name}"
+            kind = _kind(st.st_mode)
+            if kind is None:
+                result.warnings.append(f"{d.path} is a socket, FIFO or device; skipped")
+                continue
+            result.entries.append(ScanEntry(arc, d.path, st))
+            if kind == "dir":
+                subdirs.append((d.path, arc))
+        stack.extend(reversed(subdirs))
+
+
+class HashingWriter(io.RawIOBase):
+    """The bottom of the pipeline: hashes and counts every byte on its way to the file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b)
+        self.sha.update(view)
+        n = len(view)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.size += n
+        return n
+
+
+class _Sink(io.RawIOBase):
+    """What tarfile writes into: the codec stream, plus the tell() tarfile insists on."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.pos = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.stream.write(b)
+        n = len(b)
+        self.pos += n
+        return n
+
+    def tell(self) -> int:
+        return self.pos
+
+
+class _ExactReader(io.RawIOBase):
+    """Yields exactly ``size`` bytes from ``fd``: zero-padded if the file shrank, cut if it grew."""
+
+    def __init__(self, fd: int, size: int, should_stop: Callable[[], bool]) -> None:
+        self.fd = fd
+        self.left = size
+        self.short = False
+        self.should_stop = should_stop
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.should_stop():
+            raise Interrupted("interrupted while archiving")
+        if n < 0 or n > self.left:
+            n = self.left
+        if n == 0:
+            return b""
+        data = b"" if self.short else os.read(self.fd, min(n, CHUNK))
+        if not data:
+            self.short = True
+            data = bytes(min(n, CHUNK))
+        self.left -= len(data)
+        return data
+
+
+@dataclass
+class WriteResult:
+    path: Path
+    filename: str
+    size_bytes: int
+    sha256: str
+    file_count: int
+    source_bytes: int
+    duration_s: float
+    warnings: list[str]
+    unreadable: list[str]
+    missing: list[str]
+    meta: dict[str, Any]
+
+    @property
+    def complete(self) -> bool:
+        return not self.unreadable
+
+
+class _Names:
+    """uid/gid -> name, cached (one lookup per id, not per file)."""
+
+    def __init__(self) -> None:
+        self.users: dict[int, str] = {}
+        self.groups: dict[int, str] = {}
+
+    def user(self, uid: int) -> str:
+        if uid not in self.users:
+            try:
+                self.users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self.users[uid] = ""
+        return self.users[uid]
+
+    def group(self, gid: int) -> str:
+        if gid not in self.groups:
+            try:
+                self.groups[gid] = grp.getgrgid(gid).gr_name
+            except KeyError:
+                self.groups[gid] = ""
+        return self.groups[gid]
+
+
+def _json_member(tar: tarfile.TarFile, name: str, obj: dict[str, Any]) -> None:
+    data = json.dumps(obj, indent=1, ensure_ascii=False).encode()
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.mode = 0o600
+    ti.mtime = int(time.time())
+    tar.addfile(ti, io.BytesIO(data))
+
+
+class ArchiveWriter:
+    """Writes one archive. Use :func:`write_archive`."""
+
+    def __init__(self, tar: tarfile.TarFile, should_stop: Callable[[], bool]) -> None:
+        self.tar = tar
+        self.should_stop = should_stop
+        self.names = _Names()
+        # (dev, inode, top-level name) -> first arcname: hard links never cross _PATHS names,
+        # because restore stages each name on its own (and --only may select one of them)
+        self.links: dict[tuple[int, int, str], str] = {}
+        self.count = 0
+        self.bytes = 0
+        self.warnings: list[str] = []
+        self.unreadable: list[str] = []
+
+    def _info(self, arcname: str, st: os.stat_result) -> tarfile.TarInfo:
+        ti = tarfile.TarInfo(arcname)
+        ti.mode = stat.S_IMODE(st.st_mode)
+        ti.uid, ti.gid = st.st_uid, st.st_gid
+        ti.uname, ti.gname = self.names.user(st.st_uid), self.names.group(st.st_gid)
+        ti.mtime = int(st.st_mtime)
+        return ti
+
+    def add(self, e: ScanEntry) -> None:
+        if self.should_stop():
+            raise Interrupted("interrupted while archiving")
+        mode = e.st.st_mode
+        if stat.S_ISDIR(mode):
+            ti = self._info(e.arcname, e.st)
+            ti.type = tarfile.DIRTYPE
+            self.tar.addfile(ti)
+        elif stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(e.path)
+            except FileNotFoundError:
+                self.warnings.append(f"{e.path} vanished before it was read; skipped")
+                return
+            ti = self._info(e.arcname, e.st)
+            ti.type = tarfile.SYMTYPE
+            ti.linkname = target
+            self.tar.addfile(ti)
+        else:
+            if not self._add_file(e):
+                return
+        self.count += 1
+
+    def _add_file(self, e: ScanEntry) -> bool:
+        key = (e.st.st_dev, e.st.st_ino, e.arcname.split("/", 1)[0])
+        if e.st.st_nlink > 1 and key in self.links:
+            ti = self._info(e.arcname, e.st)
+            ti.type = tarfile.LNKTYPE
+            ti.linkname = self.links[key]
+            self.tar.addfile(ti)
+            return True
+        for attempt in range(CHANGE_RETRIES + 1):
+            try:
+                fd = os.open(e.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self.warnings.append(f"{e.path} vanished before it was read; skipped")
+                return False
+            except PermissionError:
+                self.unreadable.append(e.path)
+                return False
+            except OSError as ex:  # ELOOP: replaced by a symlink since the scan
+                self.warnings.append(f"{e.path} could not be opened ({ex.strerror}); skipped")
+                return False
+            try:
+                before = os.fstat(fd)
+                if not stat.S_ISREG(before.st_mode):
+                    self.warnings.append(f"{e.path} is no longer a regular file; skipped")
+                    return False
+                ti = self._info(e.arcname, before)
+                if before.st_size <= SMALL_FILE:
+                    data = _read_all(fd, before.st_size)
+                    after = os.fstat(fd)
+                    if _changed(before, after, len(data)) and attempt < CHANGE_RETRIES:
+                        continue  # read it again
+                    ti.size = len(data)
+                    if _changed(before, after, len(data)):
+                        self.warnings.append(
+                            f"{e.path} kept changing while read ({CHANGE_RETRIES + 1} tries); archived as read"
+                        )
+                    self.tar.addfile(ti, io.BytesIO(data))
+                else:
+                    ti.size = before.st_size
+                    reader = _ExactReader(fd, before.st_size, self.should_stop)
+                    self.tar.addfile(ti, reader)
+                    after = os.fstat(fd)
+                    if reader.short:
+                        self.warnings.append(
+                            f"{e.path} shrank while read; archived as read, zero-padded to {before.st_size} bytes"
+                        )
+                    elif _changed(before, after, before.st_size):
+                        self.warnings.append(f"{e.path} changed while read; archived as read")
+                self.bytes += ti.size
+                if e.st.st_nlink > 1:
+                    self.links[key] = e.arcname
+                return True
+            finally:
+                os.close(fd)
+        return False  # pragma: no cover - loop always returns
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks = []
+    want = size
+    while want > 0:
+        b = os.read(fd, min(want, CHUNK))
+        if not b:
+            break
+        chunks.append(b)
+        want -= len(b)
+    return b"".join(chunks)
+
+
+def _changed(before: os.stat_result, after: os.stat_result, got: int) -> bool:
+    return after.st_mtime_ns != before.st_mtime_ns or after.st_size != before.st_size or got != before.st_size
+
+
+def build_meta(config: BackupConfig, tier: str, created: datetime, s: Scan) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "tool": "gofr-backup",
+        "tool_version": __version__,
+        "project": config.project,
+        "tier": tier,
+        "created": created.isoformat(),
+        "compression": config.compression,
+        "compression_level": config.compression_level,
+        "hostname": os.uname().nodename,
+        "paths": {p.name: p.raw for p in config.paths if p.name in s.kinds},
+        "resolved_paths": {p.name: str(p.path) for p in config.paths if p.name in s.kinds},
+        "kinds": s.kinds,
+        "file_count": len(s.entries),
+        "source_bytes": s.source_bytes,
+    }
+
+
+def reserve_name(tier_dir: Path, config: BackupConfig, tier: str, created: datetime) -> tuple[str, int]:
+    """Pick a filename that does not exist yet and create its ``.partial`` exclusively."""
+    for seq in range(0, 1000):
+        name = naming.make(config.project, tier, created, config.compression, seq).filename
+        if (tier_dir / name).exists():
+            continue
+        try:
+            fd = os.open(
+                tier_dir / (name + naming.PARTIAL_SUFFIX), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE
+            )
+        except FileExistsError:
+            continue
+        return name, fd
+    raise BackupError(f"could not find a free archive name in {tier_dir}")
+
+
+def write_archive(
+    config: BackupConfig,
+    tier: str,
+    created: datetime,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> WriteResult:
+    """Write one archive into ``{backup_dir}/{tier}/`` and its ``.sha256`` sidecar.
+
+    The archive is written as ``<name>.partial``, fsynced, and renamed only when complete.
+    On any error or interruption the partial file is removed before the exception propagates.
+    """
+    t0 = time.monotonic()
+    s = scan(config.paths, should_stop)
+    if not s.kinds:
+        tried = ", ".join(f"{p.name}={p.path}" for p in config.paths)
+        raise NoDataError(f"No data found to backup: none of the configured paths exist ({tried})")
+    tier_dir = config.backup_dir / tier
+    tier_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    filename, fd = reserve_name(tier_dir, config, tier, created)
+    partial = tier_dir / (filename + naming.PARTIAL_SUFFIX)
+    final = tier_dir / filename
+    meta = build_meta(config, tier, created, s)
+    try:
+        hw = HashingWriter(fd)
+        stream = CODECS[config.compression].writer(hw, config.compression_level)  # type: ignore[arg-type]
+        sink = _Sink(stream)
+        tar = tarfile.open(
+            fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"
+        )
+        tar.copybufsize = CHUNK  # type: ignore[attr-defined]
+        w = ArchiveWriter(tar, should_stop)
+        _json_member(tar, META_NAME, meta)
+        for e in s.entries:
+            w.add(e)
+        warnings = s.warnings + w.warnings
+        unreadable = s.unreadable + w.unreadable
+        if unreadable:
+            warnings.append(f"{len(unreadable)} path(s) could not be read: " + ", ".join(unreadable[:20]))
+        end = {
+            "file_count": w.count,
+            "source_bytes": w.bytes,
+            "complete": not unreadable,
+            "unreadable": unreadable,
+            "warnings": warnings,
+        }
+        _json_member(tar, END_NAME, end)
+        tar.close()
+        stream.close()
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        digest = hw.sha.hexdigest()
+        write_sidecar(final, digest)
+        os.rename(partial, final)
+        fsync_dir(tier_dir)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        remove_quietly(partial)
+        raise
+    return WriteResult(
+        path=final,
+        filename=filename,
+        size_bytes=hw.size,
+        sha256=digest,
+        file_count=w.count,
+        source_bytes=w.bytes,
+        duration_s=round(time.monotonic() - t0, 3),
+        warnings=warnings,
+        unreadable=unreadable,
+        missing=s.missing,
+        meta=meta,
+    )
+
+
+def sidecar_path(archive: Path) -> Path:
+    return archive.with_name(archive.name + naming.SIDECAR_SUFFIX)
+
+
+def write_sidecar(archive: Path, digest: str) -> None:
+    """``<hex>  <filename>``: the format ``sha256sum -c`` reads, in the archive's directory."""
+    from .fsutil import atomic_write_bytes
+
+    atomic_write_bytes(sidecar_path(archive), f"{digest}  {archive.name}\n".encode())
+
+
+def read_sidecar(archive: Path) -> str | None:
+    try:
+        text = sidecar_path(archive).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    parts = text.strip().split()
+    if len(parts) != 2 or len(parts[0]) != 64 or parts[1].lstrip("*") != archive.name:
+        return ""
+    try:
+        int(parts[0], 16)
+    except ValueError:
+        return ""
+    return parts[0].lower()
+
+
+@contextlib.contextmanager
+def open_tar_stream(path: Path, raw: IO[bytes] | None = None) -> Iterator[tarfile.TarFile]:
+    """Open an archive for one sequential pass (decompressing on the fly)."""
+    from .codecs import codec_for_filename
+
+    codec = codec_for_filename(path.name)
+    f = raw if raw is not None else open(path, "rb")  # noqa: SIM115
+    try:
+        stream = codec.reader(f)
+        tar = tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape")
+        try:
+            yield tar
+        finally:
+            tar.close()
+            stream.close()
+    finally:
+        if raw is None:
+            f.close()
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """Read only the first member (cheap: no need to decompress the whole archive)."""
+    try:
+        with open_tar_stream(path) as tar:
+            first = tar.next()
+            if first is None or first.name != META_NAME:
+                raise BackupError(f"{path.name}: first member is not {META_NAME}; not a gofr-backup archive")
+            f = tar.extractfile(first)
+            assert f is not None
+            meta = json.loads(f.read(1 << 20))
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        raise BackupError(f"{path.name}: cannot read archive header: {e}") from None
+    if not isinstance(meta, dict):
+        raise BackupError(f"{path.name}: archive header is not a JSON object")
+    return meta

@@ -1,0 +1,489 @@
+"""``gofr-backup``: the command line.
+
+Exit codes: 0 ok; 1 operation failed; 2 usage or configuration error; 3 completed with warnings
+(some data could not be read). User errors print one line on stderr and change nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__
+from .errors import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, BackupError, ConfigError
+
+PROG = "gofr-backup"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{PROG}: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _globals(p: argparse.ArgumentParser, suppress: bool) -> None:
+    d = argparse.SUPPRESS if suppress else None
+    p.add_argument("--project", default=d, help="project name (overrides GOFR_PROJECT)")
+    p.add_argument("--data-dir", default=d, help="data directory (overrides GOFR_{P}_BACKUP_DATA_DIR)")
+    p.add_argument("--backup-dir", default=d, help="backup directory (overrides GOFR_{P}_BACKUP_DIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Backups for GOFR services: archive, verify, list, restore, prune.")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    _globals(p, suppress=False)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        _globals(sp, suppress=True)
+        return sp
+
+    c = cmd("config", "print the effective, validated configuration")
+    c.add_argument("--json", action="store_true")
+
+    c = cmd("now", "make one backup now, verify it, and prune its tier")
+    c.add_argument("--tier", choices=("daily", "weekly", "monthly"), default="daily")
+    c.add_argument("--json", action="store_true", help="print the manifest entry as JSON")
+
+    c = cmd("list", "list backups by tier, newest first")
+    c.add_argument("--tier", choices=("daily", "weekly", "monthly"))
+    c.add_argument("--json", action="store_true")
+
+    c = cmd("verify", "check archives against their checksums and read them to the end")
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("name", nargs="?", help="archive file name (or path)")
+    g.add_argument("--latest", action="store_true")
+    g.add_argument("--all", action="store_true")
+    c.add_argument("--json", action="store_true")
+
+    c = cmd("restore", "verify an archive and restore it (replaces the configured paths)")
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("name", nargs="?", help="archive file name (or path)")
+    g.add_argument("--latest", action="store_true")
+    g.add_argument("--interactive", action="store_true", help="choose from a numbered menu")
+    c.add_argument("--target", help="restore a copy under DIR/<name> instead of the configured paths")
+    c.add_argument("--only", help="comma-separated names to restore (default: all in the archive)")
+    c.add_argument("--dry-run", action="store_true", help="show what would change; change nothing")
+    c.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    c.add_argument("--json", action="store_true")
+
+    c = cmd("prune", "apply retention now and print what is removed and why")
+    c.add_argument("--dry-run", action="store_true")
+    c.add_argument("--json", action="store_true")
+
+    c = cmd("status", "health: last success, last failure, next run, tiers (exit 1 when unhealthy)")
+    c.add_argument("--json", action="store_true")
+
+    cmd("run", "run the scheduled service (the container's main process)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except BackupError as e:
+        sys.stderr.write(f"{PROG}: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return EXIT_FAILED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from .config import BackupConfig
+
+    return BackupConfig.from_env(args.project, data_dir=args.data_dir, backup_dir=args.backup_dir)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from . import log as glog
+
+    config = _load_config(args)
+    # the service logs to stdout (docker logs); commands keep stdout for their output
+    glog.setup(sys.stdout if args.command == "run" else sys.stderr)
+    handler = globals()[f"cmd_{args.command}"]
+    return int(handler(config, args))
+
+
+def _stop_on_signals(svc: Any) -> None:
+    def h(signum: int, frame: Any) -> None:
+        svc.stop_event.set()
+
+    signal.signal(signal.SIGTERM, h)
+    signal.signal(signal.SIGINT, h)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def human_size(n: Any) -> str:
+    if n is None:
+        return "?"
+    f = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if f < 1000 or unit == "TB":
+            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
+        f /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def human_age(created: str, now: datetime) -> str:
+    s = (now - datetime.fromisoformat(created)).total_seconds()
+    if s < 0:
+        return "in the future"
+    for div, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if s >= div:
+            return f"{s / div:.0f}{unit} ago" if unit != "d" else f"{s / div:.1f}d ago"
+    return f"{s:.0f}s ago"
+
+
+def _verified_text(e: dict[str, Any]) -> str:
+    v = e.get("verified")
+    if v is True:
+        text = "verified"
+    elif v is False:
+        text = f"FAILED: {e.get('verify_error')}"
+    else:
+        text = "not verified"
+    if e.get("complete") is False:
+        text += ", INCOMPLETE"
+    if e.get("warnings"):
+        text += f", {len(e['warnings'])} warning(s)"
+    return text
+
+
+def find_archive(config: Any, name: str) -> Path:
+    """NAME: a file name in any tier dir, a path relative to the backup dir, or a path."""
+    from . import naming
+
+    p = Path(name)
+    if p.is_absolute() or os.sep in name:
+        cand = p if p.is_absolute() else config.backup_dir / p
+        if cand.is_file():
+            return cand
+        if p.exists() or not (config.backup_dir / name).is_file():
+            raise ConfigError(f"archive not found: {name}")
+    parsed = naming.parse(p.name)
+    if parsed is None:
+        raise ConfigError(
+            f"{name!r} is not an archive name (expected gofr-{config.project}_<tier>_<YYYYmmdd_HHMMSS>.tar.*)"
+        )
+    cand = config.backup_dir / parsed.tier / p.name
+    if not cand.is_file():
+        raise ConfigError(f"archive not found: {cand} (see '{PROG} list')")
+    return cand
+
+
+def _entries(config: Any) -> list[dict[str, Any]]:
+    from .housekeeping import Manifest
+
+    return Manifest(config.backup_dir).load(config.project)
+
+
+def _latest(config: Any) -> dict[str, Any]:
+    usable = [
+        e
+        for e in _entries(config)
+        if e.get("verified") is not False and (config.backup_dir / e["path"]).is_file()
+    ]
+    if not usable:
+        raise BackupError(f"no usable backup of {config.project} in {config.backup_dir}")
+    return max(usable, key=lambda e: (e["created"], e["tier"] == "daily"))
+
+
+# -- commands --------------------------------------------------------------------------------------
+def cmd_config(config: Any, args: argparse.Namespace) -> int:
+    d = config.to_dict()
+    if args.json:
+        _print_json(d)
+        return EXIT_OK
+    for k, v in d.items():
+        if k == "paths":
+            v = ",".join(f"{p['name']}:{p['path']} ({p['resolved']})" for p in v)
+        print(f"{k} = {v}")
+    for var in config.unknown_variables:
+        sys.stderr.write(f"{PROG}: warning: {var} is not a known variable (typo?); ignored\n")
+    return EXIT_OK
+
+
+def cmd_now(config: Any, args: argparse.Namespace) -> int:
+    from .service import BackupService
+
+    svc = BackupService(config)
+    _stop_on_signals(svc)
+    out = svc.run_backup(tier=args.tier, trigger="manual")
+    if out.status == "interrupted":
+        sys.stderr.write(f"{PROG}: backup interrupted; the partial archive was removed\n")
+        return EXIT_FAILED
+    if out.status == "failed":
+        sys.stderr.write(f"{PROG}: {out.error}\n")
+        return EXIT_FAILED
+    e = out.entry
+    assert e is not None
+    if args.json:
+        _print_json(e)
+    else:
+        print(
+            f"{e['filename']}  {human_size(e['size_bytes'])}  {e['file_count']} files  "
+            f"{e['duration_s']:.2f}s  {_verified_text(e)}"
+        )
+        for w in out.warnings:
+            print(f"  warning: {w}")
+    if out.status == "incomplete":
+        sys.stderr.write(
+            f"{PROG}: backup completed with warnings: some files could not be read "
+            "(the archive is marked incomplete)\n"
+        )
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+def cmd_list(config: Any, args: argparse.Namespace) -> int:
+    from .housekeeping import archives_on_disk
+    from .service import Clock
+
+    now = Clock().now()
+    entries = _entries(config)
+    tracked = {e["path"] for e in entries}
+    untracked = [
+        str(a.relative_to(config.backup_dir))
+        for a in archives_on_disk(config.backup_dir, config.project)
+        if str(a.relative_to(config.backup_dir)) not in tracked
+    ]
+    if args.tier:
+        entries = [e for e in entries if e["tier"] == args.tier]
+        untracked = [u for u in untracked if u.startswith(args.tier + "/")]
+    for e in entries:
+        e["missing"] = not (config.backup_dir / e["path"]).is_file()
+    entries.sort(key=lambda e: e["created"], reverse=True)
+    present = [e for e in entries if not e["missing"]]
+    summary = {
+        "count": len(present),
+        "total_size_bytes": sum(int(e.get("size_bytes") or 0) for e in present),
+        "oldest": min((e["created"] for e in present), default=None),
+        "newest": max((e["created"] for e in present), default=None),
+        "verified": sum(1 for e in present if e.get("verified") is True),
+        "failed": sum(1 for e in present if e.get("verified") is False),
+        "missing": [e["path"] for e in entries if e["missing"]],
+        "untracked": untracked,
+    }
+    if args.json:
+        _print_json({"backups": entries, "summary": summary})
+        return EXIT_OK
+    tiers = [args.tier] if args.tier else ["daily", "weekly", "monthly"]
+    print(f"Backups of {config.project} in {config.backup_dir}")
+    for t in tiers:
+        es = [e for e in entries if e["tier"] == t]
+        print(f"\n{t.upper()} ({len(es)})")
+        if not es:
+            print("  (none)")
+        for e in es:
+            status = "MISSING (file is gone)" if e["missing"] else _verified_text(e)
+            print(
+                f"  {e['filename']:<48} {human_size(e.get('size_bytes')):>9}  "
+                f"{human_age(e['created'], now):>10}  {status}"
+            )
+    for u in untracked:
+        print(f"\nUNTRACKED (on disk, not in the manifest): {u}")
+    print(
+        f"\nTotal: {summary['count']} archive(s), {human_size(summary['total_size_bytes'])}; "
+        f"oldest {summary['oldest'] or '-'}, newest {summary['newest'] or '-'}"
+    )
+    return EXIT_OK
+
+
+def cmd_verify(config: Any, args: argparse.Namespace) -> int:
+    from .housekeeping import archives_on_disk
+    from .service import BackupService
+
+    svc = BackupService(config)
+    _stop_on_signals(svc)
+    if args.all:
+        paths = sorted(
+            {config.backup_dir / e["path"] for e in _entries(config)}
+            | set(archives_on_disk(config.backup_dir, config.project))
+        )
+        if not paths:
+            raise BackupError(f"no backups of {config.project} in {config.backup_dir}")
+    elif args.latest:
+        paths = [config.backup_dir / _latest(config)["path"]]
+    else:
+        paths = [find_archive(config, args.name)]
+    results = []
+    for p in paths:
+        r = svc.verify(p)
+        results.append(
+            {
+                "filename": p.name,
+                "path": str(p),
+                "ok": r.ok,
+                "error": r.error,
+                "sha256": r.sha256,
+                "file_count": r.file_count,
+            }
+        )
+        if not args.json:
+            print(
+                f"{'OK    ' if r.ok else 'FAILED'}  {p.name}"
+                + (f"  {r.error}" if r.error else f"  ({r.file_count} members)")
+            )
+    if args.json:
+        _print_json({"results": results, "ok": all(r["ok"] for r in results)})
+    return EXIT_OK if all(r["ok"] for r in results) else EXIT_FAILED
+
+
+def _ask(prompt: str) -> str:
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise ConfigError("no answer on standard input; nothing was changed")
+    return line.strip()
+
+
+def cmd_restore(config: Any, args: argparse.Namespace) -> int:
+    from .restore import RestorePlan, plan_restore, restore
+    from .service import BackupService
+
+    can_prompt = sys.stdin.isatty() or args.interactive
+    if not (args.yes or args.dry_run or can_prompt):
+        raise ConfigError("restore replaces data: pass --yes to confirm (standard input is not a terminal)")
+    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    target = Path(os.path.abspath(args.target)) if args.target else None
+    entries = _entries(config)
+    if args.interactive:
+        usable = sorted(
+            (e for e in entries if (config.backup_dir / e["path"]).is_file()),
+            key=lambda e: e["created"],
+            reverse=True,
+        )
+        if not usable:
+            raise BackupError(f"no backups of {config.project} in {config.backup_dir}")
+        for i, e in enumerate(usable, 1):
+            sys.stderr.write(
+                f"  {i:>3}) {e['filename']}  {human_size(e.get('size_bytes'))}  {_verified_text(e)}\n"
+            )
+        ans = _ask(f"Restore which backup? [1-{len(usable)}] ")
+        if not ans.isdigit() or not 1 <= int(ans) <= len(usable):
+            raise ConfigError(f"{ans!r} is not a number from 1 to {len(usable)}; nothing was changed")
+        archive = config.backup_dir / usable[int(ans) - 1]["path"]
+    elif args.latest:
+        archive = config.backup_dir / _latest(config)["path"]
+    else:
+        archive = find_archive(config, args.name)
+    entry = next((e for e in entries if config.backup_dir / e["path"] == archive), None)
+    sha = (entry or {}).get("sha256")
+
+    if args.dry_run:
+        plan, _ = plan_restore(config, archive, target, only, sha)
+        _show_plan(plan, args.json, dry_run=True)
+        return EXIT_OK
+
+    def confirm(plan: RestorePlan) -> bool:
+        if args.yes:
+            return True
+        for line in plan.summary():
+            sys.stderr.write(f"  {line}\n")
+        sys.stderr.write("Files and directories not in the backup will be REMOVED from these paths.\n")
+        return _ask(f"Restore {archive.name}? [y/N] ").lower() in ("y", "yes")
+
+    svc = BackupService(config)
+    _stop_on_signals(svc)
+    with svc.run_lock(readonly_ok=True):  # the backup volume may be mounted read-only for restore
+        plan = restore(config, archive, target, only, sha, confirm=confirm, should_stop=svc.should_stop)
+    _show_plan(plan, args.json, dry_run=False)
+    return EXIT_OK
+
+
+def _show_plan(plan: Any, as_json: bool, dry_run: bool) -> None:
+    if as_json:
+        _print_json({**plan.to_dict(), "dry_run": dry_run})
+        return
+    head = "Would restore" if dry_run else "Restored"
+    print(f"{head} {plan.archive.name}:")
+    for line in plan.summary():
+        print(f"  {line}")
+    if dry_run:
+        for t in plan.targets:
+            c = plan.changes[t.name]
+            for label, items in (("create", c.created), ("replace", c.replaced), ("remove", c.removed)):
+                for p in items[:50]:
+                    print(f"    {label:<8} {p}")
+                if len(items) > 50:
+                    print(f"    ... and {len(items) - 50} more to {label}")
+
+
+def cmd_prune(config: Any, args: argparse.Namespace) -> int:
+    from .service import BackupService
+
+    svc = BackupService(config)
+    r = svc.prune(dry_run=args.dry_run)
+    if args.json:
+        _print_json(r.to_dict())
+        return EXIT_OK
+    verb = "would delete" if args.dry_run else "deleted"
+    for d in r.deleted:
+        print(f"{verb} {d['path']}: {d['reason']}")
+    for c in r.cleaned:
+        print(f"{'would clean' if args.dry_run else 'cleaned'} {c}")
+    for a in r.adopted:
+        print(f"adopted untracked archive {a}")
+    print(f"{len(r.deleted)} archive(s) {verb}, {r.kept} kept")
+    return EXIT_OK
+
+
+def cmd_status(config: Any, args: argparse.Namespace) -> int:
+    from .service import Clock
+    from .status import health
+
+    h = health(config, Clock().now())
+    if args.json:
+        _print_json({"healthy": h.healthy, "reasons": h.reasons, **h.report})
+    else:
+        r = h.report
+        print(
+            f"{config.project}: {'HEALTHY' if h.healthy else 'UNHEALTHY'}"
+            + ("" if r["enabled"] else f" (backups disabled: {r.get('disabled_hint')})")
+        )
+        for reason in h.reasons:
+            print(f"  ! {reason}")
+        ls, lf = r.get("last_success"), r.get("last_failure")
+        print(
+            f"  last success: {ls['time']} {ls['filename']} {human_size(ls.get('size_bytes'))}"
+            if ls
+            else "  last success: never"
+        )
+        print(f"  last failure: {lf['time']} {lf['error']}" if lf else "  last failure: none")
+        print(f"  next run:     {r.get('next_run') or '-'}")
+        for tier, t in r["tiers"].items():
+            print(
+                f"  {tier:<8} {t['count']:>4} archive(s) {human_size(t['size_bytes']):>10}"
+                + (f"  {t['failed']} failed" if t["failed"] else "")
+            )
+    return EXIT_OK if h.healthy else EXIT_FAILED
+
+
+def cmd_run(config: Any, args: argparse.Namespace) -> int:
+    from .service import BackupService
+
+    svc = BackupService(config)
+    svc.install_signal_handlers()
+    return svc.start()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""Exceptions with the exit code each one maps to.
+
+Exit codes (the same for every command):
+  0  ok
+  1  the operation failed
+  2  usage or configuration error (nothing was changed)
+  3  completed with warnings: some data could not be read (backup is incomplete)
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3
+
+
+class BackupError(Exception):
+    """An operation failed. The message is one line that says what to fix."""
+
+    exit_code = EXIT_FAILED
+
+
+class ConfigError(BackupError):
+    """Invalid configuration or usage. Raised before anything is written."""
+
+    exit_code = EXIT_USAGE
+
+
+class NoDataError(BackupError):
+    """None of the configured paths exists."""
+
+
+class LockTimeout(BackupError):
+    """Another gofr-backup process held the lock for longer than the timeout."""
+
+
+class Interrupted(BackupError):
+    """SIGTERM/SIGINT arrived while an operation was running."""
+
+
+class VerifyError(BackupError):
+    """An archive failed verification."""

@@ -1,0 +1,109 @@
+"""File-system helpers: atomic writes, fsync, and the one fcntl lock."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import BackupError, LockTimeout
+
+FILE_MODE = 0o640
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any, mode: int = FILE_MODE) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode(), mode)
+
+
+@contextlib.contextmanager
+def file_lock(
+    path: Path,
+    timeout: float,
+    what: str,
+    on_wait: Callable[[], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    readonly_ok: bool = False,
+) -> Iterator[None]:
+    """Hold an exclusive fcntl lock on ``path``.
+
+    The kernel drops the lock when the holding process dies, so it can never go stale; the lock
+    file itself is left in place on purpose (deleting it would race with other lockers).
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        if not readonly_ok or e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise BackupError(f"cannot open lock file {path}: {e.strerror}") from None
+        try:  # a read-only backup volume (restore): flock works on a read-only descriptor
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            yield  # nothing on this read-only volume was ever locked: nobody else can write here
+            return
+    try:
+        deadline = time.monotonic() + timeout
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if not waited and on_wait is not None:
+                on_wait()
+            waited = True
+            if should_stop is not None and should_stop():
+                from .errors import Interrupted
+
+                raise Interrupted(f"interrupted while waiting for {what}")
+            if time.monotonic() >= deadline:
+                raise LockTimeout(
+                    f"another gofr-backup process has held {what} for more than {timeout:g}s "
+                    f"(lock file {path}); try again later or raise LOCK_TIMEOUT"
+                )
+            time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_quietly(path: Path) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False

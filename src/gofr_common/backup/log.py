@@ -1,0 +1,52 @@
+"""One line per event: human-readable by default, JSON lines with GOFR_BACKUP_LOG_FORMAT=json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from typing import Any, TextIO
+
+log = logging.getLogger("gofr_backup")
+_RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+class _Human(logging.Formatter):
+    def format(self, r: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(r.created).astimezone().isoformat(timespec="seconds")
+        extra = {k: v for k, v in r.__dict__.items() if k not in _RESERVED and k != "event"}
+        tail = "".join(f" {k}={_fmt(v)}" for k, v in extra.items())
+        return f"{ts} {r.levelname:<7} {r.getMessage()}{tail}"
+
+
+class _Json(logging.Formatter):
+    def format(self, r: logging.LogRecord) -> str:
+        d: dict[str, Any] = {
+            "time": datetime.fromtimestamp(r.created).astimezone().isoformat(timespec="milliseconds"),
+            "level": r.levelname.lower(),
+            "event": getattr(r, "event", "log"),
+            "message": r.getMessage(),
+        }
+        d.update({k: v for k, v in r.__dict__.items() if k not in _RESERVED and k != "event"})
+        return json.dumps(d, default=str, ensure_ascii=False)
+
+
+def _fmt(v: Any) -> str:
+    s = str(v)
+    return json.dumps(s, ensure_ascii=False) if (" " in s or not s) else s
+
+
+def setup(stream: TextIO | None = None, level: int = logging.INFO) -> None:
+    fmt = os.environ.get("GOFR_BACKUP_LOG_FORMAT", "text").strip().lower()
+    h = logging.StreamHandler(stream or sys.stdout)
+    h.setFormatter(_Json() if fmt == "json" else _Human())
+    log.handlers[:] = [h]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def event(name: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
+    extra = {(f"{k}_" if k in _RESERVED else k): v for k, v in fields.items()}
+    log.log(level, message, extra={"event": name, **extra})

@@ -1,0 +1,352 @@
+"""Restore: verify and extract in one pass into staging directories, then swap each path into place.
+
+For each restored path ``D``:
+  1. members of its name are extracted into ``D.parent/.gofr-restore-<name>-<pid>/<name>`` (the
+     same file system as ``D``), while the archive is hashed and read to its end;
+  2. only if the whole archive verified: ``renameat2(RENAME_EXCHANGE)`` swaps the staged tree and
+     ``D`` in one atomic step, and the old tree is deleted. An interrupted restore therefore leaves
+     each path either wholly old or wholly new (leftover staging dirs are removed next time).
+If ``D`` is a mount point (e.g. the whole data volume), its top-level entries are swapped one by one.
+
+Every member goes through tarfile's ``data`` filter (no absolute names, no ``..``, no links that
+point outside, no device nodes or FIFOs) and must belong to a selected name; owners are restored
+when running as root; modes are restored without setuid/setgid/sticky bits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .archive import read_meta
+from .config import BackupConfig
+from .errors import BackupError, ConfigError, VerifyError
+from .fsutil import fsync_dir
+from .verify import VerifyResult, verify_archive
+
+STAGING_PREFIX = ".gofr-restore-"
+RENAME_EXCHANGE = 2
+_libc: Any = None
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths. False if the kernel/file system cannot (caller falls back)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fn = getattr(_libc, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EBUSY, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+@dataclass
+class Target:
+    name: str
+    dest: Path
+    mount: bool  # dest is a mount point: swap its children instead of itself
+    base: Path = field(default_factory=Path)  # staging base; the staged tree is base/name
+
+    @property
+    def staged(self) -> Path:
+        return self.base / self.name
+
+
+@dataclass
+class Change:
+    created: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RestorePlan:
+    archive: Path
+    targets: list[Target]
+    changes: dict[str, Change]
+
+    def summary(self) -> list[str]:
+        out = []
+        for t in self.targets:
+            c = self.changes[t.name]
+            out.append(
+                f"{t.name} -> {t.dest}: {len(c.created)} to create, {len(c.replaced)} to replace, "
+                f"{len(c.removed)} not in the backup to remove"
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "archive": self.archive.name,
+            "targets": [
+                {
+                    "name": t.name,
+                    "dest": str(t.dest),
+                    "created": self.changes[t.name].created,
+                    "replaced": self.changes[t.name].replaced,
+                    "removed": self.changes[t.name].removed,
+                }
+                for t in self.targets
+            ],
+        }
+
+
+def resolve_targets(
+    config: BackupConfig, meta: dict[str, Any], target_dir: Path | None, only: list[str] | None
+) -> list[Target]:
+    names = list(meta.get("paths") or {})
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ConfigError(
+                f"--only {','.join(unknown)}: not in this archive; it holds: {', '.join(names) or 'nothing'}"
+            )
+        names = [n for n in names if n in only]
+    by_name = {p.name: p.path for p in config.paths}
+    targets = []
+    for n in names:
+        if target_dir is not None:
+            dest = target_dir / n
+        elif n in by_name:
+            dest = by_name[n]
+        else:
+            raise ConfigError(
+                f"the archive holds {n!r}, which is not in {config.prefix}PATHS; "
+                "restore it with --target DIR, or add it to PATHS"
+            )
+        targets.append(Target(n, dest, mount=os.path.ismount(dest)))
+    # parents before children, so nested paths (e.g. data:. and embeddings:embeddings) end up right
+    targets.sort(key=lambda t: len(t.dest.parts))
+    return targets
+
+
+def _rel_tree(root: Path, prefix: str, skip: str | None = None) -> dict[str, bool]:
+    """{relative path: is_dir} for everything under root (not following symlinks)."""
+    out: dict[str, bool] = {}
+    if not os.path.lexists(root):
+        return out
+    if not root.is_dir() or root.is_symlink():
+        out[prefix] = False
+        return out
+    out[prefix] = True
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        base = prefix if rel == "." else f"{prefix}/{rel}"
+        if skip and rel == ".":
+            dirnames[:] = [d for d in dirnames if not d.startswith(skip)]
+        for d in dirnames:
+            out[f"{base}/{d}"] = True
+        for f in filenames:
+            out[f"{base}/{f}"] = False
+    return out
+
+
+def diff(t: Target, archived: set[str], archived_dirs: set[str]) -> Change:
+    on_disk = _rel_tree(t.dest, t.name, skip=STAGING_PREFIX)
+    c = Change()
+    for p in sorted(archived):
+        if p not in on_disk:
+            c.created.append(p)
+        elif p not in archived_dirs or not on_disk[p]:
+            c.replaced.append(p)
+    c.removed = sorted(p for p in on_disk if p not in archived)
+    return c
+
+
+def _member_filter(selected: set[str]) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
+    def f(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+        top = member.name.split("/", 1)[0]
+        if top not in selected:
+            raise tarfile.FilterError(f"member {member.name!r} is outside the selected paths")
+        new = tarfile.data_filter(member, dest)
+        mode = None if member.issym() else member.mode & 0o777
+        return new.replace(
+            mode=mode,  # type: ignore[arg-type]  # None: leave a symlink's mode alone uid=member.uid, gid=member.gid, uname=member.uname, gname=member.gname, deep=False
+        )
+
+    return f
+
+
+class _Extractor:
+    """Extracts selected members into their staging dirs while verify_archive reads the stream."""
+
+    def __init__(self, targets: list[Target]) -> None:
+        self.by_name = {t.name: t for t in targets}
+        self.filter = _member_filter(set(self.by_name))
+        self.dirs: list[tuple[tarfile.TarInfo, str]] = []
+        self.archived: dict[str, set[str]] = {t.name: set() for t in targets}
+        self.archived_dirs: set[str] = set()
+        self.error: str | None = None
+        self.seen: set[str] = set()
+
+    def __call__(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        top = m.name.split("/", 1)[0]
+        if self.error or top not in self.by_name:
+            return  # tarfile reads (and verify hashes) the skipped data when it moves on
+        norm = os.path.normpath(m.name)
+        if norm in self.seen or norm != m.name.rstrip("/"):
+            self.error = f"member {m.name!r} is duplicated or not in normal form"
+            return
+        self.seen.add(norm)
+        t = self.by_name[top]
+        try:
+            m2 = self.filter(m, str(t.base))
+        except tarfile.FilterError as e:
+            self.error = f"refusing member {m.name!r}: {e}"
+            return
+        try:
+            if m2.isdir():
+                os.makedirs(t.base / m2.name, mode=0o700, exist_ok=True)
+                self.dirs.append((m2, str(t.base / m2.name)))
+            else:
+                tar.extract(m2, path=str(t.base), set_attrs=True, numeric_owner=True, filter="fully_trusted")
+        except (OSError, tarfile.TarError, KeyError) as e:
+            self.error = f"cannot extract {m.name!r}: {e}"
+            return
+        self.archived[top].add(m2.name.rstrip("/"))
+        if m2.isdir():
+            self.archived_dirs.add(m2.name.rstrip("/"))
+
+    def finish_dirs(self, tar: tarfile.TarFile) -> None:
+        # deepest first, so setting a parent's mtime is the last thing that touches it
+        for ti, path in sorted(self.dirs, key=lambda x: x[1].count("/"), reverse=True):
+            tar.chown(ti, path, numeric_owner=True)
+            tar.utime(ti, path)
+            tar.chmod(ti, path)
+
+
+def clean_stale_staging(targets: list[Target]) -> None:
+    """Remove staging dirs left by restores that died (the caller holds the run lock)."""
+    for t in targets:
+        parent = t.dest if t.mount else t.dest.parent
+        if not parent.is_dir():
+            continue
+        for n in os.listdir(parent):
+            if n.startswith(f"{STAGING_PREFIX}{t.name}-"):
+                shutil.rmtree(parent / n, ignore_errors=True)
+
+
+def plan_restore(
+    config: BackupConfig,
+    archive: Path,
+    target_dir: Path | None,
+    only: list[str] | None,
+    expected_sha256: str | None,
+) -> tuple[RestorePlan, VerifyResult]:
+    """For --dry-run: verify, and say what would change. Touches nothing."""
+    meta = read_meta(archive)
+    targets = resolve_targets(config, meta, target_dir, only)
+    res = verify_archive(archive, expected_sha256, collect_members=True)
+    if not res.ok:
+        raise VerifyError(f"refusing to restore {archive.name}: {res.error}")
+    changes = {}
+    for t in targets:
+        names = {m.name.rstrip("/") for m in res.members if m.name.split("/", 1)[0] == t.name}
+        dirs = {m.name.rstrip("/") for m in res.members if m.type == tarfile.DIRTYPE}
+        changes[t.name] = diff(t, names, dirs)
+    return RestorePlan(archive, targets, changes), res
+
+
+def restore(
+    config: BackupConfig,
+    archive: Path,
+    target_dir: Path | None = None,
+    only: list[str] | None = None,
+    expected_sha256: str | None = None,
+    confirm: Callable[[RestorePlan], bool] = lambda p: True,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> RestorePlan:
+    meta = read_meta(archive)
+    targets = resolve_targets(config, meta, target_dir, only)
+    clean_stale_staging(targets)
+    pid = os.getpid()
+    try:
+        for t in targets:
+            parent = t.dest if t.mount else t.dest.parent
+            parent.mkdir(parents=True, exist_ok=True)
+            t.base = parent / f"{STAGING_PREFIX}{t.name}-{pid}"
+            t.base.mkdir(mode=0o700)
+        ex = _Extractor(targets)
+        holder: dict[str, tarfile.TarFile] = {}
+
+        def visit(tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+            holder["tar"] = tar
+            ex(tar, m)
+
+        res = verify_archive(archive, expected_sha256, visit=visit, should_stop=should_stop)
+        if not res.ok:
+            raise VerifyError(f"refusing to restore {archive.name}: {res.error}; nothing was changed")
+        if ex.error:
+            raise VerifyError(f"refusing to restore {archive.name}: {ex.error}; nothing was changed")
+        if "tar" in holder:
+            ex.finish_dirs(holder["tar"])
+        changes = {t.name: diff(t, ex.archived[t.name], ex.archived_dirs) for t in targets}
+        plan = RestorePlan(archive, targets, changes)
+        if not confirm(plan):
+            raise BackupError("restore cancelled; nothing was changed")
+        os.sync()  # the staged data is durable before anything is swapped
+        for t in targets:
+            _swap_into_place(t)
+        return plan
+    finally:
+        for t in targets:
+            if t.base != Path() and t.base.exists():
+                shutil.rmtree(t.base, ignore_errors=True)
+
+
+def _swap_into_place(t: Target) -> None:
+    staged = t.staged
+    if not os.path.lexists(staged):
+        return
+    if not t.mount:
+        if os.path.lexists(t.dest):
+            if exchange(staged, t.dest):
+                fsync_dir(t.dest.parent)
+                return  # the old tree is now at `staged`; the caller removes the staging base
+            # no RENAME_EXCHANGE here: two renames (a crash in between leaves the old tree in staging)
+            old = t.base / (t.name + ".old")
+            os.rename(t.dest, old)
+        os.rename(staged, t.dest)
+        fsync_dir(t.dest.parent)
+        return
+    # dest is a mount point: swap its children, then give it the archived directory's attributes
+    if not staged.is_dir() or staged.is_symlink():
+        raise BackupError(f"{t.dest} is a mount point but the archive holds a file for {t.name!r}")
+    keep = set(os.listdir(staged))
+    for n in os.listdir(t.dest):
+        if n.startswith(STAGING_PREFIX) or n in keep:
+            continue
+        p = t.dest / n
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
+    for n in keep:
+        src, dst = staged / n, t.dest / n
+        if not (os.path.lexists(dst) and exchange(src, dst)):
+            if os.path.lexists(dst):
+                if dst.is_dir() and not dst.is_symlink():
+                    shutil.rmtree(dst)
+                else:
+                    os.unlink(dst)
+            os.rename(src, dst)
+    st = os.lstat(staged)
+    if os.geteuid() == 0:
+        os.chown(t.dest, st.st_uid, st.st_gid)
+    os.chmod(t.dest, st.st_mode & 0o777)
+    os.utime(t.dest, ns=(st.st_atime_ns, st.st_mtime_ns))
+    fsync_dir(t.dest)

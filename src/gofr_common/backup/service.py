@@ -1,0 +1,428 @@
+"""The orchestrator: one backup run (write -> verify -> manifest -> tier copies -> housekeeping),
+and the scheduled service loop around it.
+
+Time comes from an injectable Clock, so the scheduler can be driven through months in a test
+without sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import Any
+
+from . import log as glog
+from .archive import sidecar_path, write_archive, write_sidecar
+from .config import BackupConfig
+from .errors import BackupError, Interrupted
+from .fsutil import file_lock
+from .housekeeping import Entry, Manifest, PruneReport, housekeeping
+from .status import next_run, now_iso, prev_run, update_state
+from .verify import VerifyResult, verify_archive
+
+event = glog.event
+
+
+def local_tz() -> tzinfo:
+    """The local zone with its DST rules (TZ honoured), not just today's UTC offset."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz:
+        try:
+            return ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    try:
+        with open("/etc/localtime", "rb") as f:
+            return ZoneInfo.from_file(f, key="localtime")
+    except OSError:
+        return datetime.now().astimezone().tzinfo  # type: ignore[return-value]
+
+
+class Clock:
+    """Real time. Tests substitute one that jumps."""
+
+    def __init__(self) -> None:
+        self.tz = local_tz()
+
+    def now(self) -> datetime:
+        return datetime.now(self.tz)
+
+    def wait_until(self, when: datetime, stop: threading.Event) -> bool:
+        """Sleep until ``when``; True if ``stop`` was set first. Re-reads the clock each minute,
+        so suspend/resume or clock steps do not make it oversleep."""
+        while True:
+            left = (when - self.now()).total_seconds()
+            if left <= 0:
+                return stop.is_set()
+            if stop.wait(min(left, 60.0)):
+                return True
+
+
+@dataclass
+class Outcome:
+    status: str  # ok | incomplete | failed | interrupted
+    entry: Entry | None = None
+    path: Path | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    pruned: PruneReport | None = None
+    tier_copies: list[str] = field(default_factory=list)
+
+
+def throughput(nbytes: int | None, seconds: float | None) -> str:
+    if not nbytes or not seconds:
+        return "-"
+    return f"{nbytes / seconds / 1e6:.1f} MB/s"
+
+
+class BackupService:
+    def __init__(self, config: BackupConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or Clock()
+        self.stop_event = threading.Event()
+        self.manifest = Manifest(config.backup_dir)
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.config.backup_dir / f".gofr-{self.config.project}.lock"
+
+    def should_stop(self) -> bool:
+        return self.stop_event.is_set()
+
+    def run_lock(self, timeout: float | None = None, readonly_ok: bool = False) -> Any:
+        if not readonly_ok:
+            self.config.backup_dir.mkdir(parents=True, exist_ok=True)
+        return file_lock(
+            self.lock_path,
+            self.config.lock_timeout if timeout is None else timeout,
+            f"the {self.config.project} backup lock",
+            on_wait=lambda: event(
+                "lock.wait", "another gofr-backup run holds the lock; waiting", lock=str(self.lock_path)
+            ),
+            should_stop=self.should_stop,
+            readonly_ok=readonly_ok,
+        )
+
+    def rel(self, p: Path) -> str:
+        return str(p.relative_to(self.config.backup_dir))
+
+    # -- public API ----------------------------------------------------------------------------
+    def create_backup(self, tier: str = "daily") -> Path | None:
+        """One backup; the archive's path, or None if it failed (the error is logged)."""
+        out = self.run_backup(tier=tier)
+        return out.path if out.status in ("ok", "incomplete") else None
+
+    def verify_backup(self, path: Path | str) -> bool:
+        return self.verify(Path(path)).ok
+
+    def verify(self, path: Path) -> VerifyResult:
+        """Verify one archive and record the result in the manifest."""
+        try:
+            rel = self.rel(path.resolve() if not path.is_absolute() else path)
+        except ValueError:
+            rel = None
+        entry = next((e for e in self.manifest.read() if e["path"] == rel), None) if rel else None
+        res = verify_archive(path, (entry or {}).get("sha256"), should_stop=self.should_stop)
+        if entry is not None and rel is not None:
+            self.manifest.set_fields(
+                rel, verified=res.ok, verified_at=now_iso(self.clock.now()), verify_error=res.error
+            )
+        return res
+
+    # -- one run -------------------------------------------------------------------------------
+    def run_backup(self, tier: str = "daily", trigger: str = "manual") -> Outcome:
+        """Lock, write, verify, record, copy into weekly/monthly (scheduled runs), prune the tier."""
+        try:
+            with self.run_lock():
+                return self._run_locked(tier, trigger)
+        except Interrupted as e:
+            event(
+                "backup.interrupted",
+                f"backup interrupted: {e}; partial archive removed",
+                level=logging.WARNING,
+            )
+            return Outcome("interrupted", error=str(e))
+        except BackupError as e:
+            self._record_failure(str(e), trigger)
+            return Outcome("failed", error=str(e))
+
+    def _record_failure(self, error: str, trigger: str) -> None:
+        event("backup.failed", f"backup failed: {error}", level=logging.ERROR, trigger=trigger)
+        t = now_iso(self.clock.now())
+
+        def fn(st: dict[str, Any]) -> None:
+            st["last_result"] = "failed"
+            st["last_run"] = t
+            st["last_failure"] = {"time": t, "error": error, "trigger": trigger}
+
+        try:
+            update_state(self.config, fn)
+        except OSError as e:  # e.g. the disk is full: the log line above is all we can do
+            event(
+                "state.write_failed", f"cannot record the failure in the state file: {e}", level=logging.ERROR
+            )
+
+    def _run_locked(self, tier: str, trigger: str) -> Outcome:
+        c = self.config
+        self.manifest.load(c.project)  # rebuilds a missing/corrupt manifest before a new archive appears
+        created = self.clock.now()
+        event(
+            "backup.start",
+            f"backup started ({trigger}, {tier})",
+            project=c.project,
+            tier=tier,
+            trigger=trigger,
+            paths=",".join(f"{p.name}={p.path}" for p in c.paths),
+        )
+        try:
+            w = write_archive(c, tier, created, self.should_stop)
+        except OSError as e:
+            raise BackupError(f"cannot write archive in {c.backup_dir / tier}: {e.strerror or e}") from None
+        for msg in w.warnings:
+            event("backup.warning", msg, level=logging.WARNING)
+        event(
+            "backup.written",
+            f"archive written: {w.filename}",
+            size_bytes=w.size_bytes,
+            files=w.file_count,
+            source_bytes=w.source_bytes,
+            duration_s=w.duration_s,
+            throughput=throughput(w.source_bytes, w.duration_s),
+        )
+        entry: Entry = {
+            "project": c.project,
+            "filename": w.filename,
+            "path": self.rel(w.path),
+            "tier": tier,
+            "created": created.isoformat(),
+            "size_bytes": w.size_bytes,
+            "sha256": w.sha256,
+            "compression": c.compression,
+            "verified": None,
+            "verified_at": None,
+            "verify_error": None,
+            "file_count": w.file_count,
+            "source_bytes": w.source_bytes,
+            "duration_s": w.duration_s,
+            "warnings": w.warnings,
+            "complete": w.complete,
+            "trigger": trigger,
+        }
+        try:
+            if c.verify_after_backup:
+                res = verify_archive(w.path, w.sha256, should_stop=self.should_stop)
+                entry.update(verified=res.ok, verified_at=now_iso(self.clock.now()), verify_error=res.error)
+                event(
+                    "backup.verified" if res.ok else "backup.verify_failed",
+                    "verification passed" if res.ok else f"verification FAILED: {res.error}",
+                    level=logging.INFO if res.ok else logging.ERROR,
+                    filename=w.filename,
+                )
+            self.manifest.add(entry)
+        except BaseException:
+            # never leave a finished-looking archive that the manifest does not describe
+            os.unlink(w.path)
+            os.unlink(sidecar_path(w.path))
+            raise
+        if entry["verified"] is False:
+            raise BackupError(f"archive {w.filename} failed verification: {entry['verify_error']}")
+
+        copies: list[str] = []
+        if trigger in ("schedule", "catch-up") and tier == "daily" and entry["complete"]:
+            copies = self._tier_copies(entry, created)
+        tiers = ["daily", *[x.split("/", 1)[0] for x in copies]] if tier == "daily" else [tier]
+        report = housekeeping(c, self.clock.now(), tiers=tiers)
+        event(
+            "housekeeping.done",
+            f"housekeeping: {len(report.deleted)} deleted, {report.kept} kept",
+            deleted=",".join(d["filename"] for d in report.deleted) or "-",
+            cleaned=len(report.cleaned),
+        )
+
+        status = "ok" if w.complete else "incomplete"
+        t = now_iso(self.clock.now())
+
+        def fn(st: dict[str, Any]) -> None:
+            st["last_result"] = status
+            st["last_run"] = t
+            st["last_warnings"] = w.warnings
+            if status == "ok":
+                st["last_success"] = {
+                    "time": entry["created"],
+                    "filename": w.filename,
+                    "size_bytes": w.size_bytes,
+                    "path": entry["path"],
+                    "trigger": trigger,
+                }
+                if trigger in ("schedule", "catch-up"):
+                    st["last_scheduled_success"] = entry["created"]
+
+        update_state(c, fn)
+        event(
+            "backup.done",
+            f"backup {'finished' if status == 'ok' else 'INCOMPLETE'}: {w.filename}",
+            level=logging.INFO if status == "ok" else logging.WARNING,
+            status=status,
+            size_bytes=w.size_bytes,
+            duration_s=w.duration_s,
+            verified=entry["verified"],
+        )
+        return Outcome(status, entry, w.path, warnings=w.warnings, pruned=report, tier_copies=copies)
+
+    def _tier_copies(self, entry: Entry, created: datetime) -> list[str]:
+        """Keep the first scheduled backup of each ISO week / calendar month in weekly/ monthly/."""
+        c = self.config
+        mine = [
+            e
+            for e in self.manifest.read()
+            if e.get("project") == c.project and e.get("verified") is not False
+        ]
+        wanted = []
+        if c.enable_weekly:
+            wk = created.isocalendar()[:2]
+            if not any(
+                e["tier"] == "weekly" and datetime.fromisoformat(e["created"]).isocalendar()[:2] == wk
+                for e in mine
+            ):
+                wanted.append("weekly")
+        if c.enable_monthly:
+            mo = (created.year, created.month)
+            if not any(
+                e["tier"] == "monthly"
+                and (datetime.fromisoformat(e["created"]).year, datetime.fromisoformat(e["created"]).month)
+                == mo
+                for e in mine
+            ):
+                wanted.append("monthly")
+        out = []
+        src = c.backup_dir / entry["path"]
+        for tier in wanted:
+            d = c.backup_dir / tier
+            d.mkdir(mode=0o750, exist_ok=True)
+            dst = d / entry["filename"].replace(f"_{entry['tier']}_", f"_{tier}_", 1)
+            if dst.exists():
+                continue
+            try:
+                os.link(src, dst)
+                how = "hard link"
+            except OSError:
+                tmp = dst.with_name(dst.name + ".partial")
+                shutil.copyfile(src, tmp)
+                os.rename(tmp, dst)
+                how = "copy"
+            write_sidecar(dst, entry["sha256"])
+            self.manifest.add({**entry, "tier": tier, "filename": dst.name, "path": self.rel(dst)})
+            out.append(self.rel(dst))
+            event("tier.copy", f"kept in {tier}/ as {dst.name} ({how})", tier=tier)
+        return out
+
+    # -- prune ---------------------------------------------------------------------------------
+    def prune(self, dry_run: bool = False) -> PruneReport:
+        with self.run_lock():
+            return housekeeping(self.config, self.clock.now(), dry_run=dry_run)
+
+    # -- the service loop ----------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            event("service.signal", f"received {signal.Signals(signum).name}; stopping")
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def start(self, max_runs: int | None = None) -> int:
+        """Run until SIGTERM/SIGINT (or ``max_runs`` scheduled runs, for tests). Returns 0."""
+        c = self.config
+        now = self.clock.now()
+        event("service.start", "gofr-backup service starting", **_redacted(c.to_dict()))
+        for var in c.unknown_variables:
+            event("config.unknown", f"{var} is not a known variable (typo?); ignored", level=logging.WARNING)
+
+        def started(st: dict[str, Any]) -> None:
+            st.update(
+                pid=os.getpid(),
+                started_at=now_iso(now),
+                enabled=c.enabled,
+                schedule=c.schedule,
+                next_run=None if not c.enabled else now_iso(next_run(c.schedule, now)),
+            )
+
+        update_state(c, started)
+        if not c.enabled:
+            event(
+                "service.disabled",
+                f"backups are disabled; set {c.prefix}ENABLED=true to turn them on. Idling.",
+            )
+            while not self.stop_event.wait(3600):
+                pass
+            return 0
+        if c.cleanup_on_start:
+            try:
+                r = self.prune()
+                event("housekeeping.start", f"housekeeping on start: {len(r.deleted)} deleted, {r.kept} kept")
+            except BackupError as e:
+                event("housekeeping.failed", f"housekeeping on start failed: {e}", level=logging.ERROR)
+        if self.should_stop():
+            return 0
+        if self._missed_run(self.clock.now()):
+            event("backup.catch_up", "the last scheduled backup was missed; running one catch-up backup now")
+            self.run_backup("daily", trigger="catch-up")
+        runs = 0
+        while not self.should_stop():
+            nxt = next_run(c.schedule, self.clock.now())
+            self._record_next_run(nxt)
+            event("schedule.next", f"next backup at {now_iso(nxt)}", next_run=now_iso(nxt))
+            if self.clock.wait_until(nxt, self.stop_event):
+                break
+            self.run_backup("daily", trigger="schedule")
+            runs += 1
+            if max_runs is not None and runs >= max_runs:
+                break
+        event("service.stop", "gofr-backup service stopped")
+        return 0
+
+    def _record_next_run(self, nxt: datetime) -> None:
+        update_state(self.config, lambda st: st.update(next_run=now_iso(nxt)))
+
+    def _missed_run(self, now: datetime) -> bool:
+        """True when no scheduled backup has succeeded since the last time the schedule fired."""
+        from .status import read_state
+
+        last = read_state(self.config).get("last_scheduled_success")
+        if not last:
+            cands = [
+                e["created"]
+                for e in self.manifest.read()
+                if e.get("project") == self.config.project
+                and e["tier"] == "daily"
+                and e.get("trigger") in ("schedule", "catch-up")
+                and e.get("verified") is not False
+            ]
+            last = max(cands, default=None)
+        if not last:
+            return True
+        return datetime.fromisoformat(last) < prev_run(self.config.schedule, now)
+
+
+_SECRET_WORDS = ("SECRET", "PASSWORD", "TOKEN", "KEY")
+
+
+def _redacted(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if any(w in k.upper() for w in _SECRET_WORDS) and v:
+            out[k] = "***"
+        elif k == "paths":
+            out[k] = ",".join(f"{p['name']}:{p['path']}" for p in v)
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,178 @@
+"""Integrity verification.
+
+One pass over the file: every byte is hashed on its way into the decompressor, the whole tar stream
+is read to its end (every member's content, so a truncated or bit-flipped stream fails, not just a
+listing of the first members), and the member count is checked against the archive's own record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .archive import END_NAME, META_NAME, open_tar_stream, read_sidecar, sidecar_path
+from .codecs import CHUNK
+from .errors import Interrupted
+
+
+class HashingReader(io.RawIOBase):
+    def __init__(self, f: Any, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.should_stop = should_stop
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self.should_stop():
+            raise Interrupted("interrupted while reading archive")
+        n = self.f.readinto(b)
+        if n:
+            self.sha.update(memoryview(b)[:n])
+            self.size += n
+        return n or 0
+
+    def drain(self) -> None:
+        """Hash whatever the decompressor did not read (e.g. garbage after the stream)."""
+        buf = bytearray(CHUNK)
+        while self.readinto(buf):
+            pass
+
+
+@dataclass
+class Member:
+    name: str
+    type: bytes
+    size: int
+    linkname: str
+
+
+@dataclass
+class VerifyResult:
+    path: Path
+    ok: bool
+    error: str | None = None
+    sha256: str | None = None
+    file_count: int = 0
+    meta: dict[str, Any] | None = None
+    end: dict[str, Any] | None = None
+    members: list[Member] = field(default_factory=list)
+
+
+def verify_archive(
+    path: Path,
+    expected_sha256: str | None = None,
+    collect_members: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+    visit: Callable[[tarfile.TarFile, tarfile.TarInfo], None] | None = None,
+) -> VerifyResult:
+    """Check ``path`` against its ``.sha256`` sidecar, ``expected_sha256`` (the manifest's), and
+    its own contents. ``visit`` is called for every data member while the stream is read, which is
+    how restore extracts in the same pass that verifies."""
+    res = VerifyResult(path=path, ok=False)
+    if not path.is_file():
+        res.error = f"archive not found: {path}"
+        return res
+    side = read_sidecar(path)
+    if side is None:
+        res.error = f"checksum file missing: {sidecar_path(path).name}"
+        return res
+    if side == "":
+        res.error = f"checksum file malformed: {sidecar_path(path).name} (expected '<sha256>  {path.name}')"
+        return res
+
+    stream_error: str | None = None
+    count = 0
+    with open(path, "rb", buffering=CHUNK) as f:
+        hr = HashingReader(f, should_stop)
+        try:
+            with open_tar_stream(path, raw=hr) as tar:  # type: ignore[arg-type]
+                first = True
+                last_name = None
+                for m in tar:
+                    if first:
+                        if m.name != META_NAME:
+                            raise ValueError(f"first member is {m.name!r}, not {META_NAME}")
+                        res.meta = _read_json(tar, m)
+                        first = False
+                        continue
+                    if res.end is not None:
+                        raise ValueError(f"member {m.name!r} after the end marker")
+                    if m.name == END_NAME:
+                        res.end = _read_json(tar, m)
+                        continue
+                    last_name = m.name
+                    count += 1
+                    if collect_members:
+                        res.members.append(Member(m.name, m.type, m.size, m.linkname))
+                    if visit is not None:
+                        visit(tar, m)
+                    elif m.isreg():
+                        src = tar.extractfile(m)
+                        assert src is not None
+                        while src.read(CHUNK):
+                            pass
+                if first:
+                    raise ValueError("archive is empty")
+                if res.end is None:
+                    raise ValueError(
+                        f"end marker {END_NAME} missing: the archive is truncated (last member {last_name!r})"
+                    )
+                # read the codec's own trailer (gzip CRC, xz check, zstd checksum) to its end
+                assert tar.fileobj is not None
+                while tar.fileobj.read(CHUNK):
+                    pass
+        except Interrupted:
+            raise
+        except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error, LookupError, MemoryError) as e:
+            stream_error = (
+                f"archive stream is corrupt: {e}" if str(e) else f"archive stream is corrupt: {e!r}"
+            )
+        except Exception as e:  # noqa: BLE001 - zstd and lzma raise their own error types
+            stream_error = f"archive stream is corrupt: {type(e).__name__}: {e}"
+        try:
+            hr.drain()
+        except OSError as e:
+            stream_error = stream_error or f"cannot read archive: {e}"
+    digest = hr.sha.hexdigest()
+    res.sha256 = digest
+    res.file_count = count
+    if digest != side:
+        res.error = (
+            f"checksum mismatch: {path.name} has sha256 {digest[:16]}…, "
+            f"{sidecar_path(path).name} says {side[:16]}…"
+        )
+    elif expected_sha256 and digest != expected_sha256:
+        res.error = (
+            f"checksum mismatch: {path.name} has sha256 {digest[:16]}…, "
+            f"the manifest says {expected_sha256[:16]}…"
+        )
+    elif stream_error:
+        res.error = stream_error
+    elif res.end is not None and res.end.get("file_count") != count:
+        res.error = (
+            f"member count mismatch: archive holds {count} members, "
+            f"its end marker says {res.end.get('file_count')}"
+        )
+    else:
+        res.ok = True
+    return res
+
+
+def _read_json(tar: tarfile.TarFile, m: tarfile.TarInfo) -> dict[str, Any]:
+    f = tar.extractfile(m)
+    if f is None or m.size > (1 << 20):
+        raise ValueError(f"{m.name} is not a small regular file")
+    obj = json.loads(f.read())
+    if not isinstance(obj, dict):
+        raise ValueError(f"{m.name} is not a JSON object")
+    return obj
