@@ -15,6 +15,7 @@ when running as root; modes are restored without setuid/setgid/sticky bits.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -184,8 +185,9 @@ def _member_filter(selected: set[str]) -> Callable[[tarfile.TarInfo, str], tarfi
 class _Extractor:
     """Extracts selected members into their staging dirs while verify_archive reads the stream."""
 
-    def __init__(self, targets: list[Target]) -> None:
+    def __init__(self, targets: list[Target], declared: set[str]) -> None:
         self.by_name = {t.name: t for t in targets}
+        self.declared = declared  # the names the archive's header lists
         self.filter = _member_filter(set(self.by_name))
         self.dirs: list[tuple[tarfile.TarInfo, str]] = []
         self.archived: dict[str, set[str]] = {t.name: set() for t in targets}
@@ -195,8 +197,13 @@ class _Extractor:
 
     def __call__(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         top = m.name.split("/", 1)[0]
-        if self.error or top not in self.by_name:
-            return  # tarfile reads (and verify hashes) the skipped data when it moves on
+        if self.error:
+            return
+        if top not in self.declared:
+            self.error = f"member {m.name!r} does not belong to any path the archive declares"
+            return
+        if top not in self.by_name:
+            return  # not selected (--only): tarfile reads (and verify hashes) it when it moves on
         norm = os.path.normpath(m.name)
         if norm in self.seen or norm != m.name.rstrip("/"):
             self.error = f"member {m.name!r} is duplicated or not in normal form"
@@ -240,6 +247,13 @@ def clean_stale_staging(targets: list[Target]) -> None:
                 shutil.rmtree(parent / n, ignore_errors=True)
 
 
+def _read_meta_or_refuse(archive: Path) -> dict[str, Any]:
+    try:
+        return read_meta(archive)
+    except BackupError as e:
+        raise VerifyError(f"refusing to restore {archive.name}: {e}; nothing was changed") from None
+
+
 def plan_restore(
     config: BackupConfig,
     archive: Path,
@@ -248,7 +262,7 @@ def plan_restore(
     expected_sha256: str | None,
 ) -> tuple[RestorePlan, VerifyResult]:
     """For --dry-run: verify, and say what would change. Touches nothing."""
-    meta = read_meta(archive)
+    meta = _read_meta_or_refuse(archive)
     targets = resolve_targets(config, meta, target_dir, only)
     res = verify_archive(archive, expected_sha256, collect_members=True)
     if not res.ok:
@@ -270,17 +284,22 @@ def restore(
     confirm: Callable[[RestorePlan], bool] = lambda p: True,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> RestorePlan:
-    meta = read_meta(archive)
+    meta = _read_meta_or_refuse(archive)
     targets = resolve_targets(config, meta, target_dir, only)
     clean_stale_staging(targets)
     pid = os.getpid()
+    # a restore that is refused or cancelled must leave no trace, not even a parent's mtime
+    parent_times: dict[Path, tuple[int, int]] = {}
+    swapped = False
     try:
         for t in targets:
             parent = t.dest if t.mount else t.dest.parent
             parent.mkdir(parents=True, exist_ok=True)
+            st = os.stat(parent)
+            parent_times.setdefault(parent, (st.st_atime_ns, st.st_mtime_ns))
             t.base = parent / f"{STAGING_PREFIX}{t.name}-{pid}"
             t.base.mkdir(mode=0o700)
-        ex = _Extractor(targets)
+        ex = _Extractor(targets, set(meta.get("paths") or {}))
         holder: dict[str, tarfile.TarFile] = {}
 
         def visit(tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
@@ -299,6 +318,7 @@ def restore(
         if not confirm(plan):
             raise BackupError("restore cancelled; nothing was changed")
         os.sync()  # the staged data is durable before anything is swapped
+        swapped = True
         for t in targets:
             _swap_into_place(t)
         return plan
@@ -306,6 +326,10 @@ def restore(
         for t in targets:
             if t.base != Path() and t.base.exists():
                 shutil.rmtree(t.base, ignore_errors=True)
+        if not swapped:
+            for parent, (atime, mtime) in parent_times.items():
+                with contextlib.suppress(OSError):
+                    os.utime(parent, ns=(atime, mtime))
 
 
 def _swap_into_place(t: Target) -> None:

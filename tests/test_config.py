@@ -1,0 +1,119 @@
+"""Every invalid value: one line on stderr naming the variable, exit 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import cli_env, run_cli
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gofr_common.backup.config import BackupConfig
+from gofr_common.backup.errors import ConfigError
+
+BAD = [
+    ("GOFR_PLOT_BACKUP_COMPRESSION", "lz4", "gzip, bzip2, xz, zstd, none"),
+    ("GOFR_PLOT_BACKUP_COMPRESSION_LEVEL", "10", "from 1 to 9"),
+    ("GOFR_PLOT_BACKUP_COMPRESSION_LEVEL", "0", "from 1 to 9"),
+    ("GOFR_PLOT_BACKUP_COMPRESSION_LEVEL", "six", "whole number"),
+    ("GOFR_PLOT_BACKUP_SCHEDULE", "0 2 * * * *", "exactly 5 cron fields"),
+    ("GOFR_PLOT_BACKUP_SCHEDULE", "61 2 * * *", "not a valid cron"),
+    ("GOFR_PLOT_BACKUP_SCHEDULE", "every day", "exactly 5"),
+    ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "0", ">= 1"),
+    ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "-3", ">= 1"),
+    ("GOFR_PLOT_BACKUP_MAX_COUNT", "0", ">= 1"),
+    ("GOFR_PLOT_BACKUP_WEEKLY_RETENTION_WEEKS", "0", ">= 1"),
+    ("GOFR_PLOT_BACKUP_MONTHLY_RETENTION_MONTHS", "x", "whole number"),
+    ("GOFR_PLOT_BACKUP_PATHS", "storage", "not name:path"),
+    ("GOFR_PLOT_BACKUP_PATHS", "storage:storage,storage:other", "used twice"),
+    ("GOFR_PLOT_BACKUP_PATHS", "../evil:storage", "one path segment"),
+    ("GOFR_PLOT_BACKUP_PATHS", "a/b:storage", "one path segment"),
+    ("GOFR_PLOT_BACKUP_PATHS", ".gofr-backup.json:storage", "one path segment"),
+    ("GOFR_PLOT_BACKUP_PATHS", "a:storage,,b:auth", "name:path pairs"),
+    ("GOFR_PLOT_BACKUP_PATHS", "root:/", "resolves to '/'"),
+    ("GOFR_PLOT_BACKUP_ENABLED", "maybe", "true/false"),
+    ("GOFR_PLOT_BACKUP_VERIFY_AFTER_BACKUP", "2", "true/false"),
+    ("GOFR_PLOT_BACKUP_LOCK_TIMEOUT", "soon", "seconds"),
+]
+
+
+@pytest.mark.parametrize("var,value,allowed", BAD, ids=[f"{v}={x}" for v, x, _ in BAD])
+def test_bad_value_one_line_exit_2_nothing_written(tmp_path: Path, var: str, value: str, allowed: str) -> None:
+    backups = tmp_path / "backups"
+    (tmp_path / "data" / "storage").mkdir(parents=True)
+    env = cli_env(tmp_path / "data", backups, **{var: value})
+    r = run_cli("now", env=env)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert var in lines[0] and allowed in lines[0]
+    assert "Traceback" not in r.stderr
+    assert not backups.exists()
+
+
+@pytest.mark.parametrize("project", [None, "", "Plot", "plot_x", "-plot", "plot!", "a" * 80])
+def test_bad_or_missing_project(tmp_path: Path, project: str | None) -> None:
+    env = cli_env(tmp_path, tmp_path / "b")
+    env.pop("GOFR_PROJECT")
+    if project is not None:
+        env["GOFR_PROJECT"] = project
+    r = run_cli("now", env=env)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "GOFR_PROJECT" in r.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_usage_errors_are_one_line() -> None:
+    r = run_cli("verify", env=cli_env(Path("/nonexistent"), Path("/nonexistent")))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("now", "--tier", "hourly", env=cli_env(Path("/x"), Path("/y")))
+    assert r.returncode == 2 and "hourly" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_defaults_match_the_spec() -> None:
+    c = BackupConfig.from_env(env={"GOFR_PROJECT": "plot"})
+    assert (c.enabled, c.schedule, c.retention_days, c.max_count) == (True, "0 2 * * *", 30, 90)
+    assert [(p.name, p.raw) for p in c.paths] == [("storage", "storage"), ("auth", "auth"), ("logs", "../logs")]
+    assert str(c.paths[2].path) == "/logs"  # ../logs is the data dir's sibling
+    assert (c.compression, c.compression_level) == ("gzip", 6)
+    assert (c.cleanup_on_start, c.verify_after_backup) == (True, True)
+    assert (c.enable_weekly, c.weekly_retention_weeks, c.enable_monthly, c.monthly_retention_months) == (False, 8, False, 12)
+    assert (str(c.data_dir), str(c.backup_dir), c.lock_timeout) == ("/data", "/backups", 600)
+
+
+def test_prefix_of_hyphenated_project_and_booleans() -> None:
+    env = {"GOFR_PROJECT": "my-proj", "GOFR_MY_PROJ_BACKUP_ENABLED": "No", "GOFR_MY_PROJ_BACKUP_ENABLE_WEEKLY": "YES",
+           "GOFR_MY_PROJ_BACKUP_COMPRESSION": "zstd", "GOFR_MY_PROJ_BACKUP_LOCK_TIMEOUT": "2m"}
+    c = BackupConfig.from_env(env=env)
+    assert c.enabled is False and c.enable_weekly is True
+    assert c.compression_level == 3  # zstd's own default when no level is set
+    assert c.lock_timeout == 120
+
+
+def test_absolute_path_and_unknown_variable_warning(tmp_path: Path) -> None:
+    env = {"GOFR_PROJECT": "iq", "GOFR_IQ_BACKUP_PATHS": "data:.,abs:/srv/x", "GOFR_IQ_BACKUP_RETENTON_DAYS": "3"}
+    c = BackupConfig.from_env(env=env)
+    assert [str(p.path) for p in c.paths] == ["/data", "/srv/x"]
+    assert c.unknown_variables == ("GOFR_IQ_BACKUP_RETENTON_DAYS",)
+
+
+@given(st.text(max_size=60))
+def test_paths_parser_never_crashes(value: str) -> None:
+    try:
+        c = BackupConfig.from_env(env={"GOFR_PROJECT": "plot", "GOFR_PLOT_BACKUP_PATHS": value})
+    except ConfigError as e:
+        assert "GOFR_PLOT_BACKUP_PATHS" in str(e) and "\n" not in str(e).strip()
+    else:
+        names = [p.name for p in c.paths]
+        assert len(names) == len(set(names)) and all("/" not in n for n in names)
+
+
+@given(st.text(max_size=40))
+def test_schedule_parser_never_crashes(value: str) -> None:
+    try:
+        c = BackupConfig.from_env(env={"GOFR_PROJECT": "plot", "GOFR_PLOT_BACKUP_SCHEDULE": value})
+    except ConfigError as e:
+        assert "GOFR_PLOT_BACKUP_SCHEDULE" in str(e)
+    else:
+        assert len(c.schedule.split()) == 5
