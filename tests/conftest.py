@@ -36,7 +36,9 @@ def cli_env(data: Path, backups: Path, project: str = "plot", **extra: str) -> d
     return env
 
 
-def run_cli(*args: str, env: dict[str, str], input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str], input: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gofr_common.backup", *args],
         env=env,
@@ -131,15 +133,28 @@ def manifest(backups: Path) -> list[dict[str, Any]]:
     return json.loads((backups / "manifest.json").read_text())["backups"]
 
 
-def craft_archive(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], project: str = "plot",
-                  paths: dict[str, str] | None = None) -> Path:
+def craft_archive(
+    path: Path,
+    members: list[tuple[tarfile.TarInfo, bytes | None]],
+    project: str = "plot",
+    paths: dict[str, str] | None = None,
+) -> Path:
     """A gzip archive in our format (meta first, end marker last, valid .sha256) holding
     arbitrary, possibly hostile, members: so that restore's refusal cannot come from a checksum."""
     buf = io.BytesIO()
-    meta = {"format": 1, "project": project, "tier": "daily", "created": "2026-01-01T02:00:00+00:00",
-            "compression": "gzip", "paths": paths or {"storage": "storage"}, "kinds": {}, "file_count": len(members),
-            "source_bytes": 0}
+    meta = {
+        "format": 1,
+        "project": project,
+        "tier": "daily",
+        "created": "2026-01-01T02:00:00+00:00",
+        "compression": "gzip",
+        "paths": paths or {"storage": "storage"},
+        "kinds": {},
+        "file_count": len(members),
+        "source_bytes": 0,
+    }
     with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+
         def add_json(name: str, obj: dict[str, Any]) -> None:
             b = json.dumps(obj).encode()
             ti = tarfile.TarInfo(name)
@@ -157,7 +172,9 @@ def craft_archive(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]
     return path
 
 
-def tinfo(name: str, type: bytes = tarfile.REGTYPE, data: bytes = b"x", linkname: str = "", mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes | None]:
+def tinfo(
+    name: str, type: bytes = tarfile.REGTYPE, data: bytes = b"x", linkname: str = "", mode: int = 0o644
+) -> tuple[tarfile.TarInfo, bytes | None]:
     ti = tarfile.TarInfo(name)
     ti.type = type
     ti.mode = mode

@@ -39,7 +39,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("var,value,allowed", BAD, ids=[f"{v}={x}" for v, x, _ in BAD])
-def test_bad_value_one_line_exit_2_nothing_written(tmp_path: Path, var: str, value: str, allowed: str) -> None:
+def test_bad_value_one_line_exit_2_nothing_written(
+    tmp_path: Path, var: str, value: str, allowed: str
+) -> None:
     backups = tmp_path / "backups"
     (tmp_path / "data" / "storage").mkdir(parents=True)
     env = cli_env(tmp_path / "data", backups, **{var: value})
@@ -74,17 +76,31 @@ def test_usage_errors_are_one_line() -> None:
 def test_defaults_match_the_spec() -> None:
     c = BackupConfig.from_env(env={"GOFR_PROJECT": "plot"})
     assert (c.enabled, c.schedule, c.retention_days, c.max_count) == (True, "0 2 * * *", 30, 90)
-    assert [(p.name, p.raw) for p in c.paths] == [("storage", "storage"), ("auth", "auth"), ("logs", "../logs")]
+    assert [(p.name, p.raw) for p in c.paths] == [
+        ("storage", "storage"),
+        ("auth", "auth"),
+        ("logs", "../logs"),
+    ]
     assert str(c.paths[2].path) == "/logs"  # ../logs is the data dir's sibling
     assert (c.compression, c.compression_level) == ("gzip", 6)
     assert (c.cleanup_on_start, c.verify_after_backup) == (True, True)
-    assert (c.enable_weekly, c.weekly_retention_weeks, c.enable_monthly, c.monthly_retention_months) == (False, 8, False, 12)
+    assert (c.enable_weekly, c.weekly_retention_weeks, c.enable_monthly, c.monthly_retention_months) == (
+        False,
+        8,
+        False,
+        12,
+    )
     assert (str(c.data_dir), str(c.backup_dir), c.lock_timeout) == ("/data", "/backups", 600)
 
 
 def test_prefix_of_hyphenated_project_and_booleans() -> None:
-    env = {"GOFR_PROJECT": "my-proj", "GOFR_MY_PROJ_BACKUP_ENABLED": "No", "GOFR_MY_PROJ_BACKUP_ENABLE_WEEKLY": "YES",
-           "GOFR_MY_PROJ_BACKUP_COMPRESSION": "zstd", "GOFR_MY_PROJ_BACKUP_LOCK_TIMEOUT": "2m"}
+    env = {
+        "GOFR_PROJECT": "my-proj",
+        "GOFR_MY_PROJ_BACKUP_ENABLED": "No",
+        "GOFR_MY_PROJ_BACKUP_ENABLE_WEEKLY": "YES",
+        "GOFR_MY_PROJ_BACKUP_COMPRESSION": "zstd",
+        "GOFR_MY_PROJ_BACKUP_LOCK_TIMEOUT": "2m",
+    }
     c = BackupConfig.from_env(env=env)
     assert c.enabled is False and c.enable_weekly is True
     assert c.compression_level == 3  # zstd's own default when no level is set
@@ -92,7 +108,11 @@ def test_prefix_of_hyphenated_project_and_booleans() -> None:
 
 
 def test_absolute_path_and_unknown_variable_warning(tmp_path: Path) -> None:
-    env = {"GOFR_PROJECT": "iq", "GOFR_IQ_BACKUP_PATHS": "data:.,abs:/srv/x", "GOFR_IQ_BACKUP_RETENTON_DAYS": "3"}
+    env = {
+        "GOFR_PROJECT": "iq",
+        "GOFR_IQ_BACKUP_PATHS": "data:.,abs:/srv/x",
+        "GOFR_IQ_BACKUP_RETENTON_DAYS": "3",
+    }
     c = BackupConfig.from_env(env=env)
     assert [str(p.path) for p in c.paths] == ["/data", "/srv/x"]
     assert c.unknown_variables == ("GOFR_IQ_BACKUP_RETENTON_DAYS",)

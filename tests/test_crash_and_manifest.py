@@ -11,7 +11,17 @@ from typing import Any
 
 from conftest import manifest, popen_cli, run_cli, write
 
-KEYS = ("filename", "path", "tier", "created", "size_bytes", "sha256", "compression", "file_count", "source_bytes")
+KEYS = (
+    "filename",
+    "path",
+    "tier",
+    "created",
+    "size_bytes",
+    "sha256",
+    "compression",
+    "file_count",
+    "source_bytes",
+)
 
 
 def _big(app: dict[str, Any], mb: int = 32) -> None:
@@ -40,8 +50,11 @@ def test_sigkill_mid_write_leaves_no_archive_and_next_run_succeeds(app: dict[str
     partial = _wait_for_partial(app["backups"], proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = [p for p in (app["backups"] / "daily").iterdir()
-                if not p.name.endswith((".partial", ".sha256")) and p.name != before[0]["filename"]]
+    finished = [
+        p
+        for p in (app["backups"] / "daily").iterdir()
+        if not p.name.endswith((".partial", ".sha256")) and p.name != before[0]["filename"]
+    ]
     assert finished == [], "a killed backup must not leave anything that looks like a finished archive"
     assert manifest(app["backups"]) == before
     assert partial.exists()  # what the dead process left ...

@@ -65,7 +65,9 @@ def _forget_manifest_checksums(app: dict[str, Any]) -> None:
 # "none" is left out on purpose: an uncompressed tar has no checksum of its own, so a flipped
 # data byte there is caught only by the sidecar and the manifest (tested above).
 @pytest.mark.parametrize("codec", ["gzip", "zstd", "xz", "bzip2"])
-def test_flipped_byte_with_matching_sidecar_is_caught_by_reading_the_stream(app: dict[str, Any], codec: str) -> None:
+def test_flipped_byte_with_matching_sidecar_is_caught_by_reading_the_stream(
+    app: dict[str, Any], codec: str
+) -> None:
     a = _backup(app, codec)
     _flip(a, a.stat().st_size // 2)
     _resign(a)
@@ -122,7 +124,10 @@ HOSTILE = {
         tinfo("storage/up", tarfile.SYMTYPE, linkname="../../.."),
         tinfo("storage/up/gofr-through-link2.txt"),
     ],
-    "hardlink-outside": [tinfo("storage", tarfile.DIRTYPE), tinfo("storage/h", tarfile.LNKTYPE, linkname="/etc/passwd")],
+    "hardlink-outside": [
+        tinfo("storage", tarfile.DIRTYPE),
+        tinfo("storage/h", tarfile.LNKTYPE, linkname="/etc/passwd"),
+    ],
     "device": [tinfo("storage", tarfile.DIRTYPE), tinfo("storage/dev", tarfile.CHRTYPE)],
     "fifo": [tinfo("storage", tarfile.DIRTYPE), tinfo("storage/fifo", tarfile.FIFOTYPE)],
     "unselected-top": [tinfo("other/file.txt")],

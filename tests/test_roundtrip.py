@@ -6,15 +6,20 @@ import json
 import os
 import shutil
 import subprocess
-from pathlib import Path
+from datetime import UTC
 from typing import Any
 
 import pytest
 from conftest import manifest, run_cli, snapshot
 
 CODECS = {"gzip": ".tar.gz", "bzip2": ".tar.bz2", "xz": ".tar.xz", "zstd": ".tar.zst", "none": ".tar"}
-DECOMPRESS = {"gzip": ["gzip", "-dc"], "bzip2": ["bzip2", "-dc"], "xz": ["xz", "-dc"], "zstd": ["zstd", "-dc"],
-              "none": ["cat"]}
+DECOMPRESS = {
+    "gzip": ["gzip", "-dc"],
+    "bzip2": ["bzip2", "-dc"],
+    "xz": ["xz", "-dc"],
+    "zstd": ["zstd", "-dc"],
+    "none": ["cat"],
+}
 
 
 def _now(app: dict[str, Any], *extra: str, **env: str) -> dict[str, Any]:
@@ -35,12 +40,16 @@ def test_round_trip_every_codec(app: dict[str, Any], codec: str) -> None:
     assert archive.is_file() and archive.parent.name == "daily"
 
     # sha256sum -c works in the archive's directory
-    r = subprocess.run(["sha256sum", "-c", archive.name + ".sha256"], cwd=archive.parent, capture_output=True, text=True)
+    r = subprocess.run(
+        ["sha256sum", "-c", archive.name + ".sha256"], cwd=archive.parent, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
     # GNU tar and the codec's own CLI read it; members are stored under their names
     dec = subprocess.run([*DECOMPRESS[codec], str(archive)], capture_output=True, check=True).stdout
-    names = subprocess.run(["tar", "-t"], input=dec, capture_output=True, check=True).stdout.decode().splitlines()
+    names = (
+        subprocess.run(["tar", "-t"], input=dec, capture_output=True, check=True).stdout.decode().splitlines()
+    )
     assert names[0] == ".gofr-backup.json" and names[-1] == ".gofr-backup-end.json"
     assert "cfg" in names and "logs/app.log" in names and "storage/empty-dir/" in names
 
@@ -55,8 +64,10 @@ def test_round_trip_every_codec(app: dict[str, Any], codec: str) -> None:
 
 
 def test_restore_in_place_removes_extras_and_brings_back_deleted(app: dict[str, Any]) -> None:
-    before = {n: snapshot(p) for n, p in (("s", app["data"] / "storage"), ("l", app["logs"]),
-                                           ("c", app["data"] / "config.json"))}
+    before = {
+        n: snapshot(p)
+        for n, p in (("s", app["data"] / "storage"), ("l", app["logs"]), ("c", app["data"] / "config.json"))
+    }
     entry = _now(app)
     # damage the live data
     shutil.rmtree(app["data"] / "storage" / "nested")
@@ -134,14 +145,14 @@ def test_missing_path_is_a_warning_and_no_data_is_an_error(app: dict[str, Any]) 
 
 
 def test_same_second_collision_gets_a_suffix(app: dict[str, Any]) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from conftest import SimClock
 
     from gofr_common.backup import BackupConfig, BackupService
 
     cfg = BackupConfig.from_env(env=app["env"])
-    clock = SimClock(datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc))
+    clock = SimClock(datetime(2026, 3, 1, 2, 0, tzinfo=UTC))
     svc = BackupService(cfg, clock=clock)  # type: ignore[arg-type]
     a, b = svc.create_backup(), svc.create_backup()
     assert a is not None and b is not None
@@ -179,7 +190,10 @@ def test_list_json_and_text(app: dict[str, Any]) -> None:
     r = run_cli("list", "--json", env=app["env"])
     doc = json.loads(r.stdout)
     assert [b["filename"] for b in doc["backups"]] == [e2["filename"], e1["filename"]]
-    assert doc["summary"]["count"] == 2 and doc["summary"]["total_size_bytes"] == e1["size_bytes"] + e2["size_bytes"]
+    assert (
+        doc["summary"]["count"] == 2
+        and doc["summary"]["total_size_bytes"] == e1["size_bytes"] + e2["size_bytes"]
+    )
     # untracked and missing
     (app["backups"] / e1["path"]).unlink()
     stray = app["backups"] / "daily" / "gofr-plot_daily_20200101_000000.tar.gz"
