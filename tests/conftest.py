@@ -107,7 +107,7 @@ def snapshot(root: Path, owners: bool = True) -> dict[str, tuple[Any, ...]]:
         rel = "." if p == root else str(p.relative_to(root))
         own = (st.st_uid, st.st_gid) if owners else ()
         if stat.S_ISLNK(st.st_mode):
-            out[rel] = ("link", os.readlink(p), *own)
+            out[rel] = ("link", os.readlink(p), int(st.st_mtime), *own)
         elif stat.S_ISDIR(st.st_mode):
             out[rel] = ("dir", stat.S_IMODE(st.st_mode), int(st.st_mtime), *own)
         else:

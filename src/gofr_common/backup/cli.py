@@ -415,7 +415,7 @@ def _show_plan(plan: Any, as_json: bool, dry_run: bool) -> None:
         return
     head = "Would restore" if dry_run else "Restored"
     print(f"{head} {plan.archive.name}:")
-    for line in plan.summary():
+    for line in plan.summary(done=not dry_run):
         print(f"  {line}")
     if dry_run:
         for t in plan.targets:

@@ -80,14 +80,20 @@ class RestorePlan:
     targets: list[Target]
     changes: dict[str, Change]
 
-    def summary(self) -> list[str]:
+    def summary(self, done: bool = False) -> list[str]:
         out = []
         for t in self.targets:
             c = self.changes[t.name]
-            out.append(
-                f"{t.name} -> {t.dest}: {len(c.created)} to create, {len(c.replaced)} to replace, "
-                f"{len(c.removed)} not in the backup to remove"
-            )
+            if done:
+                out.append(
+                    f"{t.name} -> {t.dest}: {len(c.created)} created, {len(c.replaced)} replaced, "
+                    f"{len(c.removed)} not in the backup removed"
+                )
+            else:
+                out.append(
+                    f"{t.name} -> {t.dest}: {len(c.created)} to create, {len(c.replaced)} to replace, "
+                    f"{len(c.removed)} not in the backup to remove"
+                )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,6 +227,8 @@ class _Extractor:
                 self.dirs.append((m2, str(t.base / m2.name)))
             else:
                 tar.extract(m2, path=str(t.base), set_attrs=True, numeric_owner=True, filter="fully_trusted")
+                if m2.issym():  # tarfile leaves a symlink's own mtime alone
+                    os.utime(t.base / m2.name, (m2.mtime, m2.mtime), follow_symlinks=False)
         except (OSError, tarfile.TarError, KeyError) as e:
             self.error = f"cannot extract {m.name!r}: {e}"
             return
