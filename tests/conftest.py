@@ -200,11 +200,18 @@ class SimClock:
         self.t += timedelta(**kw)
 
     def wait_until(self, when: datetime, stop: Any) -> bool:
-        if self.until is not None and when > self.until:
+        if self.until is not None and utc(when) > utc(self.until):
             self.t = self.until
             return True
-        self.t = max(self.t, when)
+        if utc(when) > utc(self.t):
+            self.t = when
         return bool(stop.is_set())
+
+
+def utc(t: datetime) -> datetime:
+    from datetime import UTC
+
+    return t.astimezone(UTC)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import shutil
 import signal
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,9 @@ class Clock:
         """Sleep until ``when``; True if ``stop`` was set first. Re-reads the clock each minute,
         so suspend/resume or clock steps do not make it oversleep."""
         while True:
-            left = (when - self.now()).total_seconds()
+            # in UTC: aware datetimes of one zone compare by wall time and ignore `fold`, which
+            # would fire the second 02:30 of a DST fall-back night an hour early
+            left = (when.astimezone(UTC) - self.now().astimezone(UTC)).total_seconds()
             if left <= 0:
                 return stop.is_set()
             if stop.wait(min(left, 60.0)):
@@ -239,7 +241,11 @@ class BackupService:
         copies: list[str] = []
         if trigger in ("schedule", "catch-up") and tier == "daily" and entry["complete"]:
             copies = self._tier_copies(entry, created)
-        tiers = ["daily", *[x.split("/", 1)[0] for x in copies]] if tier == "daily" else [tier]
+        # scheduled runs keep every tier in shape; a manual run touches only what it wrote
+        if trigger in ("schedule", "catch-up"):
+            tiers = ["daily", "weekly", "monthly"]
+        else:
+            tiers = [tier, *[x.split("/", 1)[0] for x in copies]]
         report = housekeeping(c, self.clock.now(), tiers=tiers)
         event(
             "housekeeping.done",
@@ -377,8 +383,12 @@ class BackupService:
             event("backup.catch_up", "the last scheduled backup was missed; running one catch-up backup now")
             self.run_backup("daily", trigger="catch-up")
         runs = 0
+        last_fire: datetime | None = None
         while not self.should_stop():
             nxt = next_run(c.schedule, self.clock.now())
+            if last_fire is not None and nxt.astimezone(UTC) <= last_fire.astimezone(UTC):
+                nxt = next_run(c.schedule, last_fire + timedelta(seconds=1))  # never the same instant twice
+            last_fire = nxt
             self._record_next_run(nxt)
             event("schedule.next", f"next backup at {now_iso(nxt)}", next_run=now_iso(nxt))
             if self.clock.wait_until(nxt, self.stop_event):

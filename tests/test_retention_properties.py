@@ -1,0 +1,121 @@
+"""Property-based tests of the retention rules (plan_retention is pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dateutil.relativedelta import relativedelta
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gofr_common.backup.housekeeping import Policy, plan_retention
+
+NOW = datetime(2027, 6, 15, 12, 0, tzinfo=UTC)
+
+
+@st.composite
+def scenario(draw: Any) -> tuple[list[dict[str, Any]], Policy]:
+    policy = Policy(
+        retention_days=draw(st.integers(1, 60)),
+        max_count=draw(st.integers(1, 20)),
+        weekly_weeks=draw(st.integers(1, 12)),
+        monthly_months=draw(st.integers(1, 18)),
+    )
+    n = draw(st.integers(0, 40))
+    entries = []
+    for i in range(n):
+        age = draw(st.integers(0, 800 * 24 * 60))  # minutes, up to ~800 days
+        entries.append(
+            {
+                "filename": f"f{i:03d}",
+                "path": f"x/f{i:03d}",
+                "tier": draw(st.sampled_from(["daily", "weekly", "monthly"])),
+                "created": (NOW - timedelta(minutes=age)).isoformat(),
+                "verified": draw(st.sampled_from([True, True, True, False, None])),
+                "verify_error": "boom",
+            }
+        )
+    return entries, policy
+
+
+def limit(tier: str, p: Policy) -> datetime:
+    return {
+        "daily": NOW - timedelta(days=p.retention_days),
+        "weekly": NOW - timedelta(weeks=p.weekly_weeks),
+        "monthly": NOW - relativedelta(months=p.monthly_months),
+    }[tier]
+
+
+def key(e: dict[str, Any]) -> tuple[datetime, str]:
+    return datetime.fromisoformat(e["created"]), e["filename"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(scenario())
+def test_retention_invariants(s: tuple[list[dict[str, Any]], Policy]) -> None:
+    entries, p = s
+    plan = plan_retention(entries, NOW, p)
+    deleted = {e["filename"] for e, _ in plan}
+    assert len(deleted) == len(plan), "nothing is deleted twice"
+    for tier in ("daily", "weekly", "monthly"):
+        es = sorted((e for e in entries if e["tier"] == tier), key=key, reverse=True)
+        kept = [e for e in es if e["filename"] not in deleted]
+        good = [e for e in es if e["verified"] is not False]
+        # 1. failed archives go: none is kept
+        assert all(e["verified"] is not False for e in kept)
+        # 2. the newest verified archive survives, whatever its age
+        newest_verified = next((e for e in es if e["verified"] is True), None)
+        if newest_verified:
+            assert newest_verified["filename"] not in deleted
+        elif good:  # nothing verified: the newest not known to be bad survives
+            assert good[0]["filename"] not in deleted
+        # 3. counts stay within the limit
+        if tier == "daily":
+            assert len(kept) <= p.max_count
+        # 4. nothing younger than its limit is deleted, except by failure or by the count
+        cutoff = limit(tier, p)
+        young_good = [e for e in good if key(e)[0] >= cutoff]
+        if tier == "daily":
+            protected = newest_verified or (good[0] if good else None)
+            slots = p.max_count - (
+                1 if protected is not None and protected not in young_good[: p.max_count] else 0
+            )
+            young_good = young_good[:slots]
+        for e in young_good:
+            assert e["filename"] not in deleted, (e, p)
+        # 5. anything kept is young enough, or the protected one
+        for e in kept:
+            assert key(e)[0] >= cutoff or e is (newest_verified or good[0])
+
+
+@given(scenario())
+def test_failed_are_deleted_before_good_ones_take_count_slots(s: tuple[list[dict[str, Any]], Policy]) -> None:
+    entries, p = s
+    # a failed archive newer than every good one must not push a good one out of MAX_COUNT
+    plan = plan_retention(entries, NOW, p)
+    deleted = {e["filename"] for e, _ in plan}
+    daily_good = sorted(
+        (e for e in entries if e["tier"] == "daily" and e["verified"] is not False), key=key, reverse=True
+    )
+    young = [e for e in daily_good if key(e)[0] >= limit("daily", p)]
+    assert [e for e in young[: p.max_count] if e["filename"] in deleted] == []
+    reasons = {e["filename"]: why for e, why in plan}
+    for e in entries:
+        if e["verified"] is False:
+            assert reasons[e["filename"]].startswith("failed verification")
+
+
+def test_a_long_outage_keeps_the_last_good_backup() -> None:
+    entries = [
+        {
+            "filename": f"d{i}",
+            "path": f"daily/d{i}",
+            "tier": "daily",
+            "verified": True,
+            "created": (NOW - timedelta(days=40 + i)).isoformat(),
+        }
+        for i in range(30)
+    ]
+    plan = plan_retention(entries, NOW, Policy(retention_days=30))
+    assert {e["filename"] for e, _ in plan} == {f"d{i}" for i in range(1, 30)}
