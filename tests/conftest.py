@@ -85,6 +85,8 @@ def make_app(root: Path) -> tuple[Path, Path]:
     os.symlink("does-not-exist", data / "storage" / "dangling")
     write(data / "storage" / ("a" * 120) / ("b" * 120 + ".txt"), "long path\n", 0o644, t0 + 4)
     write(data / "auth" / "tokens.json", '{"t": "secret"}', 0o600, t0 + 5)
+    write(data / "storage" / "group-writable.txt", "g+w\n", 0o664, t0 + 9)  # tarfile's data filter drops g+w
+    write(data / "storage" / "read-only.txt", "r\n", 0o400, t0 + 10)  # ... and adds u+w
     write(data / "config.json", '{"single": "file"}', 0o644, t0 + 6)
     write(logs / "app.log", "line 1\nline 2\n" * 1000, 0o644, t0 + 7)
     os.utime(data / "storage" / "nested" / "deep", (t0 + 8, t0 + 8))

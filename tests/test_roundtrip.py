@@ -217,3 +217,39 @@ def test_config_command(app: dict[str, Any]) -> None:
     d = json.loads(r.stdout)
     assert d["project"] == "doc" and d["backup_dir"] == "/x/y"
     assert not os.path.exists("/x/y")
+
+
+@pytest.mark.parametrize(
+    "codec,levels", [("gzip", (1, 6, 9)), ("zstd", (1, 3, 19)), ("xz", (0, 6, 9)), ("bzip2", (1, 9))]
+)
+def test_compression_level_is_honoured(app: dict[str, Any], codec: str, levels: tuple[int, ...]) -> None:
+    # compressible, varied text: every level step changes the size
+    import random
+
+    rnd = random.Random(7)
+    words = [f"word{i}" for i in range(5000)]
+    (app["logs"] / "big.log").write_text("\n".join(" ".join(rnd.choices(words, k=12)) for _ in range(60000)))
+    sizes = []
+    for lvl in levels:
+        e = _now(
+            app, **{"GOFR_PLOT_BACKUP_COMPRESSION": codec, "GOFR_PLOT_BACKUP_COMPRESSION_LEVEL": str(lvl)}
+        )
+        sizes.append(e["size_bytes"])
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes), sizes
+
+
+def test_owners_come_back_when_restoring_as_root(app: dict[str, Any]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("restoring owners needs root")
+    os.chown(app["data"] / "auth" / "tokens.json", 1000, 1000)
+    os.chown(app["data"] / "storage" / "nested", 1234, 5678)
+    os.lchown(app["data"] / "storage" / "link-to-doc", 4321, 4321)
+    before = snapshot(app["data"] / "storage"), snapshot(app["data"] / "auth")
+    entry = _now(app)
+    os.chown(app["data"] / "auth" / "tokens.json", 0, 0)
+    os.chown(app["data"] / "storage" / "nested", 0, 0)
+    r = run_cli("restore", entry["filename"], "--yes", env=app["env"])
+    assert r.returncode == 0, r.stderr
+    assert (snapshot(app["data"] / "storage"), snapshot(app["data"] / "auth")) == before
+    assert os.stat(app["data"] / "auth" / "tokens.json").st_uid == 1000
+    assert os.lstat(app["data"] / "storage" / "link-to-doc").st_uid == 4321

@@ -181,8 +181,15 @@ def _member_filter(selected: set[str]) -> Callable[[tarfile.TarInfo, str], tarfi
             raise tarfile.FilterError(f"member {member.name!r} is outside the selected paths")
         new = tarfile.data_filter(member, dest)
         mode = None if member.issym() else member.mode & 0o777
+        # data_filter drops owners and go-w bits; put back the archived owners and permission bits
+        # (setuid/setgid/sticky stay dropped; a symlink's mode None means "leave alone")
         return new.replace(
-            mode=mode,  # type: ignore[arg-type]  # None: leave a symlink's mode alone uid=member.uid, gid=member.gid, uname=member.uname, gname=member.gname, deep=False
+            mode=mode,  # type: ignore[arg-type]
+            uid=member.uid,
+            gid=member.gid,
+            uname=member.uname,
+            gname=member.gname,
+            deep=False,
         )
 
     return f
