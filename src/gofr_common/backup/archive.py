@@ -19,6 +19,7 @@ import io
 import json
 import os
 import pwd
+import shutil
 import stat
 import tarfile
 import time
@@ -28,10 +29,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__, naming
+from . import __version__, naming, sqlite_snapshot
 from .codecs import CHUNK, CODECS
 from .config import BackupConfig, PathSpec
 from .errors import BackupError, Interrupted, NoDataError
+from .excludes import compile_excludes
 from .fsutil import FILE_MODE, fsync_dir, remove_quietly
 
 META_NAME = ".gofr-backup.json"
@@ -56,6 +58,7 @@ class Scan:
     missing: list[str] = field(default_factory=list)  # "name=path"
     unreadable: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    excluded: int = 0
 
     @property
     def source_bytes(self) -> int:
@@ -72,8 +75,13 @@ def _kind(mode: int) -> str | None:
     return None
 
 
-def scan(paths: tuple[PathSpec, ...], should_stop: Callable[[], bool] = lambda: False) -> Scan:
-    """Walk every configured path without following symlinks. Sorted, so archives are stable."""
+def scan(
+    paths: tuple[PathSpec, ...],
+    should_stop: Callable[[], bool] = lambda: False,
+    excluded: Callable[[str, bool], bool] | None = None,
+) -> Scan:
+    """Walk every configured path without following symlinks. Sorted, so archives are stable.
+    ``excluded(rel, is_dir)`` drops entries (and whole directories) relative to each path."""
     result = Scan()
     for spec in paths:
         try:
@@ -92,11 +100,18 @@ def scan(paths: tuple[PathSpec, ...], should_stop: Callable[[], bool] = lambda: 
         result.kinds[spec.name] = kind
         result.entries.append(ScanEntry(spec.name, str(spec.path), st))
         if kind == "dir":
-            _walk(spec.path, spec.name, result, should_stop)
+            _walk(spec.path, spec.name, result, should_stop, excluded)
     return result
 
 
-def _walk(top: Path, arctop: str, result: Scan, should_stop: Callable[[], bool]) -> None:
+def _walk(
+    top: Path,
+    arctop: str,
+    result: Scan,
+    should_stop: Callable[[], bool],
+    excluded: Callable[[str, bool], bool] | None,
+) -> None:
+    cut = len(arctop) + 1
     stack = [(str(top), arctop)]
     while stack:
         if should_stop():
@@ -120,6 +135,9 @@ def _walk(top: Path, arctop: str, result: Scan, should_stop: Callable[[], bool])
                 continue
             arc = f"{arcdir}/{d.name}"
             kind = _kind(st.st_mode)
+            if excluded is not None and excluded(arc[cut:], kind == "dir"):
+                result.excluded += 1
+                continue
             if kind is None:
                 result.warnings.append(f"{d.path} is a socket, FIFO or device; skipped")
                 continue
@@ -178,6 +196,7 @@ class _ExactReader(io.RawIOBase):
         self.fd = fd
         self.left = size
         self.short = False
+        self.error: str | None = None
         self.should_stop = should_stop
 
     def readable(self) -> bool:
@@ -190,7 +209,12 @@ class _ExactReader(io.RawIOBase):
             n = self.left
         if n == 0:
             return b""
-        data = b"" if self.short else os.read(self.fd, min(n, CHUNK))
+        data = b""
+        if not self.short:
+            try:
+                data = os.read(self.fd, min(n, CHUNK))
+            except OSError as e:  # the header is already written: keep the tar stream valid
+                self.error = e.strerror or str(e)
         if not data:
             self.short = True
             data = bytes(min(n, CHUNK))
@@ -211,6 +235,8 @@ class WriteResult:
     unreadable: list[str]
     missing: list[str]
     meta: dict[str, Any]
+    sqlite_snapshots: list[str] = field(default_factory=list)
+    excluded: int = 0
 
     @property
     def complete(self) -> bool:
@@ -253,9 +279,14 @@ def _json_member(tar: tarfile.TarFile, name: str, obj: dict[str, Any]) -> None:
 class ArchiveWriter:
     """Writes one archive. Use :func:`write_archive`."""
 
-    def __init__(self, tar: tarfile.TarFile, should_stop: Callable[[], bool]) -> None:
+    def __init__(
+        self, tar: tarfile.TarFile, should_stop: Callable[[], bool], sqlite_tmp: Path | None = None
+    ) -> None:
         self.tar = tar
         self.should_stop = should_stop
+        self.sqlite_tmp = sqlite_tmp  # None: SQLite snapshots are off (byte copies)
+        self.snapshotted: list[str] = []  # source paths of databases archived as snapshots
+        self.snapshotted_set: set[str] = set()
         self.names = _Names()
         # (dev, inode, top-level name) -> first arcname: hard links never cross _PATHS names,
         # because restore stages each name on its own (and --only may select one of them)
@@ -292,7 +323,16 @@ class ArchiveWriter:
             ti.linkname = target
             self.tar.addfile(ti)
         else:
-            if not self._add_file(e):
+            base = sqlite_snapshot.sibling_base(e.path)
+            if base is not None and base in self.snapshotted_set:
+                return  # -wal/-shm/-journal of a snapshotted database: the snapshot holds its commits
+            try:
+                if not self._add_file(e):
+                    return
+            except _SourceReadError as ex:
+                # EIO and friends, before the member's header was written: skip this file only
+                self.unreadable.append(e.path)
+                self.warnings.append(f"{e.path} could not be read ({ex}); skipped")
                 return
         self.count += 1
 
@@ -321,9 +361,19 @@ class ArchiveWriter:
                 if not stat.S_ISREG(before.st_mode):
                     self.warnings.append(f"{e.path} is no longer a regular file; skipped")
                     return False
+                if (
+                    self.sqlite_tmp is not None
+                    and before.st_size >= 512
+                    and sqlite_snapshot.is_sqlite(_pread(fd, 16))
+                    and self._add_sqlite(e, before)
+                ):
+                    return True
                 ti = self._info(e.arcname, before)
                 if before.st_size <= SMALL_FILE:
-                    data = _read_all(fd, before.st_size)
+                    try:
+                        data = _read_all(fd, before.st_size)
+                    except OSError as ex:
+                        raise _SourceReadError(ex.strerror or str(ex)) from None
                     after = os.fstat(fd)
                     if _changed(before, after, len(data)) and attempt < CHANGE_RETRIES:
                         continue  # read it again
@@ -338,7 +388,12 @@ class ArchiveWriter:
                     reader = _ExactReader(fd, before.st_size, self.should_stop)
                     self.tar.addfile(ti, reader)
                     after = os.fstat(fd)
-                    if reader.short:
+                    if reader.error:
+                        self.unreadable.append(e.path)
+                        self.warnings.append(
+                            f"{e.path}: read error ({reader.error}); the rest of the file is zero-filled"
+                        )
+                    elif reader.short:
                         self.warnings.append(
                             f"{e.path} shrank while read; archived as read, zero-padded to {before.st_size} bytes"
                         )
@@ -351,6 +406,42 @@ class ArchiveWriter:
             finally:
                 os.close(fd)
         return False  # pragma: no cover - loop always returns
+
+    def _add_sqlite(self, e: ScanEntry, st: os.stat_result) -> bool:
+        """Archive a consistent snapshot in place of the live file. False: fall back to bytes."""
+        assert self.sqlite_tmp is not None
+        dst = self.sqlite_tmp / f"snapshot-{len(self.snapshotted)}.db"
+        try:
+            how = sqlite_snapshot.snapshot(Path(e.path), dst)
+        except sqlite_snapshot.SnapshotError as ex:
+            self.warnings.append(
+                f"{e.path}: SQLite snapshot failed ({ex}); archived as a byte copy, which may be torn"
+            )
+            return False
+        try:
+            ti = self._info(e.arcname, st)
+            with open(dst, "rb") as f:
+                ti.size = os.fstat(f.fileno()).st_size
+                self.tar.addfile(ti, f)
+        finally:
+            dst.unlink(missing_ok=True)
+        self.bytes += ti.size
+        self.snapshotted.append(e.path)
+        self.snapshotted_set.add(e.path)
+        if how != "live":
+            self.warnings.append(f"{e.path}: no writer had the database open; snapshot taken from a copy")
+        return True
+
+
+class _SourceReadError(Exception):
+    """A source file failed to read before its member header was written (safe to skip)."""
+
+
+def _pread(fd: int, n: int) -> bytes:
+    try:
+        return os.pread(fd, n, 0)
+    except OSError as e:
+        raise _SourceReadError(e.strerror or str(e)) from None
 
 
 def _read_all(fd: int, size: int) -> bytes:
@@ -416,7 +507,8 @@ def write_archive(
     On any error or interruption the partial file is removed before the exception propagates.
     """
     t0 = time.monotonic()
-    s = scan(config.paths, should_stop)
+    excluded = compile_excludes(config.exclude) if config.exclude else None
+    s = scan(config.paths, should_stop, excluded)
     if not s.kinds:
         tried = ", ".join(f"{p.name}={p.path}" for p in config.paths)
         raise NoDataError(f"No data found to backup: none of the configured paths exist ({tried})")
@@ -426,7 +518,11 @@ def write_archive(
     partial = tier_dir / (filename + naming.PARTIAL_SUFFIX)
     final = tier_dir / filename
     meta = build_meta(config, tier, created, s)
+    sqlite_tmp = config.backup_dir / f".gofr-{config.project}.tmp" if config.sqlite_snapshot else None
     try:
+        if sqlite_tmp is not None:
+            shutil.rmtree(sqlite_tmp, ignore_errors=True)  # left by a dead run (we hold the lock)
+            sqlite_tmp.mkdir(mode=0o700)
         hw = HashingWriter(fd)
         stream = CODECS[config.compression].writer(hw, config.compression_level)  # type: ignore[arg-type]
         sink = _Sink(stream)
@@ -434,7 +530,7 @@ def write_archive(
             fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"
         )
         tar.copybufsize = CHUNK  # type: ignore[attr-defined]
-        w = ArchiveWriter(tar, should_stop)
+        w = ArchiveWriter(tar, should_stop, sqlite_tmp)
         _json_member(tar, META_NAME, meta)
         for e in s.entries:
             w.add(e)
@@ -448,6 +544,8 @@ def write_archive(
             "complete": not unreadable,
             "unreadable": unreadable,
             "warnings": warnings,
+            "sqlite_snapshots": w.snapshotted,
+            "excluded": s.excluded,
         }
         _json_member(tar, END_NAME, end)
         tar.close()
@@ -464,6 +562,9 @@ def write_archive(
             os.close(fd)
         remove_quietly(partial)
         raise
+    finally:
+        if sqlite_tmp is not None:
+            shutil.rmtree(sqlite_tmp, ignore_errors=True)
     return WriteResult(
         path=final,
         filename=filename,
@@ -476,6 +577,8 @@ def write_archive(
         unreadable=unreadable,
         missing=s.missing,
         meta=meta,
+        sqlite_snapshots=w.snapshotted,
+        excluded=s.excluded,
     )
 
 

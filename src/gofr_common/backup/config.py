@@ -42,6 +42,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "DATA_DIR": ("/data", "the data volume (read-only is fine)"),
     "DIR": ("/backups", "the backup directory"),
     "LOCK_TIMEOUT": ("600", "seconds a run waits for another gofr-backup process to finish"),
+    "SQLITE_SNAPSHOT": ("true", "copy live SQLite databases with SQLite's online backup API"),
+    "EXCLUDE": ("", "comma-separated glob patterns, relative to each path"),
+    "PRE_HOOK": ("", "shell command run before each backup; failure aborts the backup"),
+    "POST_HOOK": ("", "shell command run after each backup, whatever the outcome"),
+    "HOOK_TIMEOUT": ("300", "seconds a hook may run before it is killed"),
 }
 
 
@@ -73,6 +78,11 @@ class BackupConfig:
     enable_monthly: bool = False
     monthly_retention_months: int = 12
     lock_timeout: float = 600.0
+    sqlite_snapshot: bool = True
+    exclude: tuple[str, ...] = ()
+    pre_hook: str = ""
+    post_hook: str = ""
+    hook_timeout: float = 300.0
     unknown_variables: tuple[str, ...] = field(default=())
 
     @property
@@ -197,6 +207,23 @@ def parse_paths(var: str, value: str, data_dir: Path) -> tuple[PathSpec, ...]:
     return tuple(out)
 
 
+def parse_excludes(var: str, value: str) -> tuple[str, ...]:
+    if not value.strip():
+        return ()
+    items = [s.strip() for s in value.split(",")]
+    for item in items:
+        if not item or item in ("/", "**", "*") or "\x00" in item:
+            raise _bad(
+                var,
+                value,
+                f"pattern {item!r} would exclude everything or is empty; "
+                "expected globs such as *.tmp,cache/**",
+            )
+        if item.count("[") != item.count("]"):
+            raise _bad(var, value, f"pattern {item!r} has an unclosed [")
+    return tuple(items)
+
+
 def parse_project(source: str, value: str | None) -> str:
     if value is None or not value.strip():
         raise ConfigError(
@@ -265,6 +292,11 @@ def load(
         enable_monthly=parse_bool(*get("ENABLE_MONTHLY")),
         monthly_retention_months=parse_int(*get("MONTHLY_RETENTION_MONTHS"), 1),
         lock_timeout=parse_duration(*get("LOCK_TIMEOUT")),
+        sqlite_snapshot=parse_bool(*get("SQLITE_SNAPSHOT")),
+        exclude=parse_excludes(*get("EXCLUDE")),
+        pre_hook=get("PRE_HOOK")[1].strip(),
+        post_hook=get("POST_HOOK")[1].strip(),
+        hook_timeout=parse_duration(*get("HOOK_TIMEOUT")),
         unknown_variables=unknown,
     )
 

@@ -22,6 +22,7 @@ from .archive import sidecar_path, write_archive, write_sidecar
 from .config import BackupConfig
 from .errors import BackupError, Interrupted
 from .fsutil import file_lock
+from .hooks import run_hook
 from .housekeeping import Entry, Manifest, PruneReport, housekeeping
 from .status import next_run, now_iso, prev_run, update_state
 from .verify import VerifyResult, verify_archive
@@ -142,18 +143,37 @@ class BackupService:
 
     # -- one run -------------------------------------------------------------------------------
     def run_backup(self, tier: str = "daily", trigger: str = "manual") -> Outcome:
-        """Lock, write, verify, record, copy into weekly/monthly (scheduled runs), prune the tier."""
+        """Lock, pre-hook, write, verify, record, tier copies, prune; then the post-hook, always."""
+        c = self.config
+        hook_env = {
+            "GOFR_BACKUP_PROJECT": c.project,
+            "GOFR_BACKUP_TIER": tier,
+            "GOFR_BACKUP_TRIGGER": trigger,
+        }
         try:
             with self.run_lock():
-                return self._run_locked(tier, trigger)
-        except Interrupted as e:
-            event(
-                "backup.interrupted",
-                f"backup interrupted: {e}; partial archive removed",
-                level=logging.WARNING,
-            )
+                try:
+                    if c.pre_hook:
+                        err = run_hook("pre", c.pre_hook, c.hook_timeout, hook_env, self.should_stop)
+                        if err:
+                            raise BackupError(f"{err}; no backup was made")
+                    out = self._run_locked(tier, trigger)
+                except Interrupted as e:
+                    event(
+                        "backup.interrupted",
+                        f"backup interrupted: {e}; partial archive removed",
+                        level=logging.WARNING,
+                    )
+                    out = Outcome("interrupted", error=str(e))
+                except BackupError as e:
+                    self._record_failure(str(e), trigger)
+                    out = Outcome("failed", error=str(e))
+                if c.post_hook:  # always, whatever happened
+                    run_hook("post", c.post_hook, c.hook_timeout, {**hook_env, **_outcome_env(out)})
+                return out
+        except Interrupted as e:  # while waiting for the lock
             return Outcome("interrupted", error=str(e))
-        except BackupError as e:
+        except BackupError as e:  # the lock could not be had
             self._record_failure(str(e), trigger)
             return Outcome("failed", error=str(e))
 
@@ -421,6 +441,15 @@ class BackupService:
         if not last:
             return True
         return datetime.fromisoformat(last) < prev_run(self.config.schedule, now)
+
+
+def _outcome_env(out: Outcome) -> dict[str, str]:
+    return {
+        "GOFR_BACKUP_STATUS": out.status,
+        "GOFR_BACKUP_ARCHIVE": str(out.path) if out.path else "",
+        "GOFR_BACKUP_ERROR": out.error or "",
+        "GOFR_BACKUP_SIZE_BYTES": str(out.entry["size_bytes"]) if out.entry else "",
+    }
 
 
 _SECRET_WORDS = ("SECRET", "PASSWORD", "TOKEN", "KEY")
