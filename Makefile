@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null) .ci/run
 
-.PHONY: install demo test lint bench fuzz clean
+.PHONY: install demo test lint bench fuzz clean wheelhouse image
 
 install: $(STAMP)
 
@@ -25,11 +25,21 @@ lint: install
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy src
-	@if command -v shellcheck >/dev/null; then shellcheck $(SHELL_SCRIPTS); \
+	$(VENV)/bin/hadolint docker/backup/Dockerfile
+	@if command -v shellcheck >/dev/null; then shellcheck -x $(SHELL_SCRIPTS); \
 	  else echo "shellcheck not installed: skipped (.ci/run installs it)"; fi
 
 bench: install
 	$(PY) bench/bench.py $(BENCH_ARGS)
+
+# wheels for the image's Python (3.11, manylinux x86_64), for builds that cannot reach an index
+wheelhouse: install
+	rm -rf wheelhouse
+	$(PY) -m pip wheel -q --wheel-dir wheelhouse .
+
+IMAGE ?= gofr-common-backup:latest
+image:
+	docker build -f docker/backup/Dockerfile -t $(IMAGE) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -27,8 +27,14 @@ WRITER = ROOT / "tests" / "helpers" / "sqlite_writer.py"
 
 def _env(data: Path, backups: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOFR_")}
-    env.update({"GOFR_PROJECT": "bench", "GOFR_BENCH_BACKUP_DATA_DIR": str(data),
-                "GOFR_BENCH_BACKUP_DIR": str(backups), "PYTHONPATH": str(ROOT / "src")})
+    env.update(
+        {
+            "GOFR_PROJECT": "bench",
+            "GOFR_BENCH_BACKUP_DATA_DIR": str(data),
+            "GOFR_BENCH_BACKUP_DIR": str(backups),
+            "PYTHONPATH": str(ROOT / "src"),
+        }
+    )
     env.update({f"GOFR_BENCH_BACKUP_{k}": v for k, v in extra.items()})
     return env
 
@@ -69,8 +75,12 @@ def bench_sqlite(seconds: float, db_mb: int) -> str:
             t0, runs, backup_s = time.monotonic(), 0, []
             while time.monotonic() - t0 < seconds or runs == 0:
                 b0 = time.monotonic()
-                r = subprocess.run([sys.executable, "-m", "gofr_common.backup", "now"], env=env,
-                                   capture_output=True, text=True)
+                r = subprocess.run(
+                    [sys.executable, "-m", "gofr_common.backup", "now"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
                 if r.returncode != 0:
                     raise SystemExit(r.stderr)
                 backup_s.append(time.monotonic() - b0)
@@ -78,13 +88,20 @@ def bench_sqlite(seconds: float, db_mb: int) -> str:
                 shutil.rmtree(t / mode / "backups" / "daily")
             busy = _stop(w, stats)
             size = db.stat().st_size / 1e6
-            rows.append(f"| {mode} | {size:.0f} MB | {idle['commits']} | {idle['median_ms']:.2f} | "
-                        f"{idle['p99_ms']:.2f} | {idle['max_ms']:.1f} | {runs} × {sum(backup_s) / runs:.1f} s | "
-                        f"{busy['commits']} | {busy['median_ms']:.2f} | {busy['p99_ms']:.2f} | "
-                        f"{busy['max_ms']:.1f} |")
-    head = ("| journal mode | db size | commits (no backup) | median ms | p99 ms | max ms | backups during | "
-            "commits (backing up) | median ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|---|---|---|---|")
-    return f"### SQLite writer commit latency, {seconds:g} s each, with and without backups\n\n{head}\n" + "\n".join(rows)
+            rows.append(
+                f"| {mode} | {size:.0f} MB | {idle['commits']} | {idle['median_ms']:.2f} | "
+                f"{idle['p99_ms']:.2f} | {idle['max_ms']:.1f} | {runs} × {sum(backup_s) / runs:.1f} s | "
+                f"{busy['commits']} | {busy['median_ms']:.2f} | {busy['p99_ms']:.2f} | "
+                f"{busy['max_ms']:.1f} |"
+            )
+    head = (
+        "| journal mode | db size | commits (no backup) | median ms | p99 ms | max ms | backups during | "
+        "commits (backing up) | median ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    return (
+        f"### SQLite writer commit latency, {seconds:g} s each, with and without backups\n\n{head}\n"
+        + "\n".join(rows)
+    )
 
 
 def main() -> None:

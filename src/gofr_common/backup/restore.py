@@ -8,18 +8,21 @@ For each restored path ``D``:
      each path either wholly old or wholly new (leftover staging dirs are removed next time).
 If ``D`` is a mount point (e.g. the whole data volume), its top-level entries are swapped one by one.
 
-Every member goes through tarfile's ``data`` filter (no absolute names, no ``..``, no links that
-point outside, no device nodes or FIFOs) and must belong to a selected name; owners are restored
+Every member is checked like tarfile's ``data`` filter would (no absolute names, no ``..``, no
+links that point outside, no device nodes or FIFOs, nothing written through a symlink) and must
+belong to a selected name; owners are restored
 when running as root; modes are restored without setuid/setgid/sticky bits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import ctypes.util
 import errno
 import os
+import re
 import shutil
 import tarfile
 from collections.abc import Callable
@@ -135,10 +138,46 @@ def resolve_targets(
                 f"the archive holds {n!r}, which is not in {config.prefix}PATHS; "
                 "restore it with --target DIR, or add it to PATHS"
             )
-        targets.append(Target(n, dest, mount=os.path.ismount(dest)))
+        targets.append(Target(n, dest, mount=is_mount(dest)))
+    if os.environ.get("GOFR_BACKUP_IN_CONTAINER") == "1":
+        for t in targets:
+            if _mount_point(t.dest) == Path("/"):
+                raise ConfigError(
+                    f"{t.name} -> {t.dest} is not on a mounted volume in this container, so a restore "
+                    "there would vanish with the container: mount its volume, or leave it out with --only"
+                )
     # parents before children, so nested paths (e.g. data:. and embeddings:embeddings) end up right
     targets.sort(key=lambda t: len(t.dest.parts))
     return targets
+
+
+def _mount_points() -> set[str] | None:
+    """Every mount point, from /proc/self/mountinfo. os.path.ismount cannot see a bind mount from
+    the same device (a Docker volume on the same disk as the container's root, for one)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+
+    def unescape(s: str) -> str:  # mountinfo escapes space, tab, newline and backslash as \ooo
+        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+    return {unescape(line.split(" ")[4]) for line in lines if len(line.split(" ")) > 4}
+
+
+def is_mount(p: Path) -> bool:
+    mps = _mount_points()
+    return str(p) in mps if mps is not None else os.path.ismount(p)
+
+
+def _mount_point(p: Path) -> Path:
+    """The mount point of the file system that holds ``p`` (or would, once created)."""
+    p = Path(os.path.abspath(p))
+    mps = _mount_points()
+    while p != p.parent and not (str(p) in mps if mps is not None else os.path.ismount(p)):
+        p = p.parent
+    return p
 
 
 def _rel_tree(root: Path, prefix: str, skip: str | None = None) -> dict[str, bool]:
@@ -174,25 +213,48 @@ def diff(t: Target, archived: set[str], archived_dirs: set[str]) -> Change:
     return c
 
 
-def _member_filter(selected: set[str]) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
-    def f(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
-        top = member.name.split("/", 1)[0]
-        if top not in selected:
-            raise tarfile.FilterError(f"member {member.name!r} is outside the selected paths")
-        new = tarfile.data_filter(member, dest)
-        mode = None if member.issym() else member.mode & 0o777
-        # data_filter drops owners and go-w bits; put back the archived owners and permission bits
-        # (setuid/setgid/sticky stay dropped; a symlink's mode None means "leave alone")
-        return new.replace(
-            mode=mode,  # type: ignore[arg-type]
-            uid=member.uid,
-            gid=member.gid,
-            uname=member.uname,
-            gname=member.gname,
-            deep=False,
-        )
+class Refused(Exception):
+    """A member that would escape the target or is not plain data."""
 
-    return f
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def check_member(member: tarfile.TarInfo, dest: str, selected: set[str]) -> tarfile.TarInfo:
+    """The rules of tarfile's ``data`` filter (done here, so they hold on every Python 3.11):
+    no absolute names, no ``..``, nothing written through a symlink, no links pointing outside,
+    only files, directories, symlinks and hard links. Owners and permission bits are kept;
+    setuid, setgid and sticky bits are dropped."""
+    name = member.name
+    parts = name.split("/")
+    if name.startswith("/") or os.path.isabs(name):
+        raise Refused(f"absolute path {name!r}")
+    if ".." in parts:
+        raise Refused(f"'..' in {name!r}")
+    if parts[0] not in selected:
+        raise Refused(f"member {name!r} is outside the selected paths")
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+        raise Refused(f"{name!r} is a device node, FIFO or other special file")
+    root = os.path.realpath(dest)
+    target = os.path.realpath(os.path.join(root, name))  # follows links already extracted
+    if not _inside(target, root):
+        raise Refused(f"{name!r} would be written outside the target, to {target}")
+    if member.issym() or member.islnk():
+        if os.path.isabs(member.linkname):
+            raise Refused(f"link {name!r} points to the absolute path {member.linkname!r}")
+        base = os.path.join(root, os.path.dirname(name)) if member.issym() else root
+        if not _inside(os.path.realpath(os.path.join(base, member.linkname)), root):
+            raise Refused(f"link {name!r} -> {member.linkname!r} points outside the target")
+    checked = copy.copy(member)  # (TarInfo.replace is 3.11.4+)
+    if not member.issym():
+        checked.mode = member.mode & 0o777
+    return checked
+
+
+_FULLY_TRUSTED: dict[str, Any] = (
+    {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+)
 
 
 class _Extractor:
@@ -201,7 +263,7 @@ class _Extractor:
     def __init__(self, targets: list[Target], declared: set[str]) -> None:
         self.by_name = {t.name: t for t in targets}
         self.declared = declared  # the names the archive's header lists
-        self.filter = _member_filter(set(self.by_name))
+        self.selected = set(self.by_name)
         self.dirs: list[tuple[tarfile.TarInfo, str]] = []
         self.archived: dict[str, set[str]] = {t.name: set() for t in targets}
         self.archived_dirs: set[str] = set()
@@ -224,8 +286,8 @@ class _Extractor:
         self.seen.add(norm)
         t = self.by_name[top]
         try:
-            m2 = self.filter(m, str(t.base))
-        except tarfile.FilterError as e:
+            m2 = check_member(m, str(t.base), self.selected)
+        except Refused as e:
             self.error = f"refusing member {m.name!r}: {e}"
             return
         try:
@@ -233,7 +295,8 @@ class _Extractor:
                 os.makedirs(t.base / m2.name, mode=0o700, exist_ok=True)
                 self.dirs.append((m2, str(t.base / m2.name)))
             else:
-                tar.extract(m2, path=str(t.base), set_attrs=True, numeric_owner=True, filter="fully_trusted")
+                # already checked above; tarfile's own filter (3.11.4+) would drop owners
+                tar.extract(m2, path=str(t.base), set_attrs=True, numeric_owner=True, **_FULLY_TRUSTED)
                 if m2.issym():  # tarfile leaves a symlink's own mtime alone
                     os.utime(t.base / m2.name, (m2.mtime, m2.mtime), follow_symlinks=False)
         except (OSError, tarfile.TarError, KeyError) as e:

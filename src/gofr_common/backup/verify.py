@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import lzma
 import tarfile
 import zlib
 from collections.abc import Callable
@@ -17,9 +18,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import zstandard
+from zlib_ng import zlib_ng
+
 from .archive import END_NAME, META_NAME, open_tar_stream, read_sidecar, sidecar_path
 from .codecs import CHUNK
 from .errors import Interrupted
+
+ZLIB_NG_ERROR: type[BaseException] = zlib_ng.error  # type: ignore[assignment]  # stub says instance
+STREAM_ERRORS: tuple[type[BaseException], ...] = (
+    tarfile.TarError,
+    OSError,  # includes gzip's BadGzipFile and bz2's "Invalid data stream"
+    EOFError,
+    ValueError,  # includes json errors in the metadata members
+    UnicodeError,
+    zlib.error,
+    ZLIB_NG_ERROR,
+    lzma.LZMAError,
+    zstandard.ZstdError,
+    LookupError,
+    MemoryError,
+)
 
 
 class HashingReader(io.RawIOBase):
@@ -133,12 +152,10 @@ def verify_archive(
                     pass
         except Interrupted:
             raise
-        except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error, LookupError, MemoryError) as e:
+        except STREAM_ERRORS as e:  # only what a damaged stream raises; our own bugs propagate
             stream_error = (
                 f"archive stream is corrupt: {e}" if str(e) else f"archive stream is corrupt: {e!r}"
             )
-        except Exception as e:  # noqa: BLE001 - zstd and lzma raise their own error types
-            stream_error = f"archive stream is corrupt: {type(e).__name__}: {e}"
         try:
             hr.drain()
         except OSError as e:
