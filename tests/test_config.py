@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, run_cli
+from gofrtest import cli_env, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 

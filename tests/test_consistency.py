@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_env, run_cli, write
+from gofrtest import cli_env, run_cli, write
 from helpers.sqlite_writer import check, live_last
 
 HELPERS = Path(__file__).parent / "helpers"

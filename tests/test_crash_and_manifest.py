@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import manifest, popen_cli, run_cli, write
+from gofrtest import manifest, popen_cli, run_cli, write
 
 KEYS = (
     "filename",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import craft_archive, manifest, run_cli, snapshot, tinfo
+from gofrtest import craft_archive, manifest, run_cli, snapshot, tinfo
 
 
 def _backup(app: dict[str, Any], codec: str = "gzip") -> Path:

@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from conftest import SimClock, manifest, run_cli
+from gofrtest import SimClock, manifest, run_cli
 
 from gofr_common.backup import BackupConfig, BackupService
 

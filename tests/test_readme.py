@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from conftest import REPO
+from gofrtest import REPO
 
 from gofr_common.backup.cli import build_parser
 from gofr_common.backup.config import VARIABLES

@@ -10,7 +10,7 @@ from datetime import UTC
 from typing import Any
 
 import pytest
-from conftest import manifest, run_cli, snapshot
+from gofrtest import manifest, run_cli, snapshot
 
 CODECS = {"gzip": ".tar.gz", "bzip2": ".tar.bz2", "xz": ".tar.xz", "zstd": ".tar.zst", "none": ".tar"}
 DECOMPRESS = {
@@ -147,7 +147,7 @@ def test_missing_path_is_a_warning_and_no_data_is_an_error(app: dict[str, Any]) 
 def test_same_second_collision_gets_a_suffix(app: dict[str, Any]) -> None:
     from datetime import datetime
 
-    from conftest import SimClock
+    from gofrtest import SimClock
 
     from gofr_common.backup import BackupConfig, BackupService
 

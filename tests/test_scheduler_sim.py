@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from conftest import SimClock, write
 from croniter import croniter
 from dateutil.relativedelta import relativedelta
+from gofrtest import SimClock, write
 
 from gofr_common.backup import BackupConfig, BackupService
 from gofr_common.backup.housekeeping import Manifest

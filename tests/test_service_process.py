@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from conftest import SimClock, manifest, popen_cli, run_cli, write
+from gofrtest import SimClock, manifest, popen_cli, run_cli, write
 
 from gofr_common.backup import BackupConfig, BackupService
 from gofr_common.backup.status import health, read_state

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_env, manifest, run_cli, write
+from gofrtest import cli_env, manifest, run_cli, write
 from hypothesis import given
 from hypothesis import strategies as st
 from test_consistency import extract_member, ro_mount

@@ -318,6 +318,13 @@ class ArchiveWriter:
             except FileNotFoundError:
                 self.warnings.append(f"{e.path} vanished before it was read; skipped")
                 return
+            top = e.arcname.split("/", 1)[0]
+            resolved = os.path.normpath(os.path.join(os.path.dirname(e.arcname), target))
+            if os.path.isabs(target) or not (resolved == top or resolved.startswith(top + "/")):
+                self.warnings.append(
+                    f"{e.path} is a symlink to {target!r}, outside its path: it is archived as a link, "
+                    "but restore refuses links that point outside (make it relative and inside)"
+                )
             ti = self._info(e.arcname, e.st)
             ti.type = tarfile.SYMTYPE
             ti.linkname = target
@@ -479,6 +486,43 @@ def build_meta(config: BackupConfig, tier: str, created: datetime, s: Scan) -> d
     }
 
 
+def no_data_error(config: BackupConfig) -> NoDataError:
+    tried = ", ".join(f"{p.name}={p.path}" for p in config.paths)
+    if not config.data_dir.is_dir():
+        return NoDataError(
+            f"No data found to backup: the data directory {config.data_dir} does not exist; mount the "
+            f"data volume there or set {config.prefix}DATA_DIR (paths tried: {tried})"
+        )
+    return NoDataError(f"No data found to backup: none of the configured paths exist ({tried})")
+
+
+def any_path_exists(config: BackupConfig) -> bool:
+    return any(os.path.lexists(p.path) for p in config.paths)
+
+
+def preflight(config: BackupConfig, source_bytes: int, ratio: float | None) -> None:
+    """Refuse a backup that cannot fit, before writing anything. The estimate is the data's size
+    times the last archive's compression ratio (1.0 when there is none), times SPACE_MARGIN."""
+    from .fsutil import free_bytes
+
+    r = ratio if ratio is not None else 1.0
+    need = int(source_bytes * r * config.space_margin) + (1 << 20)
+    free = free_bytes(config.backup_dir)
+    if need > free:
+        basis = (
+            "the last archive's compression ratio" if ratio is not None else "no earlier archive: ratio 1.0"
+        )
+        raise BackupError(
+            f"not enough space in {config.backup_dir}: this backup needs about {_mb(need)} "
+            f"({_mb(source_bytes)} of data x {r:.2f} ({basis}) x {config.space_margin:g} margin + 1 MB), "
+            f"but only {_mb(free)} is free; free some space (older archives are never deleted to make room)"
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
 def reserve_name(tier_dir: Path, config: BackupConfig, tier: str, created: datetime) -> tuple[str, int]:
     """Pick a filename that does not exist yet and create its ``.partial`` exclusively."""
     for seq in range(0, 1000):
@@ -500,6 +544,7 @@ def write_archive(
     tier: str,
     created: datetime,
     should_stop: Callable[[], bool] = lambda: False,
+    expected_ratio: float | None = None,
 ) -> WriteResult:
     """Write one archive into ``{backup_dir}/{tier}/`` and its ``.sha256`` sidecar.
 
@@ -510,8 +555,8 @@ def write_archive(
     excluded = compile_excludes(config.exclude) if config.exclude else None
     s = scan(config.paths, should_stop, excluded)
     if not s.kinds:
-        tried = ", ".join(f"{p.name}={p.path}" for p in config.paths)
-        raise NoDataError(f"No data found to backup: none of the configured paths exist ({tried})")
+        raise no_data_error(config)
+    preflight(config, s.source_bytes, expected_ratio)
     tier_dir = config.backup_dir / tier
     tier_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     filename, fd = reserve_name(tier_dir, config, tier, created)

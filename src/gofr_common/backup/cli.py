@@ -111,6 +111,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from . import log as glog
 
     config = _load_config(args)
+    os.umask(config.umask)  # archives, sidecars, manifest, state: 0640 (0027) or 0600 (0077)
     # the service logs to stdout (docker logs); commands keep stdout for their output
     glog.setup(sys.stdout if args.command == "run" else sys.stderr)
     handler = globals()[f"cmd_{args.command}"]
@@ -224,6 +225,7 @@ def cmd_now(config: Any, args: argparse.Namespace) -> int:
     from .service import BackupService
 
     svc = BackupService(config)
+    svc.log_failures = False  # printed below, once
     _stop_on_signals(svc)
     out = svc.run_backup(tier=args.tier, trigger="manual")
     if out.status == "interrupted":
@@ -478,7 +480,14 @@ def cmd_status(config: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_run(config: Any, args: argparse.Namespace) -> int:
+    from .config import TRUE_WORDS
     from .service import BackupService
+
+    if os.geteuid() == 0 and os.environ.get("GOFR_BACKUP_ALLOW_ROOT", "").strip().lower() not in TRUE_WORDS:
+        raise ConfigError(
+            "the service refuses to run as root: run it as the app's uid (the image's default user, or "
+            "`user:` in compose), or set GOFR_BACKUP_ALLOW_ROOT=true"
+        )
 
     svc = BackupService(config)
     svc.install_signal_handlers()

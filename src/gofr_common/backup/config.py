@@ -47,6 +47,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "PRE_HOOK": ("", "shell command run before each backup; failure aborts the backup"),
     "POST_HOOK": ("", "shell command run after each backup, whatever the outcome"),
     "HOOK_TIMEOUT": ("300", "seconds a hook may run before it is killed"),
+    "UMASK": ("0027", "umask for everything written: 0027 gives 0640 files, 0077 gives 0600"),
+    "SPACE_MARGIN": ("1.2", "pre-flight: refuse a backup unless free space >= estimate x this"),
 }
 
 
@@ -83,6 +85,8 @@ class BackupConfig:
     pre_hook: str = ""
     post_hook: str = ""
     hook_timeout: float = 300.0
+    umask: int = 0o027
+    space_margin: float = 1.2
     unknown_variables: tuple[str, ...] = field(default=())
 
     @property
@@ -207,6 +211,31 @@ def parse_paths(var: str, value: str, data_dir: Path) -> tuple[PathSpec, ...]:
     return tuple(out)
 
 
+def parse_umask(var: str, value: str) -> int:
+    try:
+        n = int(value.strip(), 8)
+    except ValueError:
+        raise _bad(var, value, "expected an octal umask such as 0027 or 0077") from None
+    if not 0 <= n <= 0o777 or n & 0o027 != 0o027:
+        raise _bad(
+            var,
+            value,
+            "expected an octal umask that removes group write and all other access "
+            "(0027 or 0077): backups hold secrets",
+        )
+    return n
+
+
+def parse_margin(var: str, value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise _bad(var, value, "expected a number >= 1.0, e.g. 1.2") from None
+    if not 1.0 <= n <= 100:
+        raise _bad(var, value, "expected a number from 1.0 to 100")
+    return n
+
+
 def parse_excludes(var: str, value: str) -> tuple[str, ...]:
     if not value.strip():
         return ()
@@ -297,6 +326,8 @@ def load(
         pre_hook=get("PRE_HOOK")[1].strip(),
         post_hook=get("POST_HOOK")[1].strip(),
         hook_timeout=parse_duration(*get("HOOK_TIMEOUT")),
+        umask=parse_umask(*get("UMASK")),
+        space_margin=parse_margin(*get("SPACE_MARGIN")),
         unknown_variables=unknown,
     )
 

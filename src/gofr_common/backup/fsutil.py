@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import BackupError, LockTimeout
 
-FILE_MODE = 0o640
+FILE_MODE = 0o666  # the umask (UMASK, default 0027) makes it 0640
 
 
 def fsync_dir(path: Path) -> None:
@@ -99,6 +99,29 @@ def file_lock(
         yield
     finally:
         os.close(fd)
+
+
+def ensure_writable_dir(path: Path, what: str = "backup directory") -> None:
+    """Create ``path`` if needed and make sure this process can write there, or say what to fix."""
+    who = f"uid:gid {os.geteuid()}:{os.getegid()}"
+    try:
+        path.mkdir(mode=0o777, parents=True, exist_ok=True)
+    except OSError as e:
+        raise BackupError(f"cannot create the {what} {path}: {e.strerror} ({who})") from None
+    probe = path / f".gofr-write-probe.{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        raise BackupError(
+            f"the {what} {path} is not writable ({e.strerror}) by {who}: mount it read-write "
+            "and make it writable by that user"
+        ) from None
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def remove_quietly(path: Path) -> bool:

@@ -223,12 +223,17 @@ def created_of(e: Entry) -> datetime:
     return datetime.fromisoformat(e["created"])
 
 
+def failed(e: Entry) -> bool:
+    """Known bad: failed verification, and not merely because its .sha256 file is damaged."""
+    return e.get("verified") is False and not e.get("archive_intact")
+
+
 def plan_retention(entries: Iterable[Entry], now: datetime, policy: Policy) -> list[tuple[Entry, str]]:
     """Which entries to delete, and why. Pure: no I/O.
 
     Per tier, newest first:
     1. Archives that failed verification are deleted (they cannot be restored and must not take
-       the slots of good ones).
+       the slots of good ones) -- unless only their .sha256 file is damaged (archive_intact).
     2. The newest verified archive is protected whatever its age; if none is verified yet, the
        newest one not known to be bad is. So a service that was down for longer than the
        retention period never deletes its last good backup.
@@ -243,7 +248,7 @@ def plan_retention(entries: Iterable[Entry], now: datetime, policy: Policy) -> l
         es.sort(key=lambda e: (created_of(e), e["filename"]), reverse=True)
         good = []
         for e in es:
-            if e.get("verified") is False:
+            if failed(e):
                 out.append((e, f"failed verification: {e.get('verify_error') or 'unknown error'}"))
             else:
                 good.append(e)

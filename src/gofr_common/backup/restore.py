@@ -33,7 +33,7 @@ from typing import Any
 from .archive import read_meta
 from .config import BackupConfig
 from .errors import BackupError, ConfigError, VerifyError
-from .fsutil import fsync_dir
+from .fsutil import free_bytes, fsync_dir
 from .verify import VerifyResult, verify_archive
 
 STAGING_PREFIX = ".gofr-restore-"
@@ -290,6 +290,14 @@ class _Extractor:
         except Refused as e:
             self.error = f"refusing member {m.name!r}: {e}"
             return
+        if m2.isreg() and m2.size > 0:
+            free = free_bytes(t.base)
+            if m2.size > free:
+                self.error = (
+                    f"member {m.name!r} claims {m2.size} bytes, more than the {free} free "
+                    f"where it would be staged ({t.base.parent})"
+                )
+                return
         try:
             if m2.isdir():
                 os.makedirs(t.base / m2.name, mode=0o700, exist_ok=True)

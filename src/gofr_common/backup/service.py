@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from . import log as glog
-from .archive import sidecar_path, write_archive, write_sidecar
+from .archive import any_path_exists, no_data_error, sidecar_path, write_archive, write_sidecar
 from .config import BackupConfig
 from .errors import BackupError, Interrupted
-from .fsutil import file_lock
+from .fsutil import ensure_writable_dir, file_lock
 from .hooks import run_hook
 from .housekeeping import Entry, Manifest, PruneReport, housekeeping
 from .status import next_run, now_iso, prev_run, update_state
@@ -92,6 +92,7 @@ class BackupService:
         self.clock = clock or Clock()
         self.stop_event = threading.Event()
         self.manifest = Manifest(config.backup_dir)
+        self.log_failures = True  # the CLI prints failures itself
 
     # -- plumbing ------------------------------------------------------------------------------
     @property
@@ -103,7 +104,7 @@ class BackupService:
 
     def run_lock(self, timeout: float | None = None, readonly_ok: bool = False) -> Any:
         if not readonly_ok:
-            self.config.backup_dir.mkdir(parents=True, exist_ok=True)
+            ensure_writable_dir(self.config.backup_dir)
         return file_lock(
             self.lock_path,
             self.config.lock_timeout if timeout is None else timeout,
@@ -137,7 +138,11 @@ class BackupService:
         res = verify_archive(path, (entry or {}).get("sha256"), should_stop=self.should_stop)
         if entry is not None and rel is not None:
             self.manifest.set_fields(
-                rel, verified=res.ok, verified_at=now_iso(self.clock.now()), verify_error=res.error
+                rel,
+                verified=res.ok,
+                verified_at=now_iso(self.clock.now()),
+                verify_error=res.error,
+                archive_intact=res.archive_intact,
             )
         return res
 
@@ -178,7 +183,8 @@ class BackupService:
             return Outcome("failed", error=str(e))
 
     def _record_failure(self, error: str, trigger: str) -> None:
-        event("backup.failed", f"backup failed: {error}", level=logging.ERROR, trigger=trigger)
+        if self.log_failures:
+            event("backup.failed", f"backup failed: {error}", level=logging.ERROR, trigger=trigger)
         t = now_iso(self.clock.now())
 
         def fn(st: dict[str, Any]) -> None:
@@ -188,13 +194,18 @@ class BackupService:
 
         try:
             update_state(self.config, fn)
-        except OSError as e:  # e.g. the disk is full: the log line above is all we can do
-            event(
-                "state.write_failed", f"cannot record the failure in the state file: {e}", level=logging.ERROR
-            )
+        except (OSError, BackupError) as e:  # a full disk, a read-only dir: the error itself is reported
+            if self.log_failures:
+                event(
+                    "state.write_failed",
+                    f"cannot record the failure in the state file: {e}",
+                    level=logging.ERROR,
+                )
 
     def _run_locked(self, tier: str, trigger: str) -> Outcome:
         c = self.config
+        if not any_path_exists(c):
+            raise no_data_error(c)  # before anything is logged or written
         self.manifest.load(c.project)  # rebuilds a missing/corrupt manifest before a new archive appears
         created = self.clock.now()
         event(
@@ -206,7 +217,7 @@ class BackupService:
             paths=",".join(f"{p.name}={p.path}" for p in c.paths),
         )
         try:
-            w = write_archive(c, tier, created, self.should_stop)
+            w = write_archive(c, tier, created, self.should_stop, expected_ratio=self._last_ratio())
         except OSError as e:
             raise BackupError(f"cannot write archive in {c.backup_dir / tier}: {e.strerror or e}") from None
         for msg in w.warnings:
@@ -303,6 +314,22 @@ class BackupService:
             verified=entry["verified"],
         )
         return Outcome(status, entry, w.path, warnings=w.warnings, pruned=report, tier_copies=copies)
+
+    def _last_ratio(self) -> float | None:
+        """Compressed/source size of the newest good archive with the same codec (pre-flight)."""
+        c = self.config
+        es = [
+            e
+            for e in self.manifest.read()
+            if e.get("project") == c.project
+            and e.get("compression") == c.compression
+            and e.get("verified") is not False
+            and (e.get("source_bytes") or 0) > 0
+        ]
+        if not es:
+            return None
+        e = max(es, key=lambda e: e["created"])
+        return float(e["size_bytes"]) / float(e["source_bytes"])
 
     def _tier_copies(self, entry: Entry, created: datetime) -> list[str]:
         """Keep the first scheduled backup of each ISO week / calendar month in weekly/ monthly/."""

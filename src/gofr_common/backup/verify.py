@@ -82,6 +82,10 @@ class VerifyResult:
     error: str | None = None
     sha256: str | None = None
     file_count: int = 0
+    # the archive itself is sound (its stream reads to the end and it matches the manifest's
+    # checksum, or there is none) even if ok is False because its .sha256 file is damaged:
+    # retention never deletes such an archive
+    archive_intact: bool = False
     meta: dict[str, Any] | None = None
     end: dict[str, Any] | None = None
     members: list[Member] = field(default_factory=list)
@@ -102,12 +106,11 @@ def verify_archive(
         res.error = f"archive not found: {path}"
         return res
     side = read_sidecar(path)
+    side_error = None
     if side is None:
-        res.error = f"checksum file missing: {sidecar_path(path).name}"
-        return res
-    if side == "":
-        res.error = f"checksum file malformed: {sidecar_path(path).name} (expected '<sha256>  {path.name}')"
-        return res
+        side_error = f"checksum file missing: {sidecar_path(path).name}"
+    elif side == "":
+        side_error = f"checksum file malformed: {sidecar_path(path).name} (expected '<sha256>  {path.name}')"
 
     stream_error: str | None = None
     count = 0
@@ -131,6 +134,7 @@ def verify_archive(
                         continue
                     last_name = m.name
                     count += 1
+                    tar.members.clear()  # type: ignore[attr-defined]  # bounded memory, any member count
                     if collect_members:
                         res.members.append(Member(m.name, m.type, m.size, m.linkname))
                     if visit is not None:
@@ -163,25 +167,29 @@ def verify_archive(
     digest = hr.sha.hexdigest()
     res.sha256 = digest
     res.file_count = count
-    if digest != side:
-        res.error = (
-            f"checksum mismatch: {path.name} has sha256 {digest[:16]}…, "
-            f"{sidecar_path(path).name} says {side[:16]}…"
-        )
-    elif expected_sha256 and digest != expected_sha256:
-        res.error = (
-            f"checksum mismatch: {path.name} has sha256 {digest[:16]}…, "
-            f"the manifest says {expected_sha256[:16]}…"
-        )
-    elif stream_error:
-        res.error = stream_error
-    elif res.end is not None and res.end.get("file_count") != count:
-        res.error = (
+    count_error = None
+    if res.end is not None and res.end.get("file_count") != count:
+        count_error = (
             f"member count mismatch: archive holds {count} members, "
             f"its end marker says {res.end.get('file_count')}"
         )
+    manifest_ok = not expected_sha256 or digest == expected_sha256
+    res.archive_intact = manifest_ok and not stream_error and not count_error
+    if side_error:
+        res.error = side_error
+    elif digest != side:
+        res.error = (
+            f"checksum mismatch: {path.name} has sha256 {digest[:16]}…, "
+            f"{sidecar_path(path).name} says {side[:16]}…"  # type: ignore[index]
+        )
+    elif not manifest_ok:
+        res.error = (
+            f"checksum mismatch: {path.name} has sha256 {digest[:16]}…, "
+            f"the manifest says {expected_sha256[:16]}…"  # type: ignore[index]
+        )
     else:
-        res.ok = True
+        res.error = stream_error or count_error
+    res.ok = res.error is None
     return res
 
 
