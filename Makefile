@@ -29,6 +29,9 @@ lint: install
 	@if command -v shellcheck >/dev/null; then shellcheck -x $(SHELL_SCRIPTS); \
 	  else echo "shellcheck not installed: skipped (.ci/run installs it)"; fi
 
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -k "fuzz or never_crashes" tests/test_security.py tests/test_config.py tests/test_sources.py
+
 bench: install
 	$(PY) bench/bench.py $(BENCH_ARGS)
 

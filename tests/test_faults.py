@@ -248,7 +248,9 @@ def test_disk_full_during_a_backup(tmp_path: Path, small_fs: Path) -> None:
     r = run_cli("now", env=env)
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]  # (the lines before it are the run's log)
-    assert last.startswith("gofr-backup: cannot write archive") and "No space left on device" in last, r.stderr
+    assert last.startswith("gofr-backup: cannot write archive") and "No space left on device" in last, (
+        r.stderr
+    )
     assert list(small_fs.rglob("*.partial")) == []
     assert manifest(small_fs) == good
     assert all(verify_archive(small_fs / e["path"], e["sha256"]).ok for e in good)
@@ -274,7 +276,9 @@ def test_preflight_refuses_a_backup_that_cannot_fit(tmp_path: Path, small_fs: Pa
     r = run_cli("now", env=env)
     assert r.returncode == 1
     err = r.stderr.strip().splitlines()[-1]
-    assert "not enough space" in err and "needs about 16.1 MB" in err  # 12 MiB x 1.0 x 1.2 + 1 MiB and "free" in err, err
+    assert (
+        "not enough space" in err and "needs about 16.1 MB" in err
+    )  # 12 MiB x 1.0 x 1.2 + 1 MiB and "free" in err, err
     assert "ratio 1.0" in err
     assert list(small_fs.rglob("*.tar*")) == []
     publish(

@@ -34,7 +34,7 @@ from .archive import read_meta
 from .config import BackupConfig
 from .errors import BackupError, ConfigError, VerifyError
 from .fsutil import free_bytes, fsync_dir
-from .verify import VerifyResult, verify_archive
+from .verify import StopVerify, VerifyResult, verify_archive
 
 STAGING_PREFIX = ".gofr-restore-"
 RENAME_EXCHANGE = 2
@@ -267,37 +267,40 @@ class _Extractor:
         self.dirs: list[tuple[tarfile.TarInfo, str]] = []
         self.archived: dict[str, set[str]] = {t.name: set() for t in targets}
         self.archived_dirs: set[str] = set()
-        self.error: str | None = None
         self.seen: set[str] = set()
 
     def __call__(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         top = m.name.split("/", 1)[0]
-        if self.error:
-            return
         if top not in self.declared:
-            self.error = f"member {m.name!r} does not belong to any path the archive declares"
+            raise StopVerify(f"member {m.name!r} does not belong to any path the archive declares")
+        if top not in self.by_name:  # not selected (--only): read past it, hashing it, checking its size
+            if m.isreg():
+                src = tar.extractfile(m)
+                assert src is not None
+                got = 0
+                while b := src.read(1 << 20):
+                    got += len(b)
+                if got != m.size:
+                    raise StopVerify(
+                        f"member {m.name!r} is truncated: it claims {m.size} bytes, {got} are there"
+                    )
             return
-        if top not in self.by_name:
-            return  # not selected (--only): tarfile reads (and verify hashes) it when it moves on
         norm = os.path.normpath(m.name)
         if norm in self.seen or norm != m.name.rstrip("/"):
-            self.error = f"member {m.name!r} is duplicated or not in normal form"
-            return
+            raise StopVerify(f"member {m.name!r} is duplicated or not in normal form")
         self.seen.add(norm)
         t = self.by_name[top]
         try:
             m2 = check_member(m, str(t.base), self.selected)
         except Refused as e:
-            self.error = f"refusing member {m.name!r}: {e}"
-            return
+            raise StopVerify(f"refusing member {m.name!r}: {e}") from None
         if m2.isreg() and m2.size > 0:
             free = free_bytes(t.base)
             if m2.size > free:
-                self.error = (
+                raise StopVerify(
                     f"member {m.name!r} claims {m2.size} bytes, more than the {free} free "
                     f"where it would be staged ({t.base.parent})"
                 )
-                return
         try:
             if m2.isdir():
                 os.makedirs(t.base / m2.name, mode=0o700, exist_ok=True)
@@ -308,8 +311,7 @@ class _Extractor:
                 if m2.issym():  # tarfile leaves a symlink's own mtime alone
                     os.utime(t.base / m2.name, (m2.mtime, m2.mtime), follow_symlinks=False)
         except (OSError, tarfile.TarError, KeyError) as e:
-            self.error = f"cannot extract {m.name!r}: {e}"
-            return
+            raise StopVerify(f"cannot extract {m.name!r}: {e}") from None
         self.archived[top].add(m2.name.rstrip("/"))
         if m2.isdir():
             self.archived_dirs.add(m2.name.rstrip("/"))
@@ -395,8 +397,6 @@ def restore(
         res = verify_archive(archive, expected_sha256, visit=visit, should_stop=should_stop)
         if not res.ok:
             raise VerifyError(f"refusing to restore {archive.name}: {res.error}; nothing was changed")
-        if ex.error:
-            raise VerifyError(f"refusing to restore {archive.name}: {ex.error}; nothing was changed")
         if "tar" in holder:
             ex.finish_dirs(holder["tar"])
         changes = {t.name: diff(t, ex.archived[t.name], ex.archived_dirs) for t in targets}
