@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = cmd("list", "list backups by tier, newest first")
     c.add_argument("--tier", choices=("daily", "weekly", "monthly"))
+    c.add_argument("--remote", action="store_true", help="list the off-site copies (REMOTE_URL)")
     c.add_argument("--json", action="store_true")
 
     c = cmd("verify", "check archives against their checksums and read them to the end")
@@ -63,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("name", nargs="?", help="archive file name (or path)")
     g.add_argument("--latest", action="store_true")
     g.add_argument("--all", action="store_true")
+    c.add_argument(
+        "--remote", action="store_true", help="verify the off-site copies, streamed (no local disk)"
+    )
+    c.add_argument("--identity", help="age identity file: also check what is inside encrypted archives")
     c.add_argument("--json", action="store_true")
 
     c = cmd("restore", "verify an archive and restore it (replaces the configured paths)")
@@ -74,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--only", help="comma-separated names to restore (default: all in the archive)")
     c.add_argument("--dry-run", action="store_true", help="show what would change; change nothing")
     c.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    c.add_argument("--from-remote", action="store_true", help="fetch the archive from REMOTE_URL")
+    c.add_argument("--identity", help="age identity file, for encrypted archives (or IDENTITY_FILE)")
     c.add_argument("--json", action="store_true")
 
     c = cmd("prune", "apply retention now and print what is removed and why")
@@ -81,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
 
     c = cmd("status", "health: last success, last failure, next run, tiers (exit 1 when unhealthy)")
+    c.add_argument("--json", action="store_true")
+
+    c = cmd("sync", "upload to REMOTE_URL whatever is missing there, then apply remote retention")
     c.add_argument("--json", action="store_true")
 
     cmd("run", "run the scheduled service (the container's main process)")
@@ -254,10 +264,55 @@ def cmd_now(config: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _remote(config: Any) -> Any:
+    from .remote import remote_for
+
+    r = remote_for(config)
+    if r is None:
+        raise ConfigError(
+            f"no off-site storage configured: set {config.prefix}REMOTE_URL (s3://bucket/prefix)"
+        )
+    return r
+
+
+def _identity(config: Any, args: argparse.Namespace) -> Path | None:
+    v = getattr(args, "identity", None)
+    return Path(v) if v else config.identity_file
+
+
+def cmd_list_remote(config: Any, args: argparse.Namespace) -> int:
+    from .offsite import untracked_objects
+    from .service import Clock
+
+    remote = _remote(config)
+    entries = remote.read_manifest()
+    if args.tier:
+        entries = [e for e in entries if e["tier"] == args.tier]
+    entries.sort(key=lambda e: e["created"], reverse=True)
+    leftovers = untracked_objects(remote, remote.read_manifest())
+    if args.json:
+        _print_json({"remote": config.remote.url, "backups": entries, "incomplete": leftovers})
+        return EXIT_OK
+    now = Clock().now()
+    print(f"Off-site backups of {config.project} in {config.remote.url}")
+    for e in entries:
+        enc = "encrypted" if e.get("encrypted") else "plain"
+        print(
+            f"  {e['tier']:<8} {e['filename']:<52} {human_size(e.get('size_bytes')):>9}  "
+            f"{human_age(e['created'], now):>10}  {enc}"
+        )
+    for k in leftovers:
+        print(f"  INCOMPLETE (not in the remote manifest; removed by the next sync): {k}")
+    print(f"Total: {len(entries)} archive(s)")
+    return EXIT_OK
+
+
 def cmd_list(config: Any, args: argparse.Namespace) -> int:
     from .housekeeping import archives_on_disk
     from .service import Clock
 
+    if args.remote:
+        return cmd_list_remote(config, args)
     now = Clock().now()
     entries = _entries(config)
     tracked = {e["path"] for e in entries}
@@ -312,6 +367,8 @@ def cmd_verify(config: Any, args: argparse.Namespace) -> int:
     from .housekeeping import archives_on_disk
     from .service import BackupService
 
+    if args.remote:
+        return cmd_verify_remote(config, args)
     svc = BackupService(config)
     _stop_on_signals(svc)
     if args.all:
@@ -327,7 +384,7 @@ def cmd_verify(config: Any, args: argparse.Namespace) -> int:
         paths = [find_archive(config, args.name)]
     results = []
     for p in paths:
-        r = svc.verify(p)
+        r = svc.verify(p, _identity(config, args))
         results.append(
             {
                 "filename": p.name,
@@ -348,6 +405,86 @@ def cmd_verify(config: Any, args: argparse.Namespace) -> int:
     return EXIT_OK if all(r["ok"] for r in results) else EXIT_FAILED
 
 
+def cmd_verify_remote(config: Any, args: argparse.Namespace) -> int:
+    import tempfile
+
+    from . import naming
+    from .verify import verify_archive
+
+    remote = _remote(config)
+    entries = remote.read_manifest()
+    if args.all:
+        chosen = entries
+    elif args.latest:
+        chosen = sorted(entries, key=lambda e: e["created"])[-1:]
+    else:
+        chosen = [e for e in entries if e["filename"] in (args.name, args.name + naming.AGE_SUFFIX)]
+        if not chosen:
+            raise ConfigError(f"{args.name!r} is not in {config.remote.url} (see '{PROG} list --remote')")
+    if not chosen:
+        raise BackupError(f"no off-site backups of {config.project} in {config.remote.url}")
+    identity = _identity(config, args)
+    results = []
+    for e in chosen:
+        path = Path(e["filename"])
+        if not e.get("encrypted"):
+            with remote.open_stream(e["key"]) as body:  # streamed: no local disk
+                r = verify_archive(path, e.get("sha256"), stream=body, sidecar=False)
+            note = ""
+        else:
+            with remote.open_stream(e["key"]) as body:
+                import hashlib
+
+                h = hashlib.sha256()
+                if identity is None:
+                    while b := body.read(1 << 20):
+                        h.update(b)
+                    ok = h.hexdigest() == e.get("sha256")
+                    r = type(
+                        "R", (), {"ok": ok, "error": None if ok else "checksum mismatch", "file_count": 0}
+                    )()
+                    note = " (encrypted: checksum only; pass --identity to check inside)"
+                else:
+                    from . import crypto
+
+                    with tempfile.TemporaryDirectory(prefix="gofr-verify-") as td:
+                        plain = Path(td) / path.name.removesuffix(naming.AGE_SUFFIX)
+                        crypto.decrypt_to(body, plain, identity)
+                        r = verify_archive(plain, e.get("plain_sha256"), sidecar=False)
+                    note = " (decrypted and checked)"
+        results.append({"filename": e["filename"], "ok": r.ok, "error": r.error})
+        if not args.json:
+            print(
+                f"{'OK    ' if r.ok else 'FAILED'}  {e['filename']}" + (f"  {r.error}" if r.error else note)
+            )
+    if args.json:
+        _print_json({"results": results, "ok": all(x["ok"] for x in results)})
+    return EXIT_OK if all(x["ok"] for x in results) else EXIT_FAILED
+
+
+def cmd_sync(config: Any, args: argparse.Namespace) -> int:
+    from .service import BackupService
+
+    _remote(config)
+    svc = BackupService(config)
+    _stop_on_signals(svc)
+    with svc.run_lock():
+        rep = svc.sync_remote()
+    if args.json:
+        _print_json(rep.to_dict())
+    else:
+        for n in rep.uploaded:
+            print(f"uploaded {n}")
+        for d in rep.deleted:
+            print(f"deleted {d['filename']}: {d['reason']}")
+        for k in rep.cleaned:
+            print(f"removed leftover {k}")
+        print(
+            f"{len(rep.uploaded)} uploaded, {len(rep.deleted)} deleted; {rep.remote_count} on {config.remote.url}"
+        )
+    return EXIT_OK
+
+
 def _ask(prompt: str) -> str:
     sys.stderr.write(prompt)
     sys.stderr.flush()
@@ -358,14 +495,14 @@ def _ask(prompt: str) -> str:
 
 
 def cmd_restore(config: Any, args: argparse.Namespace) -> int:
-    from .restore import RestorePlan, plan_restore, restore
-    from .service import BackupService
 
     can_prompt = sys.stdin.isatty() or args.interactive
     if not (args.yes or args.dry_run or can_prompt):
         raise ConfigError("restore replaces data: pass --yes to confirm (standard input is not a terminal)")
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     target = Path(os.path.abspath(args.target)) if args.target else None
+    if args.from_remote:
+        return _restore_remote(config, args, target, only)
     entries = _entries(config)
     if args.interactive:
         usable = sorted(
@@ -389,6 +526,52 @@ def cmd_restore(config: Any, args: argparse.Namespace) -> int:
         archive = find_archive(config, args.name)
     entry = next((e for e in entries if config.backup_dir / e["path"] == archive), None)
     sha = (entry or {}).get("sha256")
+    return _restore_from(config, args, archive, entry, sha, target, only)
+
+
+def _restore_from(
+    config: Any,
+    args: argparse.Namespace,
+    archive: Path,
+    entry: dict[str, Any] | None,
+    sha: str | None,
+    target: Path | None,
+    only: list[str] | None,
+) -> int:
+    import tempfile
+
+    from . import crypto, naming
+
+    if archive.name.endswith(naming.AGE_SUFFIX):  # encrypted: decrypt to a temp file first
+        from .archive import read_sidecar
+
+        got = crypto.sha256_file(archive)
+        side = read_sidecar(archive)
+        if side != got or (sha and sha != got):
+            raise BackupError(
+                f"refusing to restore {archive.name}: checksum mismatch or missing .sha256; "
+                "nothing was changed"
+            )
+        with tempfile.TemporaryDirectory(prefix="gofr-restore-") as td:
+            plain = Path(td) / archive.name.removesuffix(naming.AGE_SUFFIX)
+            with open(archive, "rb") as f:
+                crypto.decrypt_to(f, plain, _identity(config, args))
+            psha = crypto.sha256_file(plain)
+            Path(str(plain) + ".sha256").write_text(f"{psha}  {plain.name}\n")
+            return _restore_plain(config, args, plain, (entry or {}).get("plain_sha256"), target, only)
+    return _restore_plain(config, args, archive, sha, target, only)
+
+
+def _restore_plain(
+    config: Any,
+    args: argparse.Namespace,
+    archive: Path,
+    sha: str | None,
+    target: Path | None,
+    only: list[str] | None,
+) -> int:
+    from .restore import RestorePlan, plan_restore, restore
+    from .service import BackupService
 
     if args.dry_run:
         plan, _ = plan_restore(config, archive, target, only, sha)
@@ -409,6 +592,34 @@ def cmd_restore(config: Any, args: argparse.Namespace) -> int:
         plan = restore(config, archive, target, only, sha, confirm=confirm, should_stop=svc.should_stop)
     _show_plan(plan, args.json, dry_run=False)
     return EXIT_OK
+
+
+def _restore_remote(
+    config: Any, args: argparse.Namespace, target: Path | None, only: list[str] | None
+) -> int:
+    import tempfile
+
+    from . import naming
+    from .offsite import fetch
+
+    if args.interactive:
+        raise ConfigError("--from-remote takes NAME or --latest")
+    remote = _remote(config)
+    entries = remote.read_manifest()
+    if args.latest:
+        usable = [e for e in entries if e.get("verified") is not False]
+        if not usable:
+            raise BackupError(f"no off-site backups of {config.project} in {config.remote.url}")
+        entry = max(usable, key=lambda e: e["created"])
+    else:
+        entry = next(
+            (e for e in entries if e["filename"] in (args.name, args.name + naming.AGE_SUFFIX)), None
+        )
+        if entry is None:
+            raise ConfigError(f"{args.name!r} is not in {config.remote.url} (see '{PROG} list --remote')")
+    with tempfile.TemporaryDirectory(prefix="gofr-fetch-") as td:
+        plain = fetch(remote, entry, Path(td), _identity(config, args))
+        return _restore_plain(config, args, plain, None, target, only)
 
 
 def _show_plan(plan: Any, as_json: bool, dry_run: bool) -> None:

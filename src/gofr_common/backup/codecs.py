@@ -138,6 +138,7 @@ def default_level(name: str) -> int:
 
 
 def codec_for_filename(filename: str) -> Codec:
+    filename = filename.removesuffix(".age")
     for suffix in (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar"):
         if filename.endswith(suffix):
             return SUFFIXES[suffix]

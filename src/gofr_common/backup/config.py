@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,21 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HOOK_TIMEOUT": ("300", "seconds a hook may run before it is killed"),
     "UMASK": ("0027", "umask for everything written: 0027 gives 0640 files, 0077 gives 0600"),
     "SPACE_MARGIN": ("1.2", "pre-flight: refuse a backup unless free space >= estimate x this"),
+    "REMOTE_URL": ("", "s3://bucket/prefix: upload every verified backup there"),
+    "REMOTE_ENDPOINT": ("", "S3 endpoint URL for non-AWS stores (MinIO, R2, Ceph RGW, B2)"),
+    "REMOTE_REGION": ("us-east-1", "S3 region"),
+    "REMOTE_ACCESS_KEY_ID": ("", "S3 access key (or _FILE, or the standard AWS chain)"),
+    "REMOTE_ACCESS_KEY_ID_FILE": ("", "file holding the access key (docker secrets)"),
+    "REMOTE_SECRET_ACCESS_KEY": ("", "S3 secret key (or _FILE, or the standard AWS chain)"),
+    "REMOTE_SECRET_ACCESS_KEY_FILE": ("", "file holding the secret key (docker secrets)"),
+    "REMOTE_MAX_LAG": ("3", "status is unhealthy after this many schedule intervals without an upload"),
+    "REMOTE_RETENTION_DAYS": ("", "remote daily tier age limit (default: RETENTION_DAYS)"),
+    "REMOTE_MAX_COUNT": ("", "remote daily tier count limit (default: MAX_COUNT)"),
+    "REMOTE_WEEKLY_RETENTION_WEEKS": ("", "remote weekly age limit (default: WEEKLY_RETENTION_WEEKS)"),
+    "REMOTE_MONTHLY_RETENTION_MONTHS": ("", "remote monthly age limit (default: MONTHLY_RETENTION_MONTHS)"),
+    "ENCRYPT_RECIPIENTS": ("", "age public keys (comma-separated), or a file of them: encrypt uploads"),
+    "ENCRYPT_LOCAL": ("false", "encrypt the local archives too"),
+    "IDENTITY_FILE": ("", "age identity file, to decrypt for restore and full verification"),
 }
 
 
@@ -59,6 +74,25 @@ class PathSpec:
     name: str
     raw: str  # as configured
     path: Path  # resolved (absolute, normalised, symlinks not resolved)
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    bucket: str
+    prefix: str  # "" or "a/b" (no leading or trailing slash)
+    endpoint: str | None
+    region: str
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    max_lag: int = 3
+    retention_days: int = 30
+    max_count: int = 90
+    weekly_weeks: int = 8
+    monthly_months: int = 12
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -87,6 +121,10 @@ class BackupConfig:
     hook_timeout: float = 300.0
     umask: int = 0o027
     space_margin: float = 1.2
+    remote: RemoteConfig | None = None
+    encrypt_recipients: tuple[str, ...] = ()
+    encrypt_local: bool = False
+    identity_file: Path | None = None
     unknown_variables: tuple[str, ...] = field(default=())
 
     @property
@@ -114,6 +152,11 @@ class BackupConfig:
         d["backup_dir"] = str(self.backup_dir)
         d["paths"] = [{"name": p.name, "path": p.raw, "resolved": str(p.path)} for p in self.paths]
         d["unknown_variables"] = list(self.unknown_variables)
+        d["identity_file"] = str(self.identity_file) if self.identity_file else None
+        if self.remote is not None:  # never print or log credentials
+            d["remote"]["url"] = self.remote.url
+            for k in ("access_key_id", "secret_access_key"):
+                d["remote"][k] = "***" if d["remote"][k] else None
         return d
 
 
@@ -253,6 +296,91 @@ def parse_excludes(var: str, value: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _secret(get: Callable[[str], tuple[str, str]], name: str) -> str | None:
+    var, value = get(name)
+    fvar, fpath = get(name + "_FILE")
+    if value.strip() and fpath.strip():
+        raise _bad(fvar, fpath, f"set either {var} or {fvar}, not both")
+    if fpath.strip():
+        try:
+            return Path(fpath.strip()).read_text().strip() or None
+        except OSError as e:
+            raise _bad(fvar, fpath, f"cannot read the file: {e.strerror}") from None
+    return value.strip() or None
+
+
+def parse_remote(env: Mapping[str, str], get: Callable[[str], tuple[str, str]]) -> RemoteConfig | None:
+    var, url = get("REMOTE_URL")
+    if not url.strip():
+        return None
+    m = re.match(r"^s3://([^/]+)/?(.*)$", url.strip())
+    if not m or not _BUCKET_RE.match(m.group(1)):
+        raise _bad(
+            var,
+            url,
+            "expected s3://bucket/prefix (a bucket name of 3-63 lower-case letters, digits, '.', '-')",
+        )
+    prefix = m.group(2).strip("/")
+    evar, endpoint = get("REMOTE_ENDPOINT")
+    if endpoint.strip() and not re.match(r"^https?://[^/\s]+", endpoint.strip()):
+        raise _bad(evar, endpoint, "expected an http:// or https:// URL, e.g. https://minio.example:9000")
+    key, secret = _secret(get, "REMOTE_ACCESS_KEY_ID"), _secret(get, "REMOTE_SECRET_ACCESS_KEY")
+    if bool(key) != bool(secret):
+        raise _bad(
+            get("REMOTE_SECRET_ACCESS_KEY")[0] if key else get("REMOTE_ACCESS_KEY_ID")[0],
+            "",
+            "set both the access key id and the secret access key, or neither (standard AWS chain)",
+        )
+
+    def inherit(name: str, local: str, lo: int = 1) -> int:
+        v, raw = get(name)
+        return parse_int(v, raw, lo) if raw.strip() else parse_int(*get(local), lo)
+
+    return RemoteConfig(
+        bucket=m.group(1),
+        prefix=prefix,
+        endpoint=endpoint.strip() or None,
+        region=get("REMOTE_REGION")[1].strip() or "us-east-1",
+        access_key_id=key,
+        secret_access_key=secret,
+        max_lag=parse_int(*get("REMOTE_MAX_LAG"), 1),
+        retention_days=inherit("REMOTE_RETENTION_DAYS", "RETENTION_DAYS"),
+        max_count=inherit("REMOTE_MAX_COUNT", "MAX_COUNT"),
+        weekly_weeks=inherit("REMOTE_WEEKLY_RETENTION_WEEKS", "WEEKLY_RETENTION_WEEKS"),
+        monthly_months=inherit("REMOTE_MONTHLY_RETENTION_MONTHS", "MONTHLY_RETENTION_MONTHS"),
+    )
+
+
+def parse_recipients(var: str, value: str) -> tuple[str, ...]:
+    """age public keys, comma-separated, or the path of a file with one per line (# comments)."""
+    v = value.strip()
+    if not v:
+        return ()
+    if v.startswith("age1"):
+        keys = [k.strip() for k in v.split(",") if k.strip()]
+    else:
+        try:
+            lines = Path(v).read_text().splitlines()
+        except OSError as e:
+            raise _bad(
+                var, value, f"not age public keys (age1...) and not a readable file ({e.strerror})"
+            ) from None
+        keys = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    if not keys:
+        raise _bad(var, value, "no age public keys found")
+    import pyrage
+
+    for k in keys:
+        try:
+            pyrage.x25519.Recipient.from_str(k)
+        except Exception:  # noqa: BLE001 - pyrage raises its own types
+            raise _bad(var, value, f"{k[:24]!r} is not an age public key (age1...)") from None
+    return tuple(keys)
+
+
 def parse_project(source: str, value: str | None) -> str:
     if value is None or not value.strip():
         raise ConfigError(
@@ -303,7 +431,7 @@ def load(
     known = {prefix + k for k in VARIABLES} | extra_variable_names(prefix)
     unknown = tuple(sorted(k for k in env if k.startswith(prefix) and k not in known))
 
-    return BackupConfig(
+    cfg = BackupConfig(
         project=project,
         data_dir=ddir,
         backup_dir=bdir,
@@ -328,8 +456,17 @@ def load(
         hook_timeout=parse_duration(*get("HOOK_TIMEOUT")),
         umask=parse_umask(*get("UMASK")),
         space_margin=parse_margin(*get("SPACE_MARGIN")),
+        remote=parse_remote(env, get),
+        encrypt_recipients=parse_recipients(*get("ENCRYPT_RECIPIENTS")),
+        encrypt_local=parse_bool(*get("ENCRYPT_LOCAL")),
+        identity_file=Path(get("IDENTITY_FILE")[1]) if get("IDENTITY_FILE")[1].strip() else None,
         unknown_variables=unknown,
     )
+    if cfg.encrypt_local and not cfg.encrypt_recipients:
+        raise _bad(
+            prefix + "ENCRYPT_LOCAL", "true", f"set {prefix}ENCRYPT_RECIPIENTS too (whom to encrypt for)"
+        )
+    return cfg
 
 
 def extra_variable_names(prefix: str) -> set[str]:

@@ -66,6 +66,9 @@ def file_lock(
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
+        if readonly_ok and e.errno == errno.ENOENT:  # no backup dir at all (restore --from-remote)
+            yield
+            return
         if not readonly_ok or e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise BackupError(f"cannot open lock file {path}: {e.strerror}") from None
         try:  # a read-only backup volume (restore): flock works on a read-only descriptor

@@ -7,6 +7,7 @@ without sleeping.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -18,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from . import log as glog
+from . import naming
 from .archive import any_path_exists, no_data_error, sidecar_path, write_archive, write_sidecar
 from .config import BackupConfig
 from .errors import BackupError, Interrupted
-from .fsutil import ensure_writable_dir, file_lock
+from .fsutil import ensure_writable_dir, file_lock, remove_quietly
 from .hooks import run_hook
 from .housekeeping import Entry, Manifest, PruneReport, housekeeping
 from .status import next_run, now_iso, prev_run, update_state
@@ -78,6 +80,7 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
     pruned: PruneReport | None = None
     tier_copies: list[str] = field(default_factory=list)
+    remote: Any = None  # SyncReport, or None when there is no remote or the upload failed
 
 
 def throughput(nbytes: int | None, seconds: float | None) -> str:
@@ -128,14 +131,17 @@ class BackupService:
     def verify_backup(self, path: Path | str) -> bool:
         return self.verify(Path(path)).ok
 
-    def verify(self, path: Path) -> VerifyResult:
+    def verify(self, path: Path, identity: Path | None = None) -> VerifyResult:
         """Verify one archive and record the result in the manifest."""
         try:
             rel = self.rel(path.resolve() if not path.is_absolute() else path)
         except ValueError:
             rel = None
         entry = next((e for e in self.manifest.read() if e["path"] == rel), None) if rel else None
-        res = verify_archive(path, (entry or {}).get("sha256"), should_stop=self.should_stop)
+        if path.name.endswith(naming.AGE_SUFFIX):
+            res = self._verify_encrypted(path, entry or {}, identity or self.config.identity_file)
+        else:
+            res = verify_archive(path, (entry or {}).get("sha256"), should_stop=self.should_stop)
         if entry is not None and rel is not None:
             self.manifest.set_fields(
                 rel,
@@ -145,6 +151,40 @@ class BackupService:
                 archive_intact=res.archive_intact,
             )
         return res
+
+    def _verify_encrypted(self, path: Path, entry: Entry, identity: Path | None) -> VerifyResult:
+        """The checksum covers the encrypted file (no key needed); with an identity, the archive
+        inside is decrypted to a temp file and verified in full too."""
+        import tempfile
+
+        from . import crypto
+        from .archive import read_sidecar
+
+        res = VerifyResult(path=path, ok=False)
+        side = read_sidecar(path)
+        sha = crypto.sha256_file(path) if path.is_file() else None
+        res.sha256 = sha
+        if sha is None:
+            res.error = f"archive not found: {path}"
+        elif not side:
+            res.error = (
+                f"checksum file {'missing' if side is None else 'malformed'}: {sidecar_path(path).name}"
+            )
+        elif sha != side or (entry.get("sha256") and sha != entry["sha256"]):
+            res.error = f"checksum mismatch: {path.name} has sha256 {sha[:16]}…"
+        if res.error or identity is None:
+            res.ok = res.error is None
+            res.archive_intact = res.ok
+            return res
+        with tempfile.TemporaryDirectory(prefix="gofr-verify-") as td:
+            plain = Path(td) / path.name.removesuffix(naming.AGE_SUFFIX)
+            with open(path, "rb") as f:
+                crypto.decrypt_to(f, plain, identity)
+            inner = verify_archive(
+                plain, entry.get("plain_sha256"), sidecar=False, should_stop=self.should_stop
+            )
+        inner.path, inner.sha256 = path, sha
+        return inner
 
     # -- one run -------------------------------------------------------------------------------
     def run_backup(self, tier: str = "daily", trigger: str = "manual") -> Outcome:
@@ -260,11 +300,14 @@ class BackupService:
                     level=logging.INFO if res.ok else logging.ERROR,
                     filename=w.filename,
                 )
+            if c.encrypt_local and entry["verified"]:
+                self._encrypt_local(w.path, entry)
             self.manifest.add(entry)
         except BaseException:
             # never leave a finished-looking archive that the manifest does not describe
-            os.unlink(w.path)
-            os.unlink(sidecar_path(w.path))
+            for p in (w.path, w.path.with_name(w.filename + naming.AGE_SUFFIX)):
+                remove_quietly(p)
+                remove_quietly(sidecar_path(p))
             raise
         if entry["verified"] is False:
             raise BackupError(f"archive {w.filename} failed verification: {entry['verify_error']}")
@@ -313,7 +356,70 @@ class BackupService:
             duration_s=w.duration_s,
             verified=entry["verified"],
         )
-        return Outcome(status, entry, w.path, warnings=w.warnings, pruned=report, tier_copies=copies)
+        out = Outcome(
+            status,
+            entry,
+            c.backup_dir / entry["path"],
+            warnings=w.warnings,
+            pruned=report,
+            tier_copies=copies,
+        )
+        if c.remote is not None:
+            out.remote = self._offsite()
+        return out
+
+    def _encrypt_local(self, plain: Path, entry: Entry) -> None:
+        """ENCRYPT_LOCAL: replace the verified plaintext archive by its age-encrypted form."""
+        from . import crypto
+
+        enc = plain.with_name(plain.name + naming.AGE_SUFFIX)
+        sha = crypto.encrypt_file(plain, enc, self.config.encrypt_recipients)
+        write_sidecar(enc, sha)
+        plain_sha = entry["sha256"]
+        os.unlink(plain)
+        os.unlink(sidecar_path(plain))
+        entry.update(
+            filename=enc.name,
+            path=self.rel(enc),
+            sha256=sha,
+            size_bytes=enc.stat().st_size,
+            encrypted=True,
+            plain_sha256=plain_sha,
+        )
+        event("backup.encrypted", f"encrypted locally: {enc.name}")
+
+    def sync_remote(self) -> Any:
+        """Upload what is missing, apply remote retention. Raises RemoteError. Caller holds the lock."""
+        from .offsite import sync
+        from .remote import remote_for
+
+        remote = remote_for(self.config)
+        assert remote is not None and self.config.remote is not None
+        rep = sync(self.config, remote, self.clock.now())
+        t = now_iso(self.clock.now())
+        update_state(self.config, lambda st: st.update(remote_last_success=t, remote_count=rep.remote_count))
+        event(
+            "remote.synced",
+            f"off-site copy up to date: {len(rep.uploaded)} uploaded, {len(rep.deleted)} "
+            f"deleted, {rep.remote_count} on {self.config.remote.url}",
+            uploaded=len(rep.uploaded),
+        )
+        return rep
+
+    def _offsite(self) -> Any:
+        """After a local backup: a failed upload never fails the backup; it is recorded and retried."""
+        try:
+            return self.sync_remote()
+        except BackupError as e:
+            t, err = now_iso(self.clock.now()), str(e)
+            event(
+                "remote.failed",
+                f"off-site upload failed (will retry on the next run): {e}",
+                level=logging.ERROR,
+            )
+            with contextlib.suppress(OSError, BackupError):
+                update_state(self.config, lambda st: st.update(remote_last_failure={"time": t, "error": err}))
+            return None
 
     def _last_ratio(self) -> float | None:
         """Compressed/source size of the newest good archive with the same codec (pre-flight)."""

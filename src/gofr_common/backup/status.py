@@ -132,6 +132,22 @@ def health(config: BackupConfig, now: datetime) -> Health:
     if st.get("last_result") == "incomplete":
         reasons.append("the last backup was incomplete: some files could not be read (see last_warnings)")
     gap = interval(config.schedule, now)
+    if config.remote is not None:
+        rc = config.remote
+        report["remote"] = {
+            "url": rc.url,
+            "last_success": st.get("remote_last_success"),
+            "last_failure": st.get("remote_last_failure"),
+            "count": st.get("remote_count"),
+        }
+        since = st.get("remote_last_success") or st.get("started_at")
+        lag = rc.max_lag * gap
+        if since is None or now - datetime.fromisoformat(since) > lag:
+            f = st.get("remote_last_failure") or {}
+            reasons.append(
+                f"no successful upload to {rc.url} for more than {_human_td(lag)} "
+                f"(REMOTE_MAX_LAG={rc.max_lag} intervals)" + (f"; last error: {f.get('error')}" if f else "")
+            )
     if last_success:
         age = now - datetime.fromisoformat(last_success["time"])
         if age > 2 * gap:

@@ -7,6 +7,7 @@ listing of the first members), and the member count is checked against the archi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -58,7 +59,12 @@ class HashingReader(io.RawIOBase):
     def readinto(self, b: Any) -> int:
         if self.should_stop():
             raise Interrupted("interrupted while reading archive")
-        n = self.f.readinto(b)
+        if hasattr(self.f, "readinto"):
+            n = self.f.readinto(b)
+        else:  # e.g. an S3 streaming body
+            data = self.f.read(len(b))
+            n = len(data)
+            b[:n] = data
         if n:
             self.sha.update(memoryview(b)[:n])
             self.size += n
@@ -101,24 +107,28 @@ def verify_archive(
     collect_members: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
     visit: Callable[[tarfile.TarFile, tarfile.TarInfo], None] | None = None,
+    stream: Any = None,
+    sidecar: bool = True,
 ) -> VerifyResult:
     """Check ``path`` against its ``.sha256`` sidecar, ``expected_sha256`` (the manifest's), and
     its own contents. ``visit`` is called for every data member while the stream is read, which is
     how restore extracts in the same pass that verifies."""
     res = VerifyResult(path=path, ok=False)
-    if not path.is_file():
+    if stream is None and not path.is_file():
         res.error = f"archive not found: {path}"
         return res
-    side = read_sidecar(path)
+    side = read_sidecar(path) if sidecar else None
     side_error = None
-    if side is None:
+    if not sidecar:
+        pass  # the caller checks the checksum another way (a remote manifest, a decrypted temp file)
+    elif side is None:
         side_error = f"checksum file missing: {sidecar_path(path).name}"
     elif side == "":
         side_error = f"checksum file malformed: {sidecar_path(path).name} (expected '<sha256>  {path.name}')"
 
     stream_error: str | None = None
     count = 0
-    with open(path, "rb", buffering=CHUNK) as f:
+    with contextlib.nullcontext(stream) if stream is not None else open(path, "rb", buffering=CHUNK) as f:
         hr = HashingReader(f, should_stop)
         try:
             with open_tar_stream(path, raw=hr) as tar:  # type: ignore[arg-type]
@@ -190,7 +200,7 @@ def verify_archive(
     res.archive_intact = manifest_ok and not stream_error and not count_error
     if side_error:
         res.error = side_error
-    elif digest != side:
+    elif sidecar and digest != side:
         res.error = (
             f"checksum mismatch: {path.name} has sha256 {digest[:16]}…, "
             f"{sidecar_path(path).name} says {side[:16]}…"  # type: ignore[index]
