@@ -35,6 +35,7 @@ from .config import BackupConfig, PathSpec
 from .errors import BackupError, Interrupted, NoDataError
 from .excludes import compile_excludes
 from .fsutil import FILE_MODE, fsync_dir, remove_quietly
+from .tarstream import TarStream
 
 META_NAME = ".gofr-backup.json"
 END_NAME = ".gofr-backup-end.json"
@@ -170,7 +171,7 @@ class HashingWriter(io.RawIOBase):
 
 
 class _Sink(io.RawIOBase):
-    """What tarfile writes into: the codec stream, plus the tell() tarfile insists on."""
+    """What the tar stream writes into: the codec stream (counting bytes)."""
 
     def __init__(self, stream: IO[bytes]) -> None:
         self.stream = stream
@@ -267,20 +268,20 @@ class _Names:
         return self.groups[gid]
 
 
-def _json_member(tar: tarfile.TarFile, name: str, obj: dict[str, Any]) -> None:
+def _json_member(tar: TarStream, name: str, obj: dict[str, Any]) -> None:
     data = json.dumps(obj, indent=1, ensure_ascii=False).encode()
     ti = tarfile.TarInfo(name)
     ti.size = len(data)
     ti.mode = 0o600
     ti.mtime = int(time.time())
-    tar.addfile(ti, io.BytesIO(data))
+    tar.add(ti, data)
 
 
 class ArchiveWriter:
     """Writes one archive. Use :func:`write_archive`."""
 
     def __init__(
-        self, tar: tarfile.TarFile, should_stop: Callable[[], bool], sqlite_tmp: Path | None = None
+        self, tar: TarStream, should_stop: Callable[[], bool], sqlite_tmp: Path | None = None
     ) -> None:
         self.tar = tar
         self.should_stop = should_stop
@@ -311,7 +312,7 @@ class ArchiveWriter:
         if stat.S_ISDIR(mode):
             ti = self._info(e.arcname, e.st)
             ti.type = tarfile.DIRTYPE
-            self.tar.addfile(ti)
+            self.tar.add(ti)
         elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(e.path)
@@ -328,7 +329,7 @@ class ArchiveWriter:
             ti = self._info(e.arcname, e.st)
             ti.type = tarfile.SYMTYPE
             ti.linkname = target
-            self.tar.addfile(ti)
+            self.tar.add(ti)
         else:
             base = sqlite_snapshot.sibling_base(e.path)
             if base is not None and base in self.snapshotted_set:
@@ -349,7 +350,7 @@ class ArchiveWriter:
             ti = self._info(e.arcname, e.st)
             ti.type = tarfile.LNKTYPE
             ti.linkname = self.links[key]
-            self.tar.addfile(ti)
+            self.tar.add(ti)
             return True
         for attempt in range(CHANGE_RETRIES + 1):
             try:
@@ -389,11 +390,11 @@ class ArchiveWriter:
                         self.warnings.append(
                             f"{e.path} kept changing while read ({CHANGE_RETRIES + 1} tries); archived as read"
                         )
-                    self.tar.addfile(ti, io.BytesIO(data))
+                    self.tar.add(ti, data)
                 else:
                     ti.size = before.st_size
                     reader = _ExactReader(fd, before.st_size, self.should_stop)
-                    self.tar.addfile(ti, reader)
+                    self.tar.add_stream(ti, reader)
                     after = os.fstat(fd)
                     if reader.error:
                         self.unreadable.append(e.path)
@@ -429,7 +430,7 @@ class ArchiveWriter:
             ti = self._info(e.arcname, st)
             with open(dst, "rb") as f:
                 ti.size = os.fstat(f.fileno()).st_size
-                self.tar.addfile(ti, f)
+                self.tar.add_stream(ti, f)
         finally:
             dst.unlink(missing_ok=True)
         self.bytes += ti.size
@@ -571,10 +572,7 @@ def write_archive(
         hw = HashingWriter(fd)
         stream = CODECS[config.compression].writer(hw, config.compression_level)  # type: ignore[arg-type]
         sink = _Sink(stream)
-        tar = tarfile.open(
-            fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"
-        )
-        tar.copybufsize = CHUNK  # type: ignore[attr-defined]
+        tar = TarStream(sink)
         w = ArchiveWriter(tar, should_stop, sqlite_tmp)
         _json_member(tar, META_NAME, meta)
         for e in s.entries:

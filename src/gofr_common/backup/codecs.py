@@ -86,8 +86,64 @@ def _zstd_reader(raw: IO[bytes]) -> Any:
     return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
 
 
+class ThreadedCompressor:
+    """Feeds a one-shot compressor (bz2, lzma) in a thread of its own, so that reading and
+    archiving the next files overlaps with compressing the last ones (both release the GIL).
+    Memory is bounded, and so is how long a stop waits: at most QUEUE pieces of CHUNK bytes are
+    queued."""
+
+    QUEUE = 2
+
+    def __init__(self, raw: IO[bytes], compressor: Any) -> None:
+        import queue
+        import threading
+
+        self.raw = raw
+        self.comp = compressor
+        self.buf = bytearray()
+        self.q: Any = queue.Queue(self.QUEUE)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="gofr-compress", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (chunk := self.q.get()) is not None:
+                out = self.comp.compress(chunk)
+                if out:
+                    self.raw.write(out)
+            self.raw.write(self.comp.flush())
+        except BaseException as e:  # noqa: BLE001 - handed to the writer
+            self.error = e
+            while self.q.get() is not None:  # drain so the writer never blocks
+                pass
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def write(self, b: Any) -> int:
+        self._check()
+        self.buf += b
+        while len(self.buf) >= CHUNK:  # 1 MiB pieces: the backlog (and a stop's wait) stays small
+            self.q.put(bytes(self.buf[:CHUNK]))
+            del self.buf[:CHUNK]
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.buf:
+            self.q.put(bytes(self.buf))
+            self.buf.clear()
+        self.q.put(None)
+        self.thread.join()
+        self._check()
+
+
 def _bz2_writer(raw: IO[bytes], level: int) -> Any:
-    return bz2.BZ2File(_NoClose(raw), "wb", compresslevel=level)
+    return ThreadedCompressor(raw, bz2.BZ2Compressor(level))
 
 
 def _bz2_reader(raw: IO[bytes]) -> Any:
@@ -95,7 +151,9 @@ def _bz2_reader(raw: IO[bytes]) -> Any:
 
 
 def _xz_writer(raw: IO[bytes], level: int) -> Any:
-    return lzma.LZMAFile(cast(Any, _NoClose(raw)), "wb", preset=level, check=lzma.CHECK_CRC64)
+    return ThreadedCompressor(
+        raw, lzma.LZMACompressor(format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=level)
+    )
 
 
 def _xz_reader(raw: IO[bytes]) -> Any:

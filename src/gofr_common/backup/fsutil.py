@@ -123,6 +123,9 @@ def ensure_writable_dir(path: Path, what: str = "backup directory") -> None:
 
 
 def free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds ``path`` (or would, once it is created)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
 
