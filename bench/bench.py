@@ -1,10 +1,15 @@
-"""make bench: measurements that are not tests. Prints markdown tables and writes them to
-bench/results/.
+"""make bench: measurements that are not tests. Prints markdown tables and writes them (and a PNG
+chart) to bench/results/.
 
-    python bench/bench.py [--only sqlite] [--seconds N] [--db-mb N]
+    python bench/bench.py [--only throughput,ops,idle,sqlite] [--mb 1170] [--runs 3]
 
-sqlite: the worst commit latency of a real SQLite writer (WAL and rollback-journal mode) without a
-backup running, and while `gofr-backup now` runs back to back against the same database.
+throughput: `gofr-backup now` per codec against the same-format CLI pipelines (each also writing the
+            checksum), restic's and borg's first backups; verify and restore against their CLI
+            baselines. Wall (median of --runs), CPU, peak RSS (GNU time), output size.
+ops:        list, prune and status over a manifest of 10,000 archives.
+idle:       the service's CPU and RSS while it waits for its next run.
+sqlite:     the worst commit latency of a real SQLite writer (WAL and rollback-journal mode)
+            without a backup running, and while `gofr-backup now` runs back to back.
 """
 
 from __future__ import annotations
@@ -104,18 +109,281 @@ def bench_sqlite(seconds: float, db_mb: int) -> str:
     )
 
 
+# -- throughput ---------------------------------------------------------------------------------------
+def measure(
+    cmd: str, env: dict[str, str] | None = None, runs: int = 3, before: str | None = None
+) -> dict[str, float]:
+    """Median wall time; CPU seconds and peak RSS (KB) of the whole pipeline from GNU time."""
+    walls, cpus, rss = [], [], []
+    for _ in range(runs):
+        if before:
+            subprocess.run(before, shell=True, check=True, env=env)
+        tf = tempfile.NamedTemporaryFile(delete=False)
+        tf.close()
+        t0 = time.monotonic()
+        r = subprocess.run(
+            ["/usr/bin/time", "-o", tf.name, "-f", "%U %S %M", "sh", "-c", cmd],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        walls.append(time.monotonic() - t0)
+        if r.returncode not in (0, 3):
+            raise SystemExit(f"failed: {cmd}\n{r.stderr[-2000:]}")
+        u, s_, m = Path(tf.name).read_text().split()[-3:]
+        os.unlink(tf.name)
+        cpus.append(float(u) + float(s_))
+        rss.append(int(m))
+    walls.sort()
+    return {"wall": walls[len(walls) // 2], "cpu": sorted(cpus)[len(cpus) // 2], "rss_mb": max(rss) / 1024}
+
+
+def bench_throughput(mb: int, runs: int) -> tuple[str, list[tuple[str, float]]]:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from dataset import generate, stats
+
+    data = generate(ROOT / "bench" / "data" / f"set-{mb}", mb)
+    nfiles, nbytes = stats(data)
+    work = Path(tempfile.mkdtemp(prefix="gofr-bench-"))
+    rows: list[tuple[str, str, dict[str, float], int | None, str]] = []  # group, name, m, size, vs
+    gofr = f"{sys.executable} -m gofr_common.backup"
+    tar = f"tar -C {data} -c ."
+    out = work / "out"
+    pipelines = {
+        "gzip": (f"{tar} | gzip -6 | tee {out} | sha256sum", "GNU tar | gzip -6"),
+        "pigz": (f"{tar} | pigz -6 -p 2 | tee {out} | sha256sum", "tar | pigz -6 -p 2"),
+        "zstd": (f"{tar} | zstd -q -3 -T2 | tee {out} | sha256sum", "tar | zstd -3 -T2"),
+        "bzip2": (f"{tar} | bzip2 -6 | tee {out} | sha256sum", "tar | bzip2 -6"),
+        "xz": (f"{tar} | xz -6 | tee {out} | sha256sum", "tar | xz -6"),
+        "none": (f"{tar} | tee {out} | sha256sum", "tar | sha256sum"),
+    }
+    base_wall = {}
+    for codec, level in (("gzip", 6), ("zstd", 3), ("bzip2", 6), ("xz", 6), ("none", 6)):
+        env = _env(
+            data,
+            work / "b",
+            PATHS="logs:logs,storage:storage,db:db",
+            COMPRESSION=codec,
+            COMPRESSION_LEVEL=str(level),
+            VERIFY_AFTER_BACKUP="false",
+            SPACE_MARGIN="1.0",
+        )
+        env["GOFR_BACKUP_LOG_FORMAT"] = "json"
+        cli, label = pipelines[codec]
+        m = measure(cli, runs=runs)
+        base_wall[codec] = m["wall"]
+        rows.append((codec, label, m, out.stat().st_size, "1.00x"))
+        if codec == "gzip" and shutil.which("pigz"):
+            cli2, label2 = pipelines["pigz"]
+            m2 = measure(cli2, runs=runs)
+            rows.append((codec, label2, m2, out.stat().st_size, f"{m2['wall'] / m['wall']:.2f}x"))
+        clean = f"rm -rf {work / 'b'}"
+        mo = measure(f"{gofr} now", env=env, runs=runs, before=clean)
+        archive = next(p for p in (work / "b" / "daily").glob("*.tar*") if not p.name.endswith(".sha256"))
+        rows.append(
+            (
+                codec,
+                f"gofr-backup now ({codec} {level})",
+                mo,
+                archive.stat().st_size,
+                f"{mo['wall'] / m['wall']:.2f}x",
+            )
+        )
+        if codec == "gzip":
+            gz = archive
+            mv = measure(f"sha256sum {gz} >/dev/null && gzip -dc {gz} > /dev/null", runs=runs)
+            rows.append(("verify", "sha256sum X && gzip -dc X", mv, None, "1.00x"))
+            mov = measure(f"{gofr} verify {gz.name}", env=env, runs=runs)
+            rows.append(
+                ("verify", "gofr-backup verify (gzip)", mov, None, f"{mov['wall'] / mv['wall']:.2f}x")
+            )
+            tgt = work / "restore"
+            mr = measure(f"mkdir {tgt} && tar -xzf {gz} -C {tgt}", runs=runs, before=f"rm -rf {tgt}")
+            rows.append(("restore", "tar -xzf X (empty dir)", mr, None, "1.00x"))
+            mor = measure(
+                f"{gofr} restore {gz.name} --target {tgt} --yes", env=env, runs=runs, before=f"rm -rf {tgt}"
+            )
+            rows.append(
+                (
+                    "restore",
+                    "gofr-backup restore --target (empty dir)",
+                    mor,
+                    None,
+                    f"{mor['wall'] / mr['wall']:.2f}x",
+                )
+            )
+            shutil.copy(gz, work / "keep.tar.gz")
+    if shutil.which("restic"):
+        repo = work / "restic"
+        e = {**os.environ, "RESTIC_PASSWORD": "bench", "RESTIC_REPOSITORY": str(repo)}
+        m = measure(f"restic init -q && restic backup -q {data}", env=e, runs=runs, before=f"rm -rf {repo}")
+        rows.append(("peers", "restic first backup", m, _du(repo), f"{m['wall'] / base_wall['gzip']:.2f}x"))
+    if shutil.which("borg"):
+        repo = work / "borg"
+        e = {**os.environ, "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes"}
+        m = measure(
+            f"borg init -e none {repo} && borg create --compression lz4 {repo}::a {data}",
+            env=e,
+            runs=runs,
+            before=f"rm -rf {repo}",
+        )
+        rows.append(
+            ("peers", "borg 1.2 first backup (lz4)", m, _du(repo), f"{m['wall'] / base_wall['gzip']:.2f}x")
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    head = (
+        f"### Throughput: {nfiles} files, {nbytes / 1e6:.0f} MB, median of {runs}, 2 cores, warm cache\n\n"
+        "| group | command | wall s | CPU s | peak RSS MB | output MB | wall vs baseline |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+    lines = [
+        f"| {g} | {n} | {m['wall']:.2f} | {m['cpu']:.1f} | {m['rss_mb']:.0f} | "
+        f"{(sz / 1e6) if sz else 0:.0f} | {vs} |"
+        for g, n, m, sz, vs in rows
+    ]
+    note = (
+        "\nBaselines: each CLI pipeline of the same format writes its checksum too (`| tee X | sha256sum`). "
+        "`gofr-backup now` runs with VERIFY_AFTER_BACKUP=false here (verify is timed on its own); "
+        "peers are compared with the GNU gzip pipeline."
+    )
+    chart = [(n, m["wall"]) for g, n, m, sz, vs in rows]
+    return head + "\n" + "\n".join(lines) + "\n" + note, chart
+
+
+def _du(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def write_chart(chart: list[tuple[str, float]], path: Path) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "(no chart: matplotlib is not installed)"
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(chart) + 1))
+    names = [n for n, _ in chart][::-1]
+    walls = [w for _, w in chart][::-1]
+    ax.barh(names, walls, color=["#2a7" if n.startswith("gofr") else "#999" for n in names])
+    ax.set_xlabel("wall seconds (lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return f"![throughput]({path.name})"
+
+
+# -- list / prune / status at 10,000 archives -----------------------------------------------------------
+def bench_ops(runs: int) -> str:
+    work = Path(tempfile.mkdtemp(prefix="gofr-bench-ops-"))
+    (work / "data" / "s").mkdir(parents=True)
+    (work / "data" / "s" / "f").write_text("x")
+    b = work / "b"
+    (b / "daily").mkdir(parents=True)
+    from datetime import datetime, timedelta
+
+    now = datetime.now().astimezone()
+    entries = []
+    for i in range(10_000):
+        t = now - timedelta(hours=i)
+        name = f"gofr-bench_daily_{t:%Y%m%d_%H%M%S}.tar.gz"
+        (b / "daily" / name).touch()
+        entries.append(
+            {
+                "project": "bench",
+                "filename": name,
+                "path": f"daily/{name}",
+                "tier": "daily",
+                "created": t.isoformat(),
+                "size_bytes": 1000,
+                "sha256": "0" * 64,
+                "compression": "gzip",
+                "verified": True,
+                "verified_at": None,
+                "verify_error": None,
+                "file_count": 1,
+                "source_bytes": 1,
+                "duration_s": 0.1,
+                "warnings": [],
+                "complete": True,
+                "trigger": "schedule",
+            }
+        )
+    (b / "manifest.json").write_text(json.dumps({"format": 1, "backups": entries}))
+    env = _env(work / "data", b, PATHS="s:s", RETENTION_DAYS="100000", MAX_COUNT="100000")
+    gofr = f"{sys.executable} -m gofr_common.backup"
+    rows = []
+    for what, cmd in (
+        ("list", "list"),
+        ("list --json", "list --json"),
+        ("prune (nothing to delete)", "prune"),
+        ("status (HEALTHCHECK)", "status"),
+    ):
+        m = measure(f"{gofr} {cmd}", env=env, runs=runs)
+        rows.append(f"| {what} | {m['wall']:.2f} | {m['rss_mb']:.0f} |")
+    shutil.rmtree(work, ignore_errors=True)
+    return (
+        "### Operations over a manifest of 10,000 archives\n\n| command | wall s | peak RSS MB |\n|---|---|---|\n"
+        + "\n".join(rows)
+    )
+
+
+# -- the idle service ----------------------------------------------------------------------------------
+def bench_idle(seconds: float) -> str:
+    work = Path(tempfile.mkdtemp(prefix="gofr-bench-idle-"))
+    (work / "data" / "s").mkdir(parents=True)
+    (work / "data" / "s" / "f").write_text("x")
+    env = _env(work / "data", work / "b", PATHS="s:s", SCHEDULE="0 3 1 1 *")
+    env["GOFR_BACKUP_ALLOW_ROOT"] = "true"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "gofr_common.backup", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(5)  # start-up: config, housekeeping, the first catch-up backup
+
+    def cpu() -> float:
+        f = Path(f"/proc/{p.pid}/stat").read_text().split(")")[-1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    c0, t0 = cpu(), time.monotonic()
+    time.sleep(seconds)
+    c1, t1 = cpu(), time.monotonic()
+    rss = next(ln for ln in Path(f"/proc/{p.pid}/status").read_text().splitlines() if ln.startswith("VmRSS"))
+    p.send_signal(signal.SIGTERM)
+    p.wait(30)
+    shutil.rmtree(work, ignore_errors=True)
+    pct = 100 * (c1 - c0) / (t1 - t0)
+    return (
+        f"### The idle service\n\n| measured over | CPU | RSS |\n|---|---|---|\n"
+        f"| {seconds:.0f} s | {pct:.3f} % | {int(rss.split()[1]) / 1024:.0f} MB |"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="sqlite")
+    ap.add_argument("--only", default="throughput,ops,idle,sqlite")
+    ap.add_argument("--mb", type=int, default=1170)
+    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--db-mb", type=int, default=100)
     a = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    only = a.only.split(",")
     parts = []
-    if "sqlite" in a.only.split(","):
+    if "throughput" in only:
+        table, chart = bench_throughput(a.mb, a.runs)
+        parts.append(table + "\n\n" + write_chart(chart, RESULTS / "throughput.png"))
+    if "ops" in only:
+        parts.append(bench_ops(a.runs))
+    if "idle" in only:
+        parts.append(bench_idle(30.0))
+    if "sqlite" in only:
         parts.append(bench_sqlite(a.seconds, a.db_mb))
     text = "\n\n".join(parts) + "\n"
-    (RESULTS / "sqlite-latency.md").write_text(text)
+    name = "results.md" if len(only) > 1 else f"{only[0]}.md"
+    (RESULTS / name).write_text(text)
     print(text)
 
 

@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__, naming, sqlite_snapshot
+from . import __version__, naming, progress, sqlite_snapshot
 from .codecs import CHUNK, CODECS
 from .config import BackupConfig, PathSpec
 from .errors import BackupError, Interrupted, NoDataError
@@ -408,6 +408,7 @@ class ArchiveWriter:
                     elif _changed(before, after, before.st_size):
                         self.warnings.append(f"{e.path} changed while read; archived as read")
                 self.bytes += ti.size
+                progress.advance(ti.size)
                 if e.st.st_nlink > 1:
                     self.links[key] = e.arcname
                 return True
@@ -575,8 +576,12 @@ def write_archive(
         tar = TarStream(sink)
         w = ArchiveWriter(tar, should_stop, sqlite_tmp)
         _json_member(tar, META_NAME, meta)
-        for e in s.entries:
-            w.add(e)
+        progress.begin("backup", s.source_bytes)
+        try:
+            for e in s.entries:
+                w.add(e)
+        finally:
+            progress.end()
         warnings = s.warnings + w.warnings
         unreadable = s.unreadable + w.unreadable
         if unreadable:

@@ -124,6 +124,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     os.umask(config.umask)  # archives, sidecars, manifest, state: 0640 (0027) or 0600 (0077)
     # the service logs to stdout (docker logs); commands keep stdout for their output
     glog.setup(sys.stdout if args.command == "run" else sys.stderr)
+    if args.command in ("now", "verify", "restore", "run"):
+        from . import progress
+
+        progress.enable()
     handler = globals()[f"cmd_{args.command}"]
     return int(handler(config, args))
 

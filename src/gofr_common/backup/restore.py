@@ -252,11 +252,6 @@ def check_member(member: tarfile.TarInfo, dest: str, selected: set[str]) -> tarf
     return checked
 
 
-_FULLY_TRUSTED: dict[str, Any] = (
-    {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
-)
-
-
 class _Extractor:
     """Extracts selected members into their staging dirs while verify_archive reads the stream."""
 
@@ -268,6 +263,8 @@ class _Extractor:
         self.archived: dict[str, set[str]] = {t.name: set() for t in targets}
         self.archived_dirs: set[str] = set()
         self.seen: set[str] = set()
+        self.links: set[str] = set()  # symlinks this restore created (never written through)
+        self.root = os.geteuid() == 0  # owners are restored only as root
 
     def __call__(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         top = m.name.split("/", 1)[0]
@@ -275,53 +272,97 @@ class _Extractor:
             raise StopVerify(f"member {m.name!r} does not belong to any path the archive declares")
         if top not in self.by_name:  # not selected (--only): read past it, hashing it, checking its size
             if m.isreg():
-                src = tar.extractfile(m)
-                assert src is not None
-                got = 0
-                while b := src.read(1 << 20):
-                    got += len(b)
-                if got != m.size:
-                    raise StopVerify(
-                        f"member {m.name!r} is truncated: it claims {m.size} bytes, {got} are there"
-                    )
+                self._drain(tar, m, None)
             return
-        norm = os.path.normpath(m.name)
-        if norm in self.seen or norm != m.name.rstrip("/"):
+        name = m.name.rstrip("/")
+        if name in self.seen or os.path.normpath(name) != name:
             raise StopVerify(f"member {m.name!r} is duplicated or not in normal form")
-        self.seen.add(norm)
+        self.seen.add(name)
         t = self.by_name[top]
-        try:
-            m2 = check_member(m, str(t.base), self.selected)
-        except Refused as e:
-            raise StopVerify(f"refusing member {m.name!r}: {e}") from None
-        if m2.isreg() and m2.size > 0:
-            free = free_bytes(t.base)
-            if m2.size > free:
+        # the staging dir starts empty, so the only symlinks in it are the ones this restore made:
+        # a member below one of them would be written through it
+        parts = name.split("/")
+        for k in range(1, len(parts)):
+            if "/".join(parts[:k]) in self.links:
                 raise StopVerify(
-                    f"member {m.name!r} claims {m2.size} bytes, more than the {free} free "
-                    f"where it would be staged ({t.base.parent})"
+                    f"refusing member {m.name!r}: it would be written through the symlink "
+                    f"{'/'.join(parts[:k])!r}"
                 )
+        if m.issym() or m.islnk() or not (m.isreg() or m.isdir()):
+            try:  # links and anything unusual: the full check, with realpath
+                check_member(m, str(t.base), self.selected)
+            except Refused as e:
+                raise StopVerify(f"refusing member {m.name!r}: {e}") from None
+        elif name.startswith("/") or ".." in parts:
+            raise StopVerify(f"refusing member {m.name!r}: absolute or '..'")
+        dest = t.base / name
         try:
-            if m2.isdir():
-                os.makedirs(t.base / m2.name, mode=0o700, exist_ok=True)
-                self.dirs.append((m2, str(t.base / m2.name)))
-            else:
-                # already checked above; tarfile's own filter (3.11.4+) would drop owners
-                tar.extract(m2, path=str(t.base), set_attrs=True, numeric_owner=True, **_FULLY_TRUSTED)
-                if m2.issym():  # tarfile leaves a symlink's own mtime alone
-                    os.utime(t.base / m2.name, (m2.mtime, m2.mtime), follow_symlinks=False)
-        except (OSError, tarfile.TarError, KeyError) as e:
+            if m.isdir():
+                os.makedirs(dest, mode=0o700, exist_ok=True)
+                self.dirs.append((m, str(dest)))
+            elif m.isreg():
+                if m.size > 0:
+                    free = free_bytes(t.base)
+                    if m.size > free:
+                        raise StopVerify(
+                            f"member {m.name!r} claims {m.size} bytes, more than the {free} free "
+                            f"where it would be staged ({t.base.parent})"
+                        )
+                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    self._drain(tar, m, fd)
+                    if self.root:
+                        os.fchown(fd, m.uid, m.gid)
+                    os.fchmod(fd, m.mode & 0o777)
+                finally:
+                    os.close(fd)
+                os.utime(dest, (m.mtime, m.mtime))
+            elif m.issym():
+                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.symlink(m.linkname, dest)
+                if self.root:
+                    os.lchown(dest, m.uid, m.gid)
+                os.utime(dest, (m.mtime, m.mtime), follow_symlinks=False)
+                self.links.add(name)
+            elif m.islnk():
+                target = m.linkname.rstrip("/")
+                if target.split("/", 1)[0] != top or target not in self.seen or target in self.links:
+                    raise StopVerify(
+                        f"refusing member {m.name!r}: hard link to {m.linkname!r}, which is not "
+                        "a file restored before it in the same path"
+                    )
+                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.link(t.base / target, dest, follow_symlinks=False)
+        except OSError as e:
             raise StopVerify(f"cannot extract {m.name!r}: {e}") from None
-        self.archived[top].add(m2.name.rstrip("/"))
-        if m2.isdir():
-            self.archived_dirs.add(m2.name.rstrip("/"))
+        self.archived[top].add(name)
+        if m.isdir():
+            self.archived_dirs.add(name)
+
+    @staticmethod
+    def _drain(tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int | None) -> None:
+        """Copy (or skip) the member's data, stopping at once if it is short: tarfile would
+        otherwise crawl through a hostile size claim 10 KB at a time."""
+        src = tar.extractfile(m)
+        assert src is not None
+        got = 0
+        while b := src.read(1 << 20):
+            got += len(b)
+            if fd is not None:
+                view = memoryview(b)
+                while view:
+                    view = view[os.write(fd, view) :]
+        if got != m.size:
+            raise StopVerify(f"member {m.name!r} is truncated: it claims {m.size} bytes, {got} are there")
 
     def finish_dirs(self, tar: tarfile.TarFile) -> None:
         # deepest first, so setting a parent's mtime is the last thing that touches it
         for ti, path in sorted(self.dirs, key=lambda x: x[1].count("/"), reverse=True):
-            tar.chown(ti, path, numeric_owner=True)
-            tar.utime(ti, path)
-            tar.chmod(ti, path)
+            if self.root:
+                os.chown(path, ti.uid, ti.gid)
+            os.chmod(path, ti.mode & 0o777)
+            os.utime(path, (ti.mtime, ti.mtime))
 
 
 def clean_stale_staging(targets: list[Target]) -> None:

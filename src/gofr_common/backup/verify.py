@@ -22,6 +22,7 @@ from typing import Any
 import zstandard
 from zlib_ng import zlib_ng
 
+from . import progress
 from .archive import END_NAME, META_NAME, open_tar_stream, read_sidecar, sidecar_path
 from .codecs import CHUNK
 from .errors import Interrupted
@@ -68,6 +69,7 @@ class HashingReader(io.RawIOBase):
         if n:
             self.sha.update(memoryview(b)[:n])
             self.size += n
+            progress.advance(n)
         return n or 0
 
     def drain(self) -> None:
@@ -128,6 +130,8 @@ def verify_archive(
 
     stream_error: str | None = None
     count = 0
+    total = path.stat().st_size if stream is None else 0
+    progress.begin("restore" if visit is not None else "verify", total)
     with contextlib.nullcontext(stream) if stream is not None else open(path, "rb", buffering=CHUNK) as f:
         hr = HashingReader(f, should_stop)
         try:
@@ -187,6 +191,7 @@ def verify_archive(
             hr.drain()
         except OSError as e:
             stream_error = stream_error or f"cannot read archive: {e}"
+    progress.end()
     digest = hr.sha.hexdigest()
     res.sha256 = digest
     res.file_count = count
