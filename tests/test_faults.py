@@ -52,7 +52,10 @@ def _kill_at(args: list[str], env: dict[str, str], delay: float, watch: Path) ->
     """Start `gofr-backup ARGS`, SIGKILL it after `delay`; True if it had work in flight then."""
     p = popen_cli(*args, env=env)
     time.sleep(delay)
-    in_flight = bool(list(watch.rglob("*.partial"))) or bool(list(watch.parent.rglob(".gofr-restore-*")))
+    try:
+        in_flight = bool(list(watch.rglob("*.partial"))) or bool(list(watch.parent.rglob(".gofr-restore-*")))
+    except OSError:  # the process is creating and removing these very files right now
+        in_flight = True
     p.send_signal(signal.SIGKILL)
     p.communicate()
     return in_flight
