@@ -34,7 +34,7 @@ from .archive import read_meta
 from .config import BackupConfig
 from .errors import BackupError, ConfigError, VerifyError
 from .fsutil import free_bytes, fsync_dir
-from .verify import StopVerify, VerifyResult, verify_archive
+from .verify import StopVerify, VerifyResult, read_member, verify_archive
 
 STAGING_PREFIX = ".gofr-restore-"
 RENAME_EXCHANGE = 2
@@ -272,7 +272,7 @@ class _Extractor:
             raise StopVerify(f"member {m.name!r} does not belong to any path the archive declares")
         if top not in self.by_name:  # not selected (--only): read past it, hashing it, checking its size
             if m.isreg():
-                self._drain(tar, m, None)
+                read_member(tar, m)
             return
         name = m.name.rstrip("/")
         if name in self.seen or os.path.normpath(name) != name:
@@ -311,7 +311,7 @@ class _Extractor:
                 dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                 try:
-                    self._drain(tar, m, fd)
+                    read_member(tar, m, fd)
                     if self.root:
                         os.fchown(fd, m.uid, m.gid)
                     os.fchmod(fd, m.mode & 0o777)
@@ -339,22 +339,6 @@ class _Extractor:
         self.archived[top].add(name)
         if m.isdir():
             self.archived_dirs.add(name)
-
-    @staticmethod
-    def _drain(tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int | None) -> None:
-        """Copy (or skip) the member's data, stopping at once if it is short: tarfile would
-        otherwise crawl through a hostile size claim 10 KB at a time."""
-        src = tar.extractfile(m)
-        assert src is not None
-        got = 0
-        while b := src.read(1 << 20):
-            got += len(b)
-            if fd is not None:
-                view = memoryview(b)
-                while view:
-                    view = view[os.write(fd, view) :]
-        if got != m.size:
-            raise StopVerify(f"member {m.name!r} is truncated: it claims {m.size} bytes, {got} are there")
 
     def finish_dirs(self, tar: tarfile.TarFile) -> None:
         # deepest first, so setting a parent's mtime is the last thing that touches it
