@@ -204,10 +204,15 @@ def bench_throughput(mb: int, runs: int, slow_mb: int) -> tuple[str, list[tuple[
                 ("verify", "gofr-backup verify (gzip)", mov, None, f"{mov['wall'] / mv['wall']:.2f}x")
             )
             tgt = work / "restore"
-            mr = measure(f"mkdir {tgt} && tar -xzf {gz} -C {tgt}", runs=runs, before=f"rm -rf {tgt}")
+            mr = measure(
+                f"mkdir {tgt} && tar -xzf {gz} -C {tgt}", runs=runs, before=f"rm -rf {tgt} && sync && sleep 1"
+            )
             rows.append(("restore", "tar -xzf X (empty dir)", mr, None, "1.00x"))
             mor = measure(
-                f"{gofr} restore {gz.name} --target {tgt} --yes", env=env, runs=runs, before=f"rm -rf {tgt}"
+                f"{gofr} restore {gz.name} --target {tgt} --yes",
+                env=env,
+                runs=runs,
+                before=f"rm -rf {tgt} && sync && sleep 1",
             )
             rows.append(
                 (

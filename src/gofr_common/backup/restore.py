@@ -264,6 +264,7 @@ class _Extractor:
         self.archived_dirs: set[str] = set()
         self.seen: set[str] = set()
         self.links: set[str] = set()  # symlinks this restore created (never written through)
+        self._fds: dict[str, int] = {}  # staged directory -> open descriptor (LRU)
         self.root = os.geteuid() == 0  # owners are restored only as root
 
     def __call__(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
@@ -308,16 +309,21 @@ class _Extractor:
                             f"member {m.name!r} claims {m.size} bytes, more than the {free} free "
                             f"where it would be staged ({t.base.parent})"
                         )
-                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                parent, _, base = name.rpartition("/")
+                fd = os.open(
+                    base,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                    dir_fd=self._dirfd(t, parent),
+                )
                 try:
                     read_member(tar, m, fd)
                     if self.root:
                         os.fchown(fd, m.uid, m.gid)
                     os.fchmod(fd, m.mode & 0o777)
+                    os.utime(fd, (m.mtime, m.mtime))
                 finally:
                     os.close(fd)
-                os.utime(dest, (m.mtime, m.mtime))
             elif m.issym():
                 dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.symlink(m.linkname, dest)
@@ -339,6 +345,26 @@ class _Extractor:
         self.archived[top].add(name)
         if m.isdir():
             self.archived_dirs.add(name)
+
+    def _dirfd(self, t: Target, rel: str) -> int:
+        """A descriptor of the staged directory ``rel`` (created if needed), from a small LRU:
+        opening relative to it is about twice as fast as by absolute path, and members arrive
+        grouped by directory."""
+        key = f"{t.name}\0{rel}"
+        fd = self._fds.pop(key, None)
+        if fd is None:
+            d = t.base / rel
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if len(self._fds) >= 32:
+                os.close(self._fds.pop(next(iter(self._fds))))
+        self._fds[key] = fd  # most recently used last
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def finish_dirs(self, tar: tarfile.TarFile) -> None:
         # deepest first, so setting a parent's mtime is the last thing that touches it
@@ -419,7 +445,10 @@ def restore(
             holder["tar"] = tar
             ex(tar, m)
 
-        res = verify_archive(archive, expected_sha256, visit=visit, should_stop=should_stop)
+        try:
+            res = verify_archive(archive, expected_sha256, visit=visit, should_stop=should_stop)
+        finally:
+            ex.close()
         if not res.ok:
             raise VerifyError(f"refusing to restore {archive.name}: {res.error}; nothing was changed")
         if "tar" in holder:
