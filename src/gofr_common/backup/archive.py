@@ -352,6 +352,7 @@ class ArchiveWriter:
             ti.linkname = self.links[key]
             self.tar.add(ti)
             return True
+        db_tried = False  # a failed snapshot is tried once, then the bytes are archived
         for attempt in range(CHANGE_RETRIES + 1):
             try:
                 fd = os.open(e.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -369,19 +370,24 @@ class ArchiveWriter:
                 if not stat.S_ISREG(before.st_mode):
                     self.warnings.append(f"{e.path} is no longer a regular file; skipped")
                     return False
-                if (
-                    self.sqlite_tmp is not None
-                    and before.st_size >= 512
-                    and sqlite_snapshot.is_sqlite(_pread(fd, 16))
-                    and self._add_sqlite(e, before)
-                ):
-                    return True
+                small = before.st_size <= SMALL_FILE
+                # SQLite databases are found by their header: for a small file it is in the data
+                # read anyway, for a large one it costs one 16-byte pread
+                maybe_db = self.sqlite_tmp is not None and before.st_size >= 512 and not db_tried
+                if maybe_db and not small and sqlite_snapshot.is_sqlite(_pread(fd, 16)):
+                    db_tried = True
+                    if self._add_sqlite(e, before):
+                        return True
                 ti = self._info(e.arcname, before)
-                if before.st_size <= SMALL_FILE:
+                if small:
                     try:
                         data = _read_all(fd, before.st_size)
                     except OSError as ex:
                         raise _SourceReadError(ex.strerror or str(ex)) from None
+                    if maybe_db and sqlite_snapshot.is_sqlite(data[:16]):
+                        db_tried = True
+                        if self._add_sqlite(e, before):
+                            return True
                     after = os.fstat(fd)
                     if _changed(before, after, len(data)) and attempt < CHANGE_RETRIES:
                         continue  # read it again
