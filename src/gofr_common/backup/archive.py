@@ -39,7 +39,6 @@ from .tarstream import TarStream
 
 META_NAME = ".gofr-backup.json"
 END_NAME = ".gofr-backup-end.json"
-META_MEMBERS = (META_NAME, END_NAME)
 FORMAT_VERSION = 1
 SMALL_FILE = 8 << 20  # read whole, and re-read if it changed while being read
 CHANGE_RETRIES = 3
@@ -171,23 +170,17 @@ class HashingWriter(io.RawIOBase):
 
 
 class _Sink(io.RawIOBase):
-    """What the tar stream writes into: the codec stream (counting bytes)."""
+    """What the tar stream writes into: the codec stream."""
 
     def __init__(self, stream: IO[bytes]) -> None:
         self.stream = stream
-        self.pos = 0
 
     def writable(self) -> bool:
         return True
 
     def write(self, b: Any) -> int:
         self.stream.write(b)
-        n = len(b)
-        self.pos += n
-        return n
-
-    def tell(self) -> int:
-        return self.pos
+        return len(b)
 
 
 class _ExactReader(io.RawIOBase):

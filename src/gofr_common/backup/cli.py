@@ -413,7 +413,7 @@ def cmd_verify_remote(config: Any, args: argparse.Namespace) -> int:
     import tempfile
 
     from . import naming
-    from .verify import verify_archive
+    from .verify import VerifyResult, verify_archive
 
     remote = _remote(config)
     entries = remote.read_manifest()
@@ -444,9 +444,7 @@ def cmd_verify_remote(config: Any, args: argparse.Namespace) -> int:
                     while b := body.read(1 << 20):
                         h.update(b)
                     ok = h.hexdigest() == e.get("sha256")
-                    r = type(
-                        "R", (), {"ok": ok, "error": None if ok else "checksum mismatch", "file_count": 0}
-                    )()
+                    r = VerifyResult(path, ok, None if ok else "checksum mismatch")
                     note = " (encrypted: checksum only; pass --identity to check inside)"
                 else:
                     from . import crypto
