@@ -129,15 +129,27 @@ def _cfg(data: Path, backups: Path, paths: str = "s:s") -> BackupConfig:
     )
 
 
+def _read_offset(path: Path) -> int:
+    """How far this process has read into ``path`` (0 when it is not open): from /proc."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                with open(f"/proc/self/fdinfo/{fd}") as f:
+                    return int(f.readline().split()[1])
+        except OSError:
+            continue
+    return 0
+
+
 def test_large_file_that_shrinks_mid_read_is_zero_padded_not_corrupt(tmp_path: Path) -> None:
     big = write(tmp_path / "data" / "s" / "big.log", os.urandom(SMALL_FILE + (4 << 20)))
     size = big.stat().st_size
-    calls = {"n": 0}
+    done = []
 
     def truncate_during_read() -> bool:  # runs between chunk reads of the real file
-        calls["n"] += 1
-        if calls["n"] == 5:  # scan, the dir, the file, chunk 1, then before chunk 2
+        if not done and _read_offset(big):  # its first chunk is read
             os.truncate(big, 1 << 20)
+            done.append(1)
         return False
 
     w = write_archive(
@@ -152,13 +164,13 @@ def test_large_file_that_shrinks_mid_read_is_zero_padded_not_corrupt(tmp_path: P
 def test_large_file_that_grows_mid_read_is_archived_as_read(tmp_path: Path) -> None:
     big = write(tmp_path / "data" / "s" / "big.log", os.urandom(SMALL_FILE + (4 << 20)))
     size = big.stat().st_size
-    calls = {"n": 0}
+    done = []
 
     def append_during_read() -> bool:
-        calls["n"] += 1
-        if calls["n"] == 5:  # scan, the dir, the file, chunk 1, then before chunk 2
+        if not done and _read_offset(big):  # its first chunk is read
             with open(big, "ab") as f:
                 f.write(b"more\n" * 1000)
+            done.append(1)
         return False
 
     w = write_archive(
@@ -167,6 +179,33 @@ def test_large_file_that_grows_mid_read_is_archived_as_read(tmp_path: Path) -> N
     assert any("changed while read" in x for x in w.warnings), w.warnings
     res = verify_archive(w.path, collect_members=True)
     assert res.ok and next(m for m in res.members if m.name == "s/big.log").size == size
+
+
+def test_path_that_changes_kind_between_the_two_walks_is_skipped_not_left_undeclared(tmp_path: Path) -> None:
+    """The first walk counts and writes the header (which declares each path's kind); the second
+    archives. A path that became a file in between must not be archived under the old declaration."""
+    data = tmp_path / "data"
+    write(data / "a" / "one.txt", b"1")
+    write(data / "b" / "two.txt", b"2")
+    backups = tmp_path / "b"
+    done = []
+
+    def swap_b_once_archiving_started() -> bool:
+        if not done and any(p.name.endswith(".partial") for p in backups.glob("daily/*")):
+            shutil.rmtree(data / "b")
+            write(data / "b", b"now a file")
+            done.append(1)
+        return False
+
+    w = write_archive(
+        _cfg(data, backups, "a:a,b:b"), "daily", datetime.now().astimezone(), swap_b_once_archiving_started
+    )
+    assert done and any("is no longer a dir" in x for x in w.warnings), w.warnings
+    assert w.meta["kinds"] == {"a": "dir", "b": "dir"}
+    assert sorted(m for m in _members(w.path) if not m.startswith(".gofr")) == ["a", "a/one.txt"]
+    r = run_cli("restore", w.filename, "--target", str(tmp_path / "r"), "--yes", env=cli_env(data, backups))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "r" / "a" / "one.txt").read_bytes() == b"1"
 
 
 def test_small_file_that_keeps_changing_is_retried_then_archived_as_read(tmp_path: Path) -> None:

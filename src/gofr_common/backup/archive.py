@@ -44,7 +44,7 @@ SMALL_FILE = 8 << 20  # read whole, and re-read if it changed while being read
 CHANGE_RETRIES = 3
 
 
-@dataclass
+@dataclass(slots=True)
 class ScanEntry:
     arcname: str
     path: str
@@ -52,17 +52,27 @@ class ScanEntry:
 
 
 @dataclass
-class Scan:
-    entries: list[ScanEntry] = field(default_factory=list)
-    kinds: dict[str, str] = field(default_factory=dict)  # name -> dir|file|link
-    missing: list[str] = field(default_factory=list)  # "name=path"
+class Found:
+    """What a walk met besides the entries themselves."""
+
     unreadable: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     excluded: int = 0
 
+
+@dataclass
+class Survey(Found):
+    """The first pass: which configured paths exist, and how much there is to archive. It keeps
+    counts, not the file list, so memory does not grow with the number of files."""
+
+    tops: list[tuple[str, str, str]] = field(default_factory=list)  # (name, path, dir|file|link)
+    missing: list[str] = field(default_factory=list)  # "name=path"
+    file_count: int = 0
+    source_bytes: int = 0
+
     @property
-    def source_bytes(self) -> int:
-        return sum(e.st.st_size for e in self.entries if stat.S_ISREG(e.st.st_mode))
+    def kinds(self) -> dict[str, str]:
+        return {name: kind for name, _, kind in self.tops}
 
 
 def _kind(mode: int) -> str | None:
@@ -75,14 +85,14 @@ def _kind(mode: int) -> str | None:
     return None
 
 
-def scan(
+def survey(
     paths: tuple[PathSpec, ...],
     should_stop: Callable[[], bool] = lambda: False,
     excluded: Callable[[str, bool], bool] | None = None,
-) -> Scan:
-    """Walk every configured path without following symlinks. Sorted, so archives are stable.
-    ``excluded(rel, is_dir)`` drops entries (and whole directories) relative to each path."""
-    result = Scan()
+) -> Survey:
+    """Find the configured paths that exist, then count what :func:`walk` will yield under them.
+    Warnings about the paths themselves are kept; those met inside are left to the second walk."""
+    result = Survey()
     for spec in paths:
         try:
             st = os.lstat(spec.path)
@@ -97,22 +107,50 @@ def scan(
         if kind is None:
             result.warnings.append(f"{spec.path} is not a file, directory or symlink; skipped")
             continue
-        result.kinds[spec.name] = kind
-        result.entries.append(ScanEntry(spec.name, str(spec.path), st))
-        if kind == "dir":
-            _walk(spec.path, spec.name, result, should_stop, excluded)
+        result.tops.append((spec.name, str(spec.path), kind))
+    for e in walk(result.tops, Found(), should_stop, excluded):
+        result.file_count += 1
+        if stat.S_ISREG(e.st.st_mode):
+            result.source_bytes += e.st.st_size
     return result
 
 
-def _walk(
-    top: Path,
+def walk(
+    tops: list[tuple[str, str, str]],
+    found: Found,
+    should_stop: Callable[[], bool] = lambda: False,
+    excluded: Callable[[str, bool], bool] | None = None,
+) -> Iterator[ScanEntry]:
+    """Yield every entry under ``tops`` (from :func:`survey`) without following symlinks, sorted
+    by name within each directory (so archives are stable), one directory listing in memory at a
+    time. A top whose kind changed since the survey is skipped: the archive's header already
+    declared it. ``excluded(rel, is_dir)`` drops entries (and whole directories)."""
+    for name, path, kind in tops:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            found.warnings.append(f"path {name}={path} vanished while archiving; skipped")
+            continue
+        except PermissionError:
+            found.unreadable.append(path)
+            continue
+        if _kind(st.st_mode) != kind:
+            found.warnings.append(f"path {name}={path} is no longer a {kind}; skipped")
+            continue
+        yield ScanEntry(name, path, st)
+        if kind == "dir":
+            yield from _walk_dir(path, name, found, should_stop, excluded)
+
+
+def _walk_dir(
+    top: str,
     arctop: str,
-    result: Scan,
+    found: Found,
     should_stop: Callable[[], bool],
     excluded: Callable[[str, bool], bool] | None,
-) -> None:
+) -> Iterator[ScanEntry]:
     cut = len(arctop) + 1
-    stack = [(str(top), arctop)]
+    stack = [(top, arctop)]
     while stack:
         if should_stop():
             raise Interrupted("interrupted while scanning")
@@ -121,29 +159,30 @@ def _walk(
             with os.scandir(dirpath) as it:
                 items = sorted(it, key=lambda d: d.name)
         except PermissionError:
-            result.unreadable.append(dirpath + "/")
+            found.unreadable.append(dirpath + "/")
             continue
         except FileNotFoundError:
-            result.warnings.append(f"{dirpath} vanished while scanning; skipped")
+            found.warnings.append(f"{dirpath} vanished while scanning; skipped")
             continue
         subdirs = []
         for d in items:
             try:
                 st = d.stat(follow_symlinks=False)
             except FileNotFoundError:
-                result.warnings.append(f"{d.path} vanished while scanning; skipped")
+                found.warnings.append(f"{d.path} vanished while scanning; skipped")
                 continue
             arc = f"{arcdir}/{d.name}"
             kind = _kind(st.st_mode)
             if excluded is not None and excluded(arc[cut:], kind == "dir"):
-                result.excluded += 1
+                found.excluded += 1
                 continue
             if kind is None:
-                result.warnings.append(f"{d.path} is a socket, FIFO or device; skipped")
+                found.warnings.append(f"{d.path} is a socket, FIFO or device; skipped")
                 continue
-            result.entries.append(ScanEntry(arc, d.path, st))
+            yield ScanEntry(arc, d.path, st)
             if kind == "dir":
                 subdirs.append((d.path, arc))
+        del items
         stack.extend(reversed(subdirs))
 
 
@@ -377,7 +416,7 @@ class ArchiveWriter:
                         data = _read_all(fd, before.st_size)
                     except OSError as ex:
                         raise _SourceReadError(ex.strerror or str(ex)) from None
-                    if maybe_db and sqlite_snapshot.is_sqlite(data[:16]):
+                    if maybe_db and sqlite_snapshot.is_sqlite(bytes(data[:16])):
                         db_tried = True
                         if self._add_sqlite(e, before):
                             return True
@@ -452,23 +491,34 @@ def _pread(fd: int, n: int) -> bytes:
         raise _SourceReadError(e.strerror or str(e)) from None
 
 
-def _read_all(fd: int, size: int) -> bytes:
-    chunks = []
-    want = size
-    while want > 0:
-        b = os.read(fd, min(want, CHUNK))
-        if not b:
+def _read_all(fd: int, size: int) -> bytes | memoryview:
+    """Up to ``size`` bytes. A larger file is read into one preallocated buffer, so reading it
+    costs its size in memory once, not twice (chunks plus their join)."""
+    if size <= CHUNK:
+        chunks = []
+        want = size
+        while want > 0:
+            b = os.read(fd, want)
+            if not b:
+                break
+            chunks.append(b)
+            want -= len(b)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    view = memoryview(bytearray(size))
+    got = 0
+    while got < size:
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
             break
-        chunks.append(b)
-        want -= len(b)
-    return b"".join(chunks)
+        got += n
+    return view[:got]
 
 
 def _changed(before: os.stat_result, after: os.stat_result, got: int) -> bool:
     return after.st_mtime_ns != before.st_mtime_ns or after.st_size != before.st_size or got != before.st_size
 
 
-def build_meta(config: BackupConfig, tier: str, created: datetime, s: Scan) -> dict[str, Any]:
+def build_meta(config: BackupConfig, tier: str, created: datetime, s: Survey) -> dict[str, Any]:
     return {
         "format": FORMAT_VERSION,
         "tool": "gofr-backup",
@@ -482,7 +532,7 @@ def build_meta(config: BackupConfig, tier: str, created: datetime, s: Scan) -> d
         "paths": {p.name: p.raw for p in config.paths if p.name in s.kinds},
         "resolved_paths": {p.name: str(p.path) for p in config.paths if p.name in s.kinds},
         "kinds": s.kinds,
-        "file_count": len(s.entries),
+        "file_count": s.file_count,
         "source_bytes": s.source_bytes,
     }
 
@@ -554,8 +604,8 @@ def write_archive(
     """
     t0 = time.monotonic()
     excluded = compile_excludes(config.exclude) if config.exclude else None
-    s = scan(config.paths, should_stop, excluded)
-    if not s.kinds:
+    s = survey(config.paths, should_stop, excluded)
+    if not s.tops:
         raise no_data_error(config)
     preflight(config, s.source_bytes, expected_ratio)
     tier_dir = config.backup_dir / tier
@@ -575,14 +625,15 @@ def write_archive(
         tar = TarStream(sink)
         w = ArchiveWriter(tar, should_stop, sqlite_tmp)
         _json_member(tar, META_NAME, meta)
+        found = Found()
         progress.begin("backup", s.source_bytes)
         try:
-            for e in s.entries:
+            for e in walk(s.tops, found, should_stop, excluded):
                 w.add(e)
         finally:
             progress.end()
-        warnings = s.warnings + w.warnings
-        unreadable = s.unreadable + w.unreadable
+        warnings = s.warnings + found.warnings + w.warnings
+        unreadable = s.unreadable + found.unreadable + w.unreadable
         if unreadable:
             warnings.append(f"{len(unreadable)} path(s) could not be read: " + ", ".join(unreadable[:20]))
         end = {
@@ -592,7 +643,7 @@ def write_archive(
             "unreadable": unreadable,
             "warnings": warnings,
             "sqlite_snapshots": w.snapshotted,
-            "excluded": s.excluded,
+            "excluded": found.excluded,
         }
         _json_member(tar, END_NAME, end)
         tar.close()
@@ -625,7 +676,7 @@ def write_archive(
         missing=s.missing,
         meta=meta,
         sqlite_snapshots=w.snapshotted,
-        excluded=s.excluded,
+        excluded=found.excluded,
     )
 
 

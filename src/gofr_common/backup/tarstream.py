@@ -19,6 +19,7 @@ _HDR = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12s")
 _MAX7 = 0o7777777
 _MAX11 = 0o77777777777
 _ZEROS = bytes(RECORD)
+SMALL = 64 << 10  # members up to this size are written with their header in one piece
 
 
 def _split(name: bytes) -> tuple[bytes, bytes] | None:
@@ -95,15 +96,22 @@ class TarStream:
         self.out = out
         self.offset = 0
 
-    def _write(self, b: bytes) -> None:
+    def _write(self, b: bytes | memoryview) -> None:
         self.out.write(b)
         self.offset += len(b)
 
-    def add(self, ti: tarfile.TarInfo, data: bytes | None = None) -> None:
-        """A member with its whole content in memory (or none): one write."""
-        body = data or b""
+    def add(self, ti: tarfile.TarInfo, data: bytes | memoryview | None = None) -> None:
+        """A member with its whole content in memory (or none): one write when it is small,
+        three (header, content, padding) when copying it into one buffer would cost memory."""
+        body = data if data is not None else b""
         pad = -len(body) % BLOCK
-        self._write(header(ti) + body + _ZEROS[:pad])
+        if len(body) <= SMALL:
+            self._write(header(ti) + body + _ZEROS[:pad])
+            return
+        self._write(header(ti))
+        self._write(body)
+        if pad:
+            self._write(_ZEROS[:pad])
 
     def add_stream(self, ti: tarfile.TarInfo, src: Any, chunk: int = 1 << 20) -> None:
         """A member whose content is read from ``src`` (which yields exactly ti.size bytes)."""
