@@ -6,11 +6,12 @@ from __future__ import annotations
 import bz2
 import io
 import subprocess
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gofr_common.backup.codecs import ParallelCompressor, ThreadedCompressor, _pieces
+from gofr_common.backup.codecs import ParallelCompressor, ReadAhead, ThreadedCompressor, _pieces
 
 writes = st.lists(st.binary(max_size=300), max_size=40)
 
@@ -79,3 +80,47 @@ def test_threaded_xz_writes_one_stream_in_order() -> None:
         t.write(data[i : i + 300_001])
     t.close()
     assert lzma.decompress(raw.getvalue()) == data
+
+
+class _Source(io.RawIOBase):
+    """An endless stream that fails after ``fail_after`` reads, if set."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.reads = 0
+        self.fail_after = fail_after
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        self.reads += 1
+        if self.fail_after is not None and self.reads > self.fail_after:
+            raise EOFError("compressed file ended before the end-of-stream marker")
+        return bytes([self.reads % 256]) * 1000
+
+
+def test_read_ahead_gives_the_data_in_order_then_the_error_where_it_happened() -> None:
+    r = ReadAhead(_Source(fail_after=5), block=1000)
+    got = b""
+    try:
+        while b := r.read(700):
+            got += b
+    except EOFError as e:
+        assert "end-of-stream" in str(e)
+    else:
+        raise AssertionError("the error was lost")
+    assert got == b"".join(bytes([i]) * 1000 for i in range(1, 6))
+    r.close()
+
+
+def test_read_ahead_stops_its_thread_on_close_and_stays_bounded() -> None:
+    src = _Source()
+    ahead = ReadAhead(src, block=1000)
+    assert ahead.read(10) == bytes([1]) * 10
+    time.sleep(0.2)
+    assert src.reads <= ReadAhead.DEPTH + 2  # bounded: it does not run away with the input
+    ahead.close()
+    assert not ahead.thread.is_alive()
+    n = src.reads
+    time.sleep(0.1)
+    assert src.reads == n  # the file under it is the caller's again

@@ -707,19 +707,28 @@ def read_sidecar(archive: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def open_tar_stream(path: Path, raw: IO[bytes] | None = None) -> Iterator[tarfile.TarFile]:
-    """Open an archive for one sequential pass (decompressing on the fly)."""
-    from .codecs import codec_for_filename
+def open_tar_stream(
+    path: Path, raw: IO[bytes] | None = None, read_ahead: bool = False
+) -> Iterator[tarfile.TarFile]:
+    """Open an archive for one sequential pass (decompressing on the fly; with ``read_ahead``, in
+    a thread of its own, for passes that read the whole archive)."""
+    from .codecs import ReadAhead, codec_for_filename
 
     codec = codec_for_filename(path.name)
     f = raw if raw is not None else open(path, "rb")  # noqa: SIM115
     try:
         stream = codec.reader(f)
-        tar = tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape")
+        ahead = ReadAhead(stream) if read_ahead else None
         try:
-            yield tar
+            src = io.BufferedReader(ahead, CHUNK) if ahead is not None else stream
+            tar = tarfile.open(fileobj=src, mode="r|", encoding="utf-8", errors="surrogateescape")
+            try:
+                yield tar
+            finally:
+                tar.close()
         finally:
-            tar.close()
+            if ahead is not None:
+                ahead.close()  # the thread stops before the stream under it is closed
             stream.close()
     finally:
         if raw is None:

@@ -214,6 +214,76 @@ class ParallelCompressor:
             self.pool.shutdown(wait=True)
 
 
+class ReadAhead(io.RawIOBase):
+    """Reads ``src`` (a decompressing stream, which hashes the file under it) in a thread of its
+    own, up to DEPTH blocks ahead, so that decompressing and hashing overlap with whatever the
+    reader does with the data (parsing tar, writing files): the two halves of ``tar -xz``'s
+    pipeline. The libraries release the GIL while they work. An error in the thread is raised in
+    the reader where the data would have been. ``close`` stops the thread before returning, so
+    the file under ``src`` is the caller's again."""
+
+    DEPTH = 4
+
+    def __init__(self, src: IO[bytes], block: int = CHUNK) -> None:
+        import queue
+        import threading
+
+        self.src = src
+        self.block = block
+        self.q: Any = queue.Queue(self.DEPTH)
+        self.stopping = threading.Event()
+        self.cur = memoryview(b"")
+        self.finished = False
+        self.thread = threading.Thread(target=self._run, name="gofr-read-ahead", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                b = self.src.read(self.block)
+                self._put(b)
+                if not b:
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the reader
+            self._put(e)
+
+    def _put(self, item: Any) -> None:
+        import queue
+
+        while not self.stopping.is_set():
+            try:
+                self.q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if not self.cur:
+            if self.finished:
+                return 0
+            item = self.q.get()
+            if isinstance(item, BaseException):
+                self.finished = True
+                raise item
+            if not item:
+                self.finished = True
+                return 0
+            self.cur = memoryview(item)
+        n = min(len(b), len(self.cur))
+        b[:n] = self.cur[:n]
+        self.cur = self.cur[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self.stopping.set()
+            self.thread.join()
+            super().close()
+
+
 def _bz2_writer(raw: IO[bytes], level: int) -> Any:
     workers = cpu_threads()
     if workers == 1:

@@ -41,12 +41,33 @@ RENAME_EXCHANGE = 2
 _libc: Any = None
 
 
-def exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths. False if the kernel/file system cannot (caller falls back)."""
+def _c() -> Any:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    fn = getattr(_libc, "renameat2", None)
+    return _libc
+
+
+def sync_file_systems(paths: list[Path]) -> None:
+    """Make everything written under ``paths`` durable: syncfs(2) on each one's file system (not
+    os.sync(), which would also wait for every other file system's dirty data)."""
+    fn = getattr(_c(), "syncfs", None)
+    if fn is None:
+        os.sync()
+        return
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if fn(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), str(p))
+        finally:
+            os.close(fd)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths. False if the kernel/file system cannot (caller falls back)."""
+    fn = getattr(_c(), "renameat2", None)
     if fn is None:
         return False
     at_fdcwd = -100
@@ -265,6 +286,9 @@ class _Extractor:
         self.seen: set[str] = set()
         self.links: set[str] = set()  # symlinks this restore created (never written through)
         self._fds: dict[str, int] = {}  # staged directory -> open descriptor (LRU)
+        # free space per staging dir, counted down as members are written: a member claiming more
+        # than the disk has is refused before anything of it is written (writes still get ENOSPC)
+        self.room: dict[str, int] = {}
         self.root = os.geteuid() == 0  # owners are restored only as root
 
     def __call__(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
@@ -283,12 +307,13 @@ class _Extractor:
         # the staging dir starts empty, so the only symlinks in it are the ones this restore made:
         # a member below one of them would be written through it
         parts = name.split("/")
-        for k in range(1, len(parts)):
-            if "/".join(parts[:k]) in self.links:
-                raise StopVerify(
-                    f"refusing member {m.name!r}: it would be written through the symlink "
-                    f"{'/'.join(parts[:k])!r}"
-                )
+        if self.links:
+            for k in range(1, len(parts)):
+                if "/".join(parts[:k]) in self.links:
+                    raise StopVerify(
+                        f"refusing member {m.name!r}: it would be written through the symlink "
+                        f"{'/'.join(parts[:k])!r}"
+                    )
         if m.issym() or m.islnk() or not (m.isreg() or m.isdir()):
             try:  # links and anything unusual: the full check, with realpath
                 check_member(m, str(t.base), self.selected)
@@ -296,19 +321,22 @@ class _Extractor:
                 raise StopVerify(f"refusing member {m.name!r}: {e}") from None
         elif name.startswith("/") or ".." in parts:
             raise StopVerify(f"refusing member {m.name!r}: absolute or '..'")
-        dest = t.base / name
+        dest = f"{t.base}/{name}"
         try:
             if m.isdir():
                 os.makedirs(dest, mode=0o700, exist_ok=True)
-                self.dirs.append((m, str(dest)))
+                self.dirs.append((m, dest))
             elif m.isreg():
                 if m.size > 0:
-                    free = free_bytes(t.base)
-                    if m.size > free:
-                        raise StopVerify(
-                            f"member {m.name!r} claims {m.size} bytes, more than the {free} free "
-                            f"where it would be staged ({t.base.parent})"
-                        )
+                    room = self.room.get(t.name, 0)
+                    if m.size > room:  # statvfs only when the estimate runs out
+                        room = free_bytes(t.base)
+                        if m.size > room:
+                            raise StopVerify(
+                                f"member {m.name!r} claims {m.size} bytes, more than the {room} free "
+                                f"where it would be staged ({t.base.parent})"
+                            )
+                    self.room[t.name] = room - m.size
                 parent, _, base = name.rpartition("/")
                 fd = os.open(
                     base,
@@ -325,7 +353,7 @@ class _Extractor:
                 finally:
                     os.close(fd)
             elif m.issym():
-                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
                 os.symlink(m.linkname, dest)
                 if self.root:
                     os.lchown(dest, m.uid, m.gid)
@@ -338,8 +366,8 @@ class _Extractor:
                         f"refusing member {m.name!r}: hard link to {m.linkname!r}, which is not "
                         "a file restored before it in the same path"
                     )
-                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.link(t.base / target, dest, follow_symlinks=False)
+                os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+                os.link(f"{t.base}/{target}", dest, follow_symlinks=False)
         except OSError as e:
             raise StopVerify(f"cannot extract {m.name!r}: {e}") from None
         self.archived[top].add(name)
@@ -457,7 +485,7 @@ def restore(
         plan = RestorePlan(archive, targets, changes)
         if not confirm(plan):
             raise BackupError("restore cancelled; nothing was changed")
-        os.sync()  # the staged data is durable before anything is swapped
+        sync_file_systems([t.base for t in targets])  # the staged data is durable before any swap
         swapped = True
         for t in targets:
             _swap_into_place(t)

@@ -153,7 +153,7 @@ def verify_archive(
     with contextlib.nullcontext(stream) if stream is not None else open(path, "rb", buffering=CHUNK) as f:
         hr = HashingReader(f, should_stop)
         try:
-            with open_tar_stream(path, raw=hr) as tar:  # type: ignore[arg-type]
+            with open_tar_stream(path, raw=hr, read_ahead=True) as tar:  # type: ignore[arg-type]
                 first = True
                 last_name = None
                 for m in tar:
