@@ -1,11 +1,13 @@
 """make bench: measurements that are not tests. Prints markdown tables and writes them (and a PNG
 chart) to bench/results/.
 
-    python bench/bench.py [--only throughput,ops,idle,sqlite] [--mb 1170] [--runs 3]
+    python bench/bench.py [--only throughput,memory,ops,idle,sqlite] [--mb 1170] [--big-mb 4680] [--runs 3]
 
 throughput: `gofr-backup now` per codec against the same-format CLI pipelines (each also writing the
             checksum), restic's and borg's first backups; verify and restore against their CLI
-            baselines. Wall (median of --runs), CPU, peak RSS (GNU time), output size.
+            baselines (restore and tar -xzf alternate). Wall (median of --runs), CPU, peak RSS
+            (GNU time), output size.
+memory:     peak RSS of `now` and `verify` on the --mb set and on the --big-mb set.
 ops:        list, prune and status over a manifest of 10,000 archives.
 idle:       the service's CPU and RSS while it waits for its next run.
 sqlite:     the worst commit latency of a real SQLite writer (WAL and rollback-journal mode)
@@ -110,33 +112,55 @@ def bench_sqlite(seconds: float, db_mb: int) -> str:
 
 
 # -- throughput ---------------------------------------------------------------------------------------
+def _once(cmd: str, env: dict[str, str] | None, before: str | None) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and peak RSS (KB) of one run of the whole pipeline (GNU time)."""
+    if before:
+        subprocess.run(before, shell=True, check=True, env=env)
+    tf = tempfile.NamedTemporaryFile(delete=False)
+    tf.close()
+    t0 = time.monotonic()
+    r = subprocess.run(
+        ["/usr/bin/time", "-o", tf.name, "-f", "%U %S %M", "sh", "-c", cmd],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wall = time.monotonic() - t0
+    if r.returncode not in (0, 3):
+        raise SystemExit(f"failed: {cmd}\n{r.stderr[-2000:]}")
+    u, s_, m = Path(tf.name).read_text().split()[-3:]
+    os.unlink(tf.name)
+    return wall, float(u) + float(s_), int(m)
+
+
+def _summary(samples: list[tuple[float, float, int]]) -> dict[str, float]:
+    walls = sorted(w for w, _, _ in samples)
+    cpus = sorted(c for _, c, _ in samples)
+    return {
+        "wall": walls[len(walls) // 2],
+        "cpu": cpus[len(cpus) // 2],
+        "rss_mb": max(r for _, _, r in samples) / 1024,
+    }
+
+
 def measure(
     cmd: str, env: dict[str, str] | None = None, runs: int = 3, before: str | None = None
 ) -> dict[str, float]:
-    """Median wall time; CPU seconds and peak RSS (KB) of the whole pipeline from GNU time."""
-    walls, cpus, rss = [], [], []
+    """Median wall and CPU time, and the highest peak RSS, over ``runs``."""
+    return _summary([_once(cmd, env, before) for _ in range(runs)])
+
+
+def measure_pair(
+    a: tuple[str, dict[str, str] | None], b: tuple[str, dict[str, str] | None], runs: int, before: str
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Like measure, for two commands run alternately (a, b, a, b, ...), so that a disk that
+    slows down or speeds up during the runs affects both alike."""
+    sa, sb = [], []
     for _ in range(runs):
-        if before:
-            subprocess.run(before, shell=True, check=True, env=env)
-        tf = tempfile.NamedTemporaryFile(delete=False)
-        tf.close()
-        t0 = time.monotonic()
-        r = subprocess.run(
-            ["/usr/bin/time", "-o", tf.name, "-f", "%U %S %M", "sh", "-c", cmd],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        walls.append(time.monotonic() - t0)
-        if r.returncode not in (0, 3):
-            raise SystemExit(f"failed: {cmd}\n{r.stderr[-2000:]}")
-        u, s_, m = Path(tf.name).read_text().split()[-3:]
-        os.unlink(tf.name)
-        cpus.append(float(u) + float(s_))
-        rss.append(int(m))
-    walls.sort()
-    return {"wall": walls[len(walls) // 2], "cpu": sorted(cpus)[len(cpus) // 2], "rss_mb": max(rss) / 1024}
+        sa.append(_once(a[0], a[1], before))
+        sb.append(_once(b[0], b[1], before))
+    return _summary(sa), _summary(sb)
 
 
 def bench_throughput(mb: int, runs: int, slow_mb: int) -> tuple[str, list[tuple[str, float]]]:
@@ -164,7 +188,7 @@ def bench_throughput(mb: int, runs: int, slow_mb: int) -> tuple[str, list[tuple[
     base_wall = {}
     for codec, level in (("gzip", 6), ("zstd", 3), ("bzip2", 6), ("xz", 6), ("none", 6)):
         src = slow if codec in ("bzip2", "xz") else data
-        n_runs = 1 if codec in ("bzip2", "xz") else runs
+        n_runs = 1 if codec == "xz" else runs  # one xz run of the small set takes ~90 s
         env = _env(
             src,
             work / "b",
@@ -204,20 +228,17 @@ def bench_throughput(mb: int, runs: int, slow_mb: int) -> tuple[str, list[tuple[
                 ("verify", "gofr-backup verify (gzip)", mov, None, f"{mov['wall'] / mv['wall']:.2f}x")
             )
             tgt = work / "restore"
-            mr = measure(
-                f"mkdir {tgt} && tar -xzf {gz} -C {tgt}", runs=runs, before=f"rm -rf {tgt} && sync && sleep 1"
-            )
-            rows.append(("restore", "tar -xzf X (empty dir)", mr, None, "1.00x"))
-            mor = measure(
-                f"{gofr} restore {gz.name} --target {tgt} --yes",
-                env=env,
+            mr, mor = measure_pair(
+                (f"mkdir {tgt} && tar -xzf {gz} -C {tgt}", None),
+                (f"{gofr} restore {gz.name} --target {tgt} --yes", env),
                 runs=runs,
                 before=f"rm -rf {tgt} && sync && sleep 1",
             )
+            rows.append(("restore", "tar -xzf X (empty dir)", mr, None, "1.00x"))
             rows.append(
                 (
                     "restore",
-                    "gofr-backup restore --target (empty dir)",
+                    "gofr-backup restore --target (empty dir, syncfs)",
                     mor,
                     None,
                     f"{mor['wall'] / mr['wall']:.2f}x",
@@ -244,7 +265,7 @@ def bench_throughput(mb: int, runs: int, slow_mb: int) -> tuple[str, list[tuple[
     shutil.rmtree(work, ignore_errors=True)
     head = (
         f"### Throughput: {nfiles} files, {nbytes / 1e6:.0f} MB, median of {runs}; bzip2 and xz on {sfiles} files, "
-        f"{sbytes / 1e6:.0f} MB, one run; {os.cpu_count()} cores, warm cache\n\n"
+        f"{sbytes / 1e6:.0f} MB (xz: one run); {os.cpu_count()} cores, warm cache\n\n"
         "| group | command | wall s | CPU s | peak RSS MB | output MB | wall vs baseline |\n"
         "|---|---|---|---|---|---|---|"
     )
@@ -282,6 +303,48 @@ def write_chart(chart: list[tuple[str, float]], path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return f"![throughput]({path.name})"
+
+
+# -- memory: the same backup of a set and of one four times its size --------------------------------------
+def bench_memory(mb: int, big_mb: int) -> str:
+    """Peak RSS of `now` (per codec) and `verify` on the --mb set and on a --big-mb set: memory
+    must not grow with the data (the file list is not kept)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from dataset import generate, stats
+
+    sets = [generate(ROOT / "bench" / "data" / f"set-{m}", m) for m in (mb, big_mb)]
+    sizes = [stats(d) for d in sets]
+    work = Path(tempfile.mkdtemp(prefix="gofr-bench-mem-"))
+    gofr = f"{sys.executable} -m gofr_common.backup"
+    rows = []
+    for codec in ("gzip", "zstd", "none"):
+        peaks = []
+        for d in sets:
+            env = _env(
+                d,
+                work / "b",
+                PATHS="logs:logs,storage:storage,db:db",
+                COMPRESSION=codec,
+                VERIFY_AFTER_BACKUP="false",
+                SPACE_MARGIN="1.0",
+            )
+            m = measure(f"{gofr} now", env=env, runs=1, before=f"rm -rf {work / 'b'}")
+            peaks.append(m["rss_mb"])
+            if codec == "gzip":
+                archive = next(p for p in (work / "b" / "daily").glob("*.tar.gz"))
+                peaks.append(measure(f"{gofr} verify {archive.name}", env=env, runs=1)["rss_mb"])
+        if codec == "gzip":
+            rows.append(("now (gzip 6)", peaks[0], peaks[2]))
+            rows.append(("verify (gzip)", peaks[1], peaks[3]))
+        else:
+            rows.append((f"now ({codec})", peaks[0], peaks[1]))
+    shutil.rmtree(work, ignore_errors=True)
+    (f1, b1), (f2, b2) = sizes
+    return (
+        f"### Peak RSS on a {b1 / 1e6:,.0f} MB set ({f1} files) and a {b2 / 1e6:,.0f} MB set ({f2} files)\n\n"
+        "| command | peak RSS MB, small set | peak RSS MB, large set | large vs small |\n|---|---|---|---|\n"
+        + "\n".join(f"| {n} | {a:.0f} | {b:.0f} | {b / a:.2f}x |" for n, a, b in rows)
+    )
 
 
 # -- list / prune / status at 10,000 archives -----------------------------------------------------------
@@ -374,10 +437,11 @@ def bench_idle(seconds: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="throughput,ops,idle,sqlite")
+    ap.add_argument("--only", default="throughput,memory,ops,idle,sqlite")
     ap.add_argument("--mb", type=int, default=1170)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--slow-mb", type=int, default=120, help="data set size for bzip2 and xz (slow codecs)")
+    ap.add_argument("--big-mb", type=int, default=4680, help="the large set of the memory comparison")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--db-mb", type=int, default=100)
     a = ap.parse_args()
@@ -387,6 +451,8 @@ def main() -> None:
     if "throughput" in only:
         table, chart = bench_throughput(a.mb, a.runs, a.slow_mb)
         parts.append(table + "\n\n" + write_chart(chart, RESULTS / "throughput.png"))
+    if "memory" in only:
+        parts.append(bench_memory(a.mb, a.big_mb))
     if "ops" in only:
         parts.append(bench_ops(a.runs))
     if "idle" in only:
