@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gofrtest import cli_env, run_cli, write
+from gofrtest import cli_env, needs, run_cli, write
 from helpers.sqlite_writer import check, live_last
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -31,12 +31,10 @@ DB_MB = int(os.environ.get("GOFR_TEST_DB_MB", "100"))
 @contextlib.contextmanager
 def ro_mount(src: Path, dst: Path) -> Iterator[Path]:
     """A real read-only bind mount of src at dst (root only), like the container's /data:ro."""
-    if os.geteuid() != 0:
-        pytest.skip("a read-only bind mount needs root")
+    needs(os.geteuid() == 0, "a read-only bind mount needs root")
     dst.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(["mount", "--bind", str(src), str(dst)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"mount --bind is not permitted here: {r.stderr.strip()}")
+    needs(r.returncode == 0, f"mount --bind is not permitted here: {r.stderr.strip()}")
     try:
         subprocess.run(["mount", "-o", "remount,ro,bind", str(dst)], check=True)
         yield dst

@@ -19,7 +19,18 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from gofrtest import SimClock, cli_env, make_app, manifest, popen_cli, publish, run_cli, snapshot, write
+from gofrtest import (
+    SimClock,
+    cli_env,
+    make_app,
+    manifest,
+    needs,
+    popen_cli,
+    publish,
+    run_cli,
+    snapshot,
+    write,
+)
 from test_consistency import ro_mount
 
 from gofr_common.backup import BackupConfig, BackupService
@@ -224,15 +235,13 @@ def test_sigkill_during_restore(tmp_path: Path) -> None:
 # -- a real full disk -------------------------------------------------------------------------------
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+    needs(os.geteuid() == 0, "mounting a small tmpfs needs root")
     mnt = tmp_path / "small"
     mnt.mkdir()
     r = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True
     )
-    if r.returncode:
-        pytest.skip(f"cannot mount tmpfs here: {r.stderr.strip()}")
+    needs(r.returncode == 0, f"cannot mount tmpfs here: {r.stderr.strip()}")
     try:
         yield mnt
     finally:
@@ -377,8 +386,7 @@ def test_missing_data_dir(tmp_path: Path) -> None:
 
 
 def test_permission_denied_on_backup_dir(tmp_path: Path) -> None:
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv")
+    needs(os.geteuid() == 0 and bool(shutil.which("setpriv")), "needs root and setpriv")
     data, backups, env = _setup(tmp_path)
     backups.mkdir(mode=0o700)
     os.chown(backups, 1000, 1000)

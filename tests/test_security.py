@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gofrtest import cli_env, craft_archive, make_app, manifest, publish, run_cli, tinfo
+from gofrtest import cli_env, craft_archive, make_app, manifest, needs, publish, run_cli, tinfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -246,8 +246,7 @@ def test_a_permissive_umask_is_refused(app: dict[str, Any]) -> None:
 
 
 def test_service_refuses_to_run_as_root(app: dict[str, Any]) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    needs(os.geteuid() == 0, "refusing root can only be tested as root")
     env = {k: v for k, v in app["env"].items() if k != "GOFR_BACKUP_ALLOW_ROOT"}
     r = run_cli("run", env=env, timeout=30)
     assert r.returncode == 2 and "refuses to run as root" in r.stderr and "GOFR_BACKUP_ALLOW_ROOT" in r.stderr

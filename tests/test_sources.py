@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gofrtest import cli_env, manifest, run_cli, write
+from gofrtest import cli_env, manifest, needs, run_cli, write
 from hypothesis import given
 from hypothesis import strategies as st
 from test_consistency import extract_member, ro_mount
@@ -248,8 +248,10 @@ def _without_dac(*args: str) -> list[str]:
 
 
 def test_unreadable_file_is_reported_and_the_backup_is_incomplete(tmp_path: Path) -> None:
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv to create a file the backup process cannot read")
+    needs(
+        os.geteuid() == 0 and bool(shutil.which("setpriv")),
+        "needs root and setpriv to create a file the backup process cannot read",
+    )
     data = tmp_path / "data"
     write(data / "s" / "ok.txt", "fine")
     secret = write(data / "s" / "secret.txt", "app's file: uid 1000, mode 0600", 0o600)

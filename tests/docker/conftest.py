@@ -2,10 +2,13 @@
 
 - An engine that already answers `docker info` is used as it is. Otherwise, as root, dockerd is
   started with vfs storage and no bridge/iptables (this workplace's only way).
-- Base image: $GOFR_TEST_BASE_IMAGE, else python:3.11-slim-bookworm if the engine has it, else a
-  Debian bookworm minbase made with debootstrap and `docker import` (no registry needed).
+- Base image: a Debian bookworm minbase made with debootstrap and `docker import` on every run
+  (no registry needed), tagged with this run's id and removed afterwards, so a developer's machine
+  takes the same path as a fresh one. GOFR_DEBOOTSTRAP_MIRROR overrides debootstrap's mirror;
+  GOFR_TEST_BASE_IMAGE names an existing base instead (a developer shortcut, ignored under
+  GOFR_REQUIRE_DOCKER=1).
 - The backup image is built from a host-made wheelhouse (pip inside `docker build` may not reach
-  an index).
+  an index), under a tag of this run, and removed afterwards.
 Where no engine can be had the tests are skipped, and GOFR_REQUIRE_DOCKER=1 (set by .ci/run)
 turns that skip into a failure.
 """
@@ -22,14 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dockerlib import REPO, sh
-
-DEBOOTSTRAP_IMAGE = "gofr-test-base:bookworm"
-DEFAULT_BASE = "python:3.11-slim-bookworm"
+from dockerlib import REPO, RUN_ID, sh
 
 
 def _unavailable(why: str) -> None:
-    if os.environ.get("GOFR_REQUIRE_DOCKER") == "1":
+    if os.environ.get("GOFR_REQUIRE_DOCKER") == "1" or os.environ.get("GOFR_REQUIRE_ALL") == "1":
         pytest.fail(f"Docker is required here (GOFR_REQUIRE_DOCKER=1) but: {why}")
     pytest.skip(f"no Docker engine: {why}")
 
@@ -64,34 +64,56 @@ def docker_engine() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def base_image(docker_engine: None) -> str:
+def base_image(docker_engine: None) -> Iterator[str]:
+    """A Debian bookworm minbase made now, under a tag of this run, and removed afterwards: the
+    suite never builds on an image that an earlier run (or anything else) left in the engine.
+    GOFR_TEST_BASE_IMAGE names another base instead; CI never sets it."""
     wanted = os.environ.get("GOFR_TEST_BASE_IMAGE")
-    if wanted:
-        return wanted
-    for name in (DEFAULT_BASE, DEBOOTSTRAP_IMAGE):
-        if subprocess.run(["docker", "image", "inspect", name], capture_output=True).returncode == 0:
-            return name
+    if wanted and os.environ.get("GOFR_REQUIRE_DOCKER") != "1":
+        yield wanted
+        return
     if os.geteuid() != 0 or not shutil.which("debootstrap"):
-        _unavailable(f"no base image ({DEFAULT_BASE}) and no debootstrap to make one")
-    with tempfile.TemporaryDirectory(prefix="gofr-rootfs-") as root:
+        _unavailable("making the base image needs root and debootstrap")
+    tag = f"gofr-test-base:{RUN_ID}"
+    with tempfile.TemporaryDirectory(prefix="gofr-rootfs-") as tmp:
+        root = Path(tmp) / "rootfs"
+        mirror = os.environ.get("GOFR_DEBOOTSTRAP_MIRROR")  # else debootstrap's own default
         sh(
             "debootstrap",
             "--variant=minbase",
             "--include=python3,python3-venv",
             "bookworm",
-            root,
-            "http://deb.debian.org/debian",
+            str(root),
+            *([mirror] if mirror else []),
             timeout=900,
         )
-        tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
-        sh("docker", "import", "-", DEBOOTSTRAP_IMAGE, stdin=tar.stdout, timeout=600)
-        tar.wait()
-    return DEBOOTSTRAP_IMAGE
+        os.chmod(root, 0o755)  # the image's "/": every user must be able to reach what is below it
+        tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        sh("docker", "import", "-", tag, stdin=tar.stdout, timeout=600)
+        if tar.wait() != 0:
+            pytest.fail("tar of the debootstrap tree failed")
+    try:
+        check_base_image(tag)
+        yield tag
+    finally:
+        remove_image(tag)
+
+
+def check_base_image(tag: str) -> None:
+    """Before anything is built on it: "/" must be 0755, or no non-root user can enter the image."""
+    mode = sh(
+        "docker", "run", "--rm", "--pull", "never", "--network", "none", tag, "stat", "-c", "%a", "/"
+    ).stdout.strip()
+    assert mode == "755", f"the base image {tag} has '/' with mode {mode}, not 755"
+
+
+def remove_image(tag: str) -> None:
+    subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, timeout=300)
 
 
 @pytest.fixture(scope="session")
-def backup_image(base_image: str) -> str:
-    tag = "gofr-common-backup:test"
+def backup_image(base_image: str) -> Iterator[str]:
+    tag = f"gofr-common-backup:test-{RUN_ID}"
     wheelhouse = REPO / "wheelhouse"
     shutil.rmtree(wheelhouse, ignore_errors=True)
     sh(sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheelhouse), str(REPO), timeout=600)
@@ -112,4 +134,7 @@ def backup_image(base_image: str) -> str:
         )
     finally:
         shutil.rmtree(wheelhouse, ignore_errors=True)
-    return tag
+    try:
+        yield tag
+    finally:
+        remove_image(tag)

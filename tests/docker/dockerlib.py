@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# every image, container and volume of a test run carries this id, and is removed at its end
+RUN_ID = f"run{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def sh(

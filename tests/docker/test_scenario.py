@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dockerlib import REPO, sh
+from dockerlib import REPO, RUN_ID, sh
 
 pytestmark = pytest.mark.docker
 
@@ -43,7 +43,7 @@ print(json.dumps({n: [snap(f"/data/{n}"), snap(f"/tmp/x/{n}")] for n in sys.argv
 
 class Project:
     def __init__(self, base_image: str, backup_image: str) -> None:
-        tag = f"gofrtest{os.getpid()}"
+        tag = f"gofrtest-{RUN_ID}"
         self.name = tag
         self.container = f"{tag}-backup"
         self.data_volume = f"{tag}_data"
