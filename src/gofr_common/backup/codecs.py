@@ -341,8 +341,8 @@ def default_level(name: str) -> int:
 
 
 def codec_for_filename(filename: str) -> Codec:
-    filename = filename.removesuffix(".age")
-    for suffix in (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar"):
+    """The codec of a (plain, not ``.age``) archive name."""
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):  # ".tar.gz" before ".tar"
         if filename.endswith(suffix):
             return SUFFIXES[suffix]
     raise ValueError(f"not a recognised archive name: {filename}")
