@@ -336,6 +336,16 @@ CODECS: dict[str, Codec] = {
 SUFFIXES = {c.suffix: c for c in CODECS.values()}
 
 
+def close_after_error(stream: IO[bytes]) -> None:
+    """Close a writer after a failure elsewhere (a full disk, a stop): its threads are stopped and
+    joined before this returns, so that none of them can write to the file under it afterwards.
+    Closing may fail again (it flushes into the same full disk); that error is not the news."""
+    try:
+        stream.close()
+    except BaseException:  # noqa: BLE001, S110 - the caller is already handling the first error
+        pass
+
+
 def default_level(name: str) -> int:
     return CODECS[name].default_level
 

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from . import layout, progress, sqlite_snapshot
 from .archive_format import END_NAME, META_NAME, build_meta
-from .codecs import CHUNK, CODECS
+from .codecs import CHUNK, CODECS, close_after_error
 from .config import BackupConfig
 from .errors import BackupError, Interrupted, NoDataError
 from .excludes import compile_excludes
@@ -447,6 +447,7 @@ def write_archive(
     final = tier_dir / filename
     meta = build_meta(config, tier, created, s)
     sqlite_tmp = lay.tmp if config.sqlite_snapshot else None
+    stream: IO[bytes] | None = None
     try:
         if sqlite_tmp is not None:
             shutil.rmtree(sqlite_tmp, ignore_errors=True)  # left by a dead run (we hold the lock)
@@ -480,6 +481,7 @@ def write_archive(
         _json_member(tar, END_NAME, end)
         tar.close()
         stream.close()
+        stream = None
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -488,6 +490,8 @@ def write_archive(
         os.rename(partial, final)
         fsync_dir(tier_dir)
     except BaseException:
+        if stream is not None:
+            close_after_error(stream)  # its threads stop before the fd they write to is closed
         if fd >= 0:
             os.close(fd)
         remove_quietly(partial)
