@@ -174,12 +174,15 @@ class Manifest:
         except (ValueError, OSError):
             return []
 
-    def load(self, project: str | None = None) -> list[Entry]:
-        """Entries, rebuilding the manifest first if it is missing or unreadable."""
+    def load(self, project: str | None = None, repair: bool = True) -> list[Entry]:
+        """Entries, rebuilding the manifest first if it is missing or unreadable (``repair``: on
+        disk; otherwise, for read-only commands, in memory only)."""
         try:
             entries = self._parse()
         except (ValueError, OSError):
             entries = None
+        if entries is None and not repair:
+            entries = rebuild_entries(self.dir)
         if entries is None:
             try:
                 entries = self.update(lambda es: None)
@@ -294,7 +297,7 @@ class Listing:
 
 
 def listing(lay: layout.BackupLayout, tier: str | None = None) -> Listing:
-    mine = Manifest(lay.root).load(lay.project)
+    mine = Manifest(lay.root).load(lay.project, repair=False)  # `list` never writes
     tracked = {e["path"] for e in mine}
     entries = [e for e in mine if tier is None or e["tier"] == tier]
     untracked = [
