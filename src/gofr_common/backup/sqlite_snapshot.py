@@ -5,6 +5,10 @@ backup API in one step: one read transaction, so the copy is exactly the databas
 In WAL mode the writer is not blocked at all; in rollback-journal mode its next commit waits until
 the copy is done (it needs a busy timeout, as every SQLite writer beside a reader does).
 
+A WAL database that no connection has open (no ``-wal`` beside it) is read with ``immutable=1``,
+which creates no ``-wal``/``-shm`` file and leaves the source directory as it was; the snapshot
+counts only if the database file did not change while it was read (else it is taken live).
+
 On a read-only data volume SQLite opens a WAL database through a read-only ``-shm`` while a writer
 has it open. When it cannot open the database where it is (no ``-shm`` because no writer is
 running, or a hot journal that only a writer may roll back), the database file and its ``-wal`` or
@@ -13,6 +17,7 @@ running, or a hot journal that only a writer may roll back), the database file a
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -45,9 +50,43 @@ def _uri(path: Path, **params: str) -> str:
     return f"file:{quote(str(path))}?{q}"
 
 
+def _idle_wal(path: Path) -> bool:
+    """A WAL-mode database (header bytes 18-19 are 2) with no ``-wal`` or ``-shm``: no connection
+    has it open, and opening it normally would create both, in the source directory."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return (
+        header[18:20] == b"\x02\x02"
+        and not os.path.lexists(f"{path}-wal")
+        and not os.path.lexists(f"{path}-shm")
+    )
+
+
+def _unchanged(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_size, b.st_mtime_ns)
+
+
 def snapshot(src_path: Path, dst_path: Path) -> str:
     """Write a consistent copy of the database at ``src_path`` to ``dst_path``.
-    Returns how it was taken ("live" or "copied"). Raises SnapshotError."""
+    Returns how it was taken ("idle", "live" or "copied"). Raises SnapshotError."""
+    for _ in range(3):
+        if not _idle_wal(src_path):
+            break
+        try:  # nobody has it open: read it as an immutable file, touching nothing beside it
+            before = os.stat(src_path)
+            src = sqlite3.connect(_uri(src_path, mode="ro", immutable="1"), uri=True)
+            try:
+                _copy(src, dst_path)
+            finally:
+                src.close()
+            if _unchanged(before, os.stat(src_path)):
+                return "idle"
+        except (sqlite3.Error, OSError):
+            pass
+        dst_path.unlink(missing_ok=True)  # a writer came and changed it: take it again, or live
     try:
         src = sqlite3.connect(_uri(src_path, mode="ro"), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
         try:

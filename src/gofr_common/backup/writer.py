@@ -327,7 +327,7 @@ class ArchiveWriter:
         self.bytes += ti.size
         self.snapshotted.append(e.path)
         self.snapshotted_set.add(e.path)
-        if how != "live":
+        if how == "copied":
             self.warnings.append(f"{e.path}: no writer had the database open; snapshot taken from a copy")
         return True
 
