@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmd("sync", "upload to REMOTE_URL whatever is missing there, then apply remote retention")
     c.add_argument("--json", action="store_true")
 
+    cmd("metrics", "print the Prometheus metrics (the same as METRICS_FILE and METRICS_ADDR)")
+
+    c = cmd("report", "write the history report: one self-contained HTML file with charts")
+    c.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+
     cmd("run", "run the scheduled service (the container's main process)")
     return p
 
@@ -690,6 +695,40 @@ def cmd_status(config: Any, args: argparse.Namespace) -> int:
                 + (f"  {t['failed']} failed" if t["failed"] else "")
             )
     return EXIT_OK if h.healthy else EXIT_FAILED
+
+
+def cmd_metrics(config: Any, args: argparse.Namespace) -> int:
+    from .metrics import exposition
+    from .service import Clock
+
+    sys.stdout.write(exposition(config, Clock().now).decode())
+    return EXIT_OK
+
+
+def cmd_report(config: Any, args: argparse.Namespace) -> int:
+    from .fsutil import atomic_write_bytes
+    from .report import build
+    from .service import Clock
+
+    out = None if args.output == "-" else Path(args.output)
+    if out is not None:  # a user error is said before anything is made
+        if out.is_dir():
+            raise ConfigError(f"--output {out} is a directory: give a file name, e.g. {out}/report.html")
+        parent = out.parent if str(out.parent) else Path(".")
+        if not parent.is_dir():
+            raise ConfigError(f"--output {out}: the directory {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise ConfigError(f"--output {out}: the directory {parent} is not writable (uid {os.geteuid()})")
+    page = build(config, Clock().now())
+    if out is None:
+        sys.stdout.write(page)
+        return EXIT_OK
+    try:
+        atomic_write_bytes(out, page.encode("utf-8"))
+    except OSError as e:
+        raise BackupError(f"cannot write the report {out}: {e.strerror or e}") from None
+    print(out)
+    return EXIT_OK
 
 
 def cmd_run(config: Any, args: argparse.Namespace) -> int:

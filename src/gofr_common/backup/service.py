@@ -26,6 +26,7 @@ from .errors import BackupError, Interrupted
 from .fsutil import ensure_writable_dir, file_lock, remove_quietly
 from .hooks import run_hook
 from .housekeeping import Entry, Manifest, PruneReport, housekeeping
+from .observe import Observer
 from .status import next_run, now_iso, prev_run, update_state
 from .verify import VerifyResult, verify_archive
 
@@ -96,6 +97,7 @@ class BackupService:
         self.stop_event = threading.Event()
         self.manifest = Manifest(config.backup_dir)
         self.log_failures = True  # the CLI prints failures itself
+        self.observer = Observer(config, self.clock)  # pings, notifications, metrics, report
 
     # -- plumbing ------------------------------------------------------------------------------
     @property
@@ -150,6 +152,7 @@ class BackupService:
                 verify_error=res.error,
                 archive_intact=res.archive_intact,
             )
+        self.observer.verified(res.ok)
         return res
 
     def _verify_encrypted(self, path: Path, entry: Entry, identity: Path | None) -> VerifyResult:
@@ -188,6 +191,14 @@ class BackupService:
 
     # -- one run -------------------------------------------------------------------------------
     def run_backup(self, tier: str = "daily", trigger: str = "manual") -> Outcome:
+        """One run, told to the operator: start ping; the run; end ping, notifications, metrics,
+        report (in the background, waited for at most NOTIFY_TIMEOUT)."""
+        self.observer.run_started(tier, trigger)
+        out = self._run_backup(tier, trigger)
+        self.observer.run_finished(out)
+        return out
+
+    def _run_backup(self, tier: str, trigger: str) -> Outcome:
         """Lock, pre-hook, write, verify, record, tier copies, prune; then the post-hook, always."""
         c = self.config
         hook_env = {
@@ -516,6 +527,7 @@ class BackupService:
             )
 
         update_state(c, started)
+        self.observer.service_started()
         if not c.enabled:
             event(
                 "service.disabled",
@@ -544,7 +556,7 @@ class BackupService:
             last_fire = nxt
             self._record_next_run(nxt)
             event("schedule.next", f"next backup at {now_iso(nxt)}", next_run=now_iso(nxt))
-            if self.clock.wait_until(nxt, self.stop_event):
+            if self.observer.wait_until(nxt, self.stop_event):  # the clock's, noticing stale backups
                 break
             self.run_backup("daily", trigger="schedule")
             runs += 1
