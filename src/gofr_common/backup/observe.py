@@ -278,13 +278,19 @@ class Observer:
         ref, last = self._stale_ref(st)
         if ref is None:
             return None
-        from .status import interval
-
-        gap = interval(self.config.schedule, now)
+        gap = self._gap(now)
         if _utc(now) - _utc(ref) <= 2 * gap:
             return None
         age = (_utc(now) - _utc(last)).total_seconds() if last else None
         return age, gap.total_seconds()
+
+    def _gap(self, now: datetime) -> timedelta:
+        """The schedule's interval around ``now``. status.interval measures from the fire time
+        before ``now``, which is ``now`` itself at the exact instant of a run (and then reads two
+        intervals); a second later it is the previous run, as intended."""
+        from .status import interval
+
+        return interval(self.config.schedule, now + timedelta(seconds=1))
 
     def _stale_ref(self, st: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
         from .housekeeping import Manifest
@@ -424,9 +430,7 @@ class Observer:
         ref, _ = self._stale_ref(st)
         if ref is None:
             return None
-        from .status import interval
-
-        at = ref + 2 * interval(c.schedule, now) + timedelta(seconds=1)
+        at = ref + 2 * self._gap(now) + timedelta(seconds=1)
         a = (st.get("notify_active") or {}).get("stale")
         if a and _utc(at) <= _utc(now):
             at = datetime.fromisoformat(a["time"]) + REPEAT_AFTER

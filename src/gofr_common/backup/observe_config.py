@@ -26,7 +26,7 @@ def _scheme(url: str) -> str:
 def _shown(url: str) -> str:
     """What an error line may show of a URL: its scheme, never the rest."""
     s = _scheme(url)
-    return f"{s}://…" if s else "(not a URL)"
+    return f"{s}://…" if s else "not a URL"
 
 
 def redact_url(url: str) -> str:
