@@ -109,7 +109,7 @@ def failed(
         f"{_head(project, host)}: backup FAILED",
         _compose(
             [
-                f"The {trigger} backup of {project} on {host} failed at {when}.",
+                f"The backup of {project} on {host} ({trigger}) failed at {when}.",
                 f"Error: {error}",
                 last_good_line(last_success, now),
                 f"What to do: {advice_for_error(error, prefix)}. `gofr-backup status` and the "
