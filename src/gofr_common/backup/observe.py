@@ -168,7 +168,7 @@ class Observer:
                     done = len(results) == len(urls)
                 if err:
                     event(
-                        "notify.failed", f"notification ({msg.kind}) not sent: {err}", level=logging.WARNING
+                        "notify.failed", f"notification '{msg.title}' not sent: {err}", level=logging.WARNING
                     )
                 else:
                     event("notify.sent", f"notification sent: {msg.title}", kind=msg.kind)
@@ -424,8 +424,9 @@ class Observer:
     # -- staleness while the service sleeps ----------------------------------------------------------
     def next_stale_check(self, now: datetime) -> datetime | None:
         c = self.config
-        if not c.enabled or not c.notify_urls or "failure" not in c.notify_on:
-            return None
+        notifies = bool(c.notify_urls) and "failure" in c.notify_on
+        if not c.enabled or not (notifies or c.metrics_file or c.report_file):
+            return None  # nobody to tell: the metrics listener and `status` read the state as they go
         st = self._state()
         ref, _ = self._stale_ref(st)
         if ref is None:

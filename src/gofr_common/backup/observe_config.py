@@ -63,9 +63,12 @@ def _port_ok(parts: Any) -> bool:
 
 
 def secret_words(url: str) -> list[str]:
-    """The pieces of a URL that may be secret, to scrub from a library's error text."""
+    """The pieces of a URL that may be secret, to scrub from a library's error text: all but what
+    its redacted form shows anyway (the scheme, a plain host)."""
     body = url.split("://", 1)[-1]
-    return sorted({w for w in re.split(r"[/:@?&=#,]+", body) if len(w) >= 4}, key=len, reverse=True)
+    shown = set(re.split(r"[/:@?&=#,]+", redact_url(url)))
+    words = {w for w in re.split(r"[/:@?&=#,]+", body) if len(w) >= 4 and w not in shown}
+    return sorted(words, key=len, reverse=True)
 
 
 def scrub(text: str, url: str) -> str:
@@ -166,8 +169,10 @@ def parse_report_file(var: str, raw: str, backup_dir: Path) -> Path | None:
     v = raw.strip()
     if v.lower() in OFF_WORDS:
         return None
-    if "\x00" in v or v.endswith("/"):
-        raise ConfigError(f"{var}={raw!r} is not valid: expected a file name, e.g. report.html, or off")
+    if "\x00" in v or not v.lower().endswith((".html", ".htm")):
+        raise ConfigError(
+            f"{var}={raw!r} is not valid: expected a file name ending in .html, e.g. report.html, or off"
+        )
     p = Path(v)
     return p if p.is_absolute() else backup_dir / p
 
@@ -185,11 +190,19 @@ def parse(
     """The BackupConfig fields of this feature, from ``get(NAME) -> (variable, value)``."""
     from .config import parse_duration
 
+    def from_file_too(name: str) -> str | None:
+        """The value, or the _FILE's content; a _FILE that holds nothing is an error, not "off"."""
+        v = secret(name)
+        fvar, fpath = get(name + "_FILE")
+        if fpath.strip() and not re.sub(r"(?m)^\s*#.*$", "", v or "").strip():
+            raise ConfigError(f"{fvar}={fpath!r} is not valid: the file holds no URL")
+        return v
+
     return {
-        "notify_urls": parse_notify_urls(get("NOTIFY_URLS")[0], secret("NOTIFY_URLS")),
+        "notify_urls": parse_notify_urls(get("NOTIFY_URLS")[0], from_file_too("NOTIFY_URLS")),
         "notify_on": parse_notify_on(*get("NOTIFY_ON")),
         "notify_timeout": parse_timeout(*get("NOTIFY_TIMEOUT"), parse_duration),
-        "ping_url": parse_ping_url(get("PING_URL")[0], secret("PING_URL")),
+        "ping_url": parse_ping_url(get("PING_URL")[0], from_file_too("PING_URL")),
         "metrics_file": parse_metrics_file(*get("METRICS_FILE"), backup_dir),
         "metrics_addr": parse_metrics_addr(*get("METRICS_ADDR")),
         "report_file": parse_report_file(*get("REPORT_FILE"), backup_dir),
