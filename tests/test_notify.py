@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -257,10 +258,13 @@ def test_a_hanging_notifier_and_ping_delay_a_backup_by_at_most_the_timeout(
     assert r.returncode == 0, r.stderr
     assert hooks.at("/hang/hc/start") and hooks.at("/hang/n")  # both were really tried, and hung
     delay = took - base
+    waited = float(re.search(r"waited_s=([\d.]+)", r.stderr).group(1))  # type: ignore[union-attr]
     print(
-        f"hanging notifier + ping: backup took {took:.2f}s, {delay:.2f}s more than answered (timeout {timeout}s)"
+        f"hanging notifier + ping: the run waited {waited:.2f}s for them; the backup took {took:.2f}s, "
+        f"{delay:.2f}s more than answered (timeout {timeout}s)"
     )
-    assert delay <= timeout + 1.0, f"delayed {delay:.2f}s with NOTIFY_TIMEOUT={timeout}"
+    assert timeout - 0.5 <= waited <= timeout + 0.1  # the bound, measured where it is kept
+    assert delay <= timeout + 2.0, f"delayed {delay:.2f}s with NOTIFY_TIMEOUT={timeout}"  # + process noise
     st = state(backups)
     assert st["last_result"] == "ok"
     assert "NOTIFY_TIMEOUT" in st["observe_last_error"]["error"]  # recorded, not only logged
@@ -293,7 +297,7 @@ def test_a_refused_connection_never_fails_a_backup(tmp_path: Path, hooks: Hooks)
     print(
         f"refused notifier + ping: backup took {took:.2f}s, {took - base:.2f}s more than answered (timeout {timeout}s)"
     )
-    assert took - base <= timeout + 1.0
+    assert took - base <= timeout + 2.0  # + process noise on a busy machine
     st = state(backups)
     assert st["last_result"] == "ok"
     assert st["notify_last_error"]["error"].startswith(f"json://127.0.0.1:{port}/***: ")

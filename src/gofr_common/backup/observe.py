@@ -132,7 +132,8 @@ class Observer:
         self.jobs = [(w, t) for w, t in self.jobs if t.is_alive()]
         if late:
             msg = f"still not done after {self.config.notify_timeout:g}s (NOTIFY_TIMEOUT): " + ", ".join(late)
-            event("observe.timeout", f"not waiting any longer: {msg}", level=logging.WARNING)
+            waited = round(time.monotonic() - t0, 2)
+            event("observe.timeout", f"not waiting any longer: {msg}", level=logging.WARNING, waited_s=waited)
             self._record("observe", msg)
         return time.monotonic() - t0
 
