@@ -10,7 +10,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from gofrtest import SimClock, cli_env, needs, run_cli, write
+from gofrtest import SimClock, cli_env, needs, run_cli, without_dac, write
 
 from gofr_common.backup import BackupConfig, BackupService
 from gofr_common.backup import log as glog
@@ -144,19 +143,7 @@ def test_incomplete_backup_warning_names_the_unreadable_paths(tmp_path: Path, ho
     data, backups, env = _app(tmp_path, **{"GOFR_{P}_BACKUP_NOTIFY_URLS": hooks.url("/n", "json")})
     secret = write(data / "storage" / "secret.txt", "the app's, mode 0600", 0o600)
     os.chown(secret, 1000, 1000)
-    r = subprocess.run(
-        [
-            "setpriv",
-            "--bounding-set=-dac_override,-dac_read_search",
-            sys.executable,
-            "-m",
-            "gofr_common.backup",
-            "now",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    r = subprocess.run(without_dac("now"), env=env, capture_output=True, text=True)
     assert r.returncode == 3, r.stderr
     [n] = hooks.notifications()
     assert n["type"] == "warning" and "INCOMPLETE" in n["title"]

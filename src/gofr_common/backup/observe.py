@@ -313,35 +313,30 @@ class Observer:
     def _outputs(self) -> None:
         c = self.config
         if c.metrics_file is not None:
-            path = c.metrics_file
+            from .metrics import write_textfile
 
-            def metrics_job(left: float) -> None:
-                from .metrics import write_textfile
-
-                try:
-                    write_textfile(c, path, self.clock.now)
-                    self._record("metrics", None)
-                except OSError as e:
-                    err = f"cannot write the metrics file {path}: {e.strerror or e}"
-                    event("metrics.failed", err, level=logging.WARNING)
-                    self._record("metrics", err)
-
-            self._submit("metrics-file", "metrics", metrics_job)
+            self._local(
+                "metrics", "the metrics file", c.metrics_file, lambda p: write_textfile(c, p, self.clock.now)
+            )
         if c.report_file is not None:
-            rpath = c.report_file
+            from .report import write_report
 
-            def report_job(left: float) -> None:
-                from .report import write_report
+            self._local("report", "the report", c.report_file, lambda p: write_report(c, p, self.clock.now()))
 
-                try:
-                    write_report(c, rpath, self.clock.now())
-                    self._record("report", None)
-                except OSError as e:
-                    err = f"cannot write the report {rpath}: {e.strerror or e}"
-                    event("report.failed", err, level=logging.WARNING)
-                    self._record("report", err)
+    def _local(self, key: str, what: str, path: Any, write: Callable[[Any], None]) -> None:
+        """Write one local output in the background; a failure is logged and recorded as
+        ``{key}_last_error``."""
 
-            self._submit("report", "report", report_job)
+        def job(left: float) -> None:
+            try:
+                write(path)
+                self._record(key, None)
+            except OSError as e:
+                err = f"cannot write {what} {path}: {e.strerror or e}"
+                event(f"{key}.failed", err, level=logging.WARNING)
+                self._record(key, err)
+
+        self._submit(key, key, job)
 
     # -- call sites -----------------------------------------------------------------------------
     def run_started(self, tier: str, trigger: str) -> None:
