@@ -67,7 +67,7 @@ def churn(mode: str, path: Path) -> subprocess.Popen[bytes]:
 
 def extract_member(archive: Path, name: str, dst: Path) -> list[str]:
     """Stream one member out of the archive (any codec); return all member names."""
-    from gofr_common.backup.archive import open_tar_stream
+    from gofr_common.backup.archive_format import open_tar_stream
 
     names = []
     with open_tar_stream(archive) as tar:

@@ -9,7 +9,7 @@ from dateutil.relativedelta import relativedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gofr_common.backup.housekeeping import Policy, plan_retention
+from gofr_common.backup.retention import Policy, plan_retention
 
 NOW = datetime(2027, 6, 15, 12, 0, tzinfo=UTC)
 

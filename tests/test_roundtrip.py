@@ -188,7 +188,7 @@ def test_archive_name_uses_local_time(app: dict[str, Any]) -> None:
 
 
 def test_embedded_json_describes_the_archive(app: dict[str, Any]) -> None:
-    from gofr_common.backup.archive import read_meta
+    from gofr_common.backup.archive_format import read_meta
 
     entry = _now(app)
     meta = read_meta(app["backups"] / entry["path"])

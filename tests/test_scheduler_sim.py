@@ -17,7 +17,7 @@ from dateutil.relativedelta import relativedelta
 from gofrtest import SimClock, write
 
 from gofr_common.backup import BackupConfig, BackupService
-from gofr_common.backup.housekeeping import Manifest
+from gofr_common.backup.manifest import Manifest
 
 RETENTION_DAYS, MAX_COUNT, WEEKS, MONTHS = 10, 7, 5, 4
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from gofr_common.backup.config import VARIABLES, BackupConfig
 from gofr_common.backup.errors import ConfigError
-from gofr_common.backup.housekeeping import Manifest
+from gofr_common.backup.manifest import Manifest
 from gofr_common.backup.verify import verify_archive
 
 FUZZ = settings(

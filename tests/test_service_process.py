@@ -13,7 +13,8 @@ from typing import Any
 from gofrtest import SimClock, manifest, popen_cli, run_cli, write
 
 from gofr_common.backup import BackupConfig, BackupService
-from gofr_common.backup.status import health, read_state
+from gofr_common.backup.health import health
+from gofr_common.backup.state import read_state
 
 
 def _big(data: Path, mb: int = 32) -> None:

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from test_consistency import extract_member, ro_mount
 
 from gofr_common.backup import BackupConfig
-from gofr_common.backup.archive import SMALL_FILE, write_archive
 from gofr_common.backup.config import parse_excludes
 from gofr_common.backup.errors import ConfigError
 from gofr_common.backup.excludes import compile_excludes
 from gofr_common.backup.verify import verify_archive
+from gofr_common.backup.writer import SMALL_FILE, write_archive
 
 
 def _db(path: Path, mode: str = "wal", rows: int = 100) -> None:

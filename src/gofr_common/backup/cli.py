@@ -1,4 +1,5 @@
-"""``gofr-backup``: the command line.
+"""``gofr-backup``: the command line. It parses, prompts and prints; the work is done by the
+library (service.py and the stage modules), which can do everything the CLI does.
 
 Exit codes: 0 ok; 1 operation failed; 2 usage or configuration error; 3 completed with warnings
 (some data could not be read). User errors print one line on stderr and change nothing.
@@ -11,15 +12,24 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, BackupError, ConfigError
+from .layout import TIERS
+
+if TYPE_CHECKING:
+    from .config import BackupConfig
+    from .manifest import Entry
+    from .restore import RestorePlan
+    from .service import BackupService
 
 PROG = "gofr-backup"
+JSON_HELP = "print the result as JSON on stdout"
+LATEST_HELP = "the newest archive of the project that has not failed verification"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,32 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     c = cmd("config", "print the effective, validated configuration")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
 
     c = cmd("now", "make one backup now, verify it, and prune its tier")
-    c.add_argument("--tier", choices=("daily", "weekly", "monthly"), default="daily")
+    c.add_argument("--tier", choices=TIERS, default="daily", help="the tier to write (default: daily)")
     c.add_argument("--json", action="store_true", help="print the manifest entry as JSON")
 
     c = cmd("list", "list backups by tier, newest first")
-    c.add_argument("--tier", choices=("daily", "weekly", "monthly"))
+    c.add_argument("--tier", choices=TIERS, help="only this tier")
     c.add_argument("--remote", action="store_true", help="list the off-site copies (REMOTE_URL)")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
 
     c = cmd("verify", "check archives against their checksums and read them to the end")
     g = c.add_mutually_exclusive_group(required=True)
     g.add_argument("name", nargs="?", help="archive file name (or path)")
-    g.add_argument("--latest", action="store_true")
-    g.add_argument("--all", action="store_true")
+    g.add_argument("--latest", action="store_true", help=LATEST_HELP)
+    g.add_argument("--all", action="store_true", help="every archive of the project")
     c.add_argument(
         "--remote", action="store_true", help="verify the off-site copies, streamed (no local disk)"
     )
     c.add_argument("--identity", help="age identity file: also check what is inside encrypted archives")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
 
     c = cmd("restore", "verify an archive and restore it (replaces the configured paths)")
     g = c.add_mutually_exclusive_group(required=True)
     g.add_argument("name", nargs="?", help="archive file name (or path)")
-    g.add_argument("--latest", action="store_true")
+    g.add_argument("--latest", action="store_true", help=LATEST_HELP)
     g.add_argument("--interactive", action="store_true", help="choose from a numbered menu")
     c.add_argument("--target", help="restore a copy under DIR/<name> instead of the configured paths")
     c.add_argument("--only", help="comma-separated names to restore (default: all in the archive)")
@@ -81,17 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     c.add_argument("--from-remote", action="store_true", help="fetch the archive from REMOTE_URL")
     c.add_argument("--identity", help="age identity file, for encrypted archives (or IDENTITY_FILE)")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
 
     c = cmd("prune", "apply retention now and print what is removed and why")
-    c.add_argument("--dry-run", action="store_true")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--dry-run", action="store_true", help="show what would be removed; remove nothing")
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
 
     c = cmd("status", "health: last success, last failure, next run, tiers (exit 1 when unhealthy)")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
 
     c = cmd("sync", "upload to REMOTE_URL whatever is missing there, then apply remote retention")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
 
     cmd("metrics", "print the Prometheus metrics (the same as METRICS_FILE and METRICS_ADDR)")
 
@@ -116,16 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-def _load_config(args: argparse.Namespace) -> Any:
-    from .config import BackupConfig
-
-    return BackupConfig.from_env(args.project, data_dir=args.data_dir, backup_dir=args.backup_dir)
-
-
 def _dispatch(args: argparse.Namespace) -> int:
     from . import log as glog
+    from .config import BackupConfig
 
-    config = _load_config(args)
+    config = BackupConfig.from_env(args.project, data_dir=args.data_dir, backup_dir=args.backup_dir)
     os.umask(config.umask)  # archives, sidecars, manifest, state: 0640 (0027) or 0600 (0077)
     # the service logs to stdout (docker logs); commands keep stdout for their output
     glog.setup(sys.stdout if args.command == "run" else sys.stderr)
@@ -133,23 +138,35 @@ def _dispatch(args: argparse.Namespace) -> int:
         from . import progress
 
         progress.enable()
-    handler = globals()[f"cmd_{args.command}"]
-    return int(handler(config, args))
+    return COMMANDS[args.command](config, args)
 
 
-def _stop_on_signals(svc: Any) -> None:
-    def h(signum: int, frame: Any) -> None:
-        svc.stop_event.set()
+def _service(config: BackupConfig, stop_on_signals: bool = True) -> BackupService:
+    """The library object; SIGTERM/SIGINT stop what it is doing (cleanly, leaving nothing)."""
+    from .service import BackupService
 
-    signal.signal(signal.SIGTERM, h)
-    signal.signal(signal.SIGINT, h)
+    svc = BackupService(config)
+    if stop_on_signals:
+
+        def h(signum: int, frame: Any) -> None:
+            svc.stop_event.set()
+
+        signal.signal(signal.SIGTERM, h)
+        signal.signal(signal.SIGINT, h)
+    return svc
 
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
 
 
-# -- helpers ---------------------------------------------------------------------------------------
+def _now() -> datetime:
+    from .schedule import Clock
+
+    return Clock().now()
+
+
+# -- presentation ------------------------------------------------------------------------------------
 def human_size(n: Any) -> str:
     if n is None:
         return "?"
@@ -171,7 +188,7 @@ def human_age(created: str, now: datetime) -> str:
     return f"{s:.0f}s ago"
 
 
-def _verified_text(e: dict[str, Any]) -> str:
+def _verified_text(e: Entry) -> str:
     v = e.get("verified")
     if v is True:
         text = "verified"
@@ -186,47 +203,33 @@ def _verified_text(e: dict[str, Any]) -> str:
     return text
 
 
-def find_archive(config: Any, name: str) -> Path:
-    """NAME: a file name in any tier dir, a path relative to the backup dir, or a path."""
-    from . import naming
+def _identity(config: BackupConfig, args: argparse.Namespace) -> Path | None:
+    v = getattr(args, "identity", None)
+    return Path(v) if v else config.identity_file
 
-    p = Path(name)
-    if p.is_absolute() or os.sep in name:
-        cand = p if p.is_absolute() else config.backup_dir / p
-        if cand.is_file():
-            return cand
-        if p.exists() or not (config.backup_dir / name).is_file():
-            raise ConfigError(f"archive not found: {name}")
-    parsed = naming.parse(p.name)
-    if parsed is None:
+
+def _remote(config: BackupConfig) -> Any:
+    from .remote import remote_for
+
+    r = remote_for(config)
+    if r is None:
         raise ConfigError(
-            f"{name!r} is not an archive name (expected gofr-{config.project}_<tier>_<YYYYmmdd_HHMMSS>.tar.*)"
+            f"no off-site storage configured: set {config.prefix}REMOTE_URL (s3://bucket/prefix)"
         )
-    cand = config.backup_dir / parsed.tier / p.name
-    if not cand.is_file():
-        raise ConfigError(f"archive not found: {cand} (see '{PROG} list')")
-    return cand
+    return r
 
 
-def _entries(config: Any) -> list[dict[str, Any]]:
-    from .housekeeping import Manifest
-
-    return Manifest(config.backup_dir).load(config.project)
-
-
-def _latest(config: Any) -> dict[str, Any]:
-    usable = [
-        e
-        for e in _entries(config)
-        if e.get("verified") is not False and (config.backup_dir / e["path"]).is_file()
-    ]
-    if not usable:
-        raise BackupError(f"no usable backup of {config.project} in {config.backup_dir}")
-    return max(usable, key=lambda e: (e["created"], e["tier"] == "daily"))
+def _ask(prompt: str) -> str:
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise ConfigError("no answer on standard input; nothing was changed")
+    return line.strip()
 
 
-# -- commands --------------------------------------------------------------------------------------
-def cmd_config(config: Any, args: argparse.Namespace) -> int:
+# -- commands ----------------------------------------------------------------------------------------
+def cmd_config(config: BackupConfig, args: argparse.Namespace) -> int:
     d = config.to_dict()
     if args.json:
         _print_json(d)
@@ -240,12 +243,9 @@ def cmd_config(config: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_now(config: Any, args: argparse.Namespace) -> int:
-    from .service import BackupService
-
-    svc = BackupService(config)
+def cmd_now(config: BackupConfig, args: argparse.Namespace) -> int:
+    svc = _service(config)
     svc.log_failures = False  # printed below, once
-    _stop_on_signals(svc)
     out = svc.run_backup(tier=args.tier, trigger="manual")
     if out.status == "interrupted":
         sys.stderr.write(f"{PROG}: backup interrupted; the partial archive was removed\n")
@@ -260,7 +260,7 @@ def cmd_now(config: Any, args: argparse.Namespace) -> int:
     else:
         print(
             f"{e['filename']}  {human_size(e['size_bytes'])}  {e['file_count']} files  "
-            f"{e['duration_s']:.2f}s  {_verified_text(e)}"
+            f"{e['duration_s'] or 0:.2f}s  {_verified_text(e)}"
         )
         for w in out.warnings:
             print(f"  warning: {w}")
@@ -273,36 +273,53 @@ def cmd_now(config: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _remote(config: Any) -> Any:
-    from .remote import remote_for
+def cmd_list(config: BackupConfig, args: argparse.Namespace) -> int:
+    from .manifest import listing
 
-    r = remote_for(config)
-    if r is None:
-        raise ConfigError(
-            f"no off-site storage configured: set {config.prefix}REMOTE_URL (s3://bucket/prefix)"
-        )
-    return r
+    if args.remote:
+        return _list_remote(config, args)
+    now = _now()
+    lst = listing(config.layout, args.tier)
+    summary = lst.summary()
+    entries: list[dict[str, Any]] = [{**e, "missing": e["path"] in lst.missing} for e in lst.entries]
+    if args.json:
+        _print_json({"backups": entries, "summary": summary})
+        return EXIT_OK
+    print(f"Backups of {config.project} in {config.backup_dir}")
+    for t in [args.tier] if args.tier else TIERS:
+        es = [e for e in entries if e["tier"] == t]
+        print(f"\n{t.upper()} ({len(es)})")
+        if not es:
+            print("  (none)")
+        for e in es:
+            status = "MISSING (file is gone)" if e["missing"] else _verified_text(e)  # type: ignore[arg-type]
+            print(
+                f"  {e['filename']:<48} {human_size(e.get('size_bytes')):>9}  "
+                f"{human_age(e['created'], now):>10}  {status}"
+            )
+    for u in lst.untracked:
+        print(f"\nUNTRACKED (on disk, not in the manifest): {u}")
+    print(
+        f"\nTotal: {summary['count']} archive(s), {human_size(summary['total_size_bytes'])}; "
+        f"oldest {summary['oldest'] or '-'}, newest {summary['newest'] or '-'}"
+    )
+    return EXIT_OK
 
 
-def _identity(config: Any, args: argparse.Namespace) -> Path | None:
-    v = getattr(args, "identity", None)
-    return Path(v) if v else config.identity_file
-
-
-def cmd_list_remote(config: Any, args: argparse.Namespace) -> int:
+def _list_remote(config: BackupConfig, args: argparse.Namespace) -> int:
     from .offsite import untracked_objects
-    from .service import Clock
 
     remote = _remote(config)
+    assert config.remote is not None
     entries = remote.read_manifest()
+    leftovers = untracked_objects(remote, entries)
     if args.tier:
         entries = [e for e in entries if e["tier"] == args.tier]
     entries.sort(key=lambda e: e["created"], reverse=True)
-    leftovers = untracked_objects(remote, remote.read_manifest())
     if args.json:
         _print_json({"remote": config.remote.url, "backups": entries, "incomplete": leftovers})
         return EXIT_OK
-    now = Clock().now()
+    now = _now()
     print(f"Off-site backups of {config.project} in {config.remote.url}")
     for e in entries:
         enc = "encrypted" if e.get("encrypted") else "plain"
@@ -316,81 +333,39 @@ def cmd_list_remote(config: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_list(config: Any, args: argparse.Namespace) -> int:
-    from .housekeeping import archives_on_disk
-    from .service import Clock
+def _print_verify(results: list[dict[str, Any]], as_json: bool) -> int:
+    ok = all(r["ok"] for r in results)
+    if as_json:
+        _print_json({"results": results, "ok": ok})
+    else:
+        for r in results:
+            if r["error"]:
+                detail = f"  {r['error']}"
+            else:  # remote results say what was checked; local ones how much
+                detail = r["note"] if "note" in r else f"  ({r['file_count']} members)"
+            print(f"{'OK    ' if r['ok'] else 'FAILED'}  {r['filename']}{detail}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_verify(config: BackupConfig, args: argparse.Namespace) -> int:
+    from .manifest import Manifest, latest
 
     if args.remote:
-        return cmd_list_remote(config, args)
-    now = Clock().now()
-    entries = _entries(config)
-    tracked = {e["path"] for e in entries}
-    untracked = [
-        str(a.relative_to(config.backup_dir))
-        for a in archives_on_disk(config.backup_dir, config.project)
-        if str(a.relative_to(config.backup_dir)) not in tracked
-    ]
-    if args.tier:
-        entries = [e for e in entries if e["tier"] == args.tier]
-        untracked = [u for u in untracked if u.startswith(args.tier + "/")]
-    for e in entries:
-        e["missing"] = not (config.backup_dir / e["path"]).is_file()
-    entries.sort(key=lambda e: e["created"], reverse=True)
-    present = [e for e in entries if not e["missing"]]
-    summary = {
-        "count": len(present),
-        "total_size_bytes": sum(int(e.get("size_bytes") or 0) for e in present),
-        "oldest": min((e["created"] for e in present), default=None),
-        "newest": max((e["created"] for e in present), default=None),
-        "verified": sum(1 for e in present if e.get("verified") is True),
-        "failed": sum(1 for e in present if e.get("verified") is False),
-        "missing": [e["path"] for e in entries if e["missing"]],
-        "untracked": untracked,
-    }
-    if args.json:
-        _print_json({"backups": entries, "summary": summary})
-        return EXIT_OK
-    tiers = [args.tier] if args.tier else ["daily", "weekly", "monthly"]
-    print(f"Backups of {config.project} in {config.backup_dir}")
-    for t in tiers:
-        es = [e for e in entries if e["tier"] == t]
-        print(f"\n{t.upper()} ({len(es)})")
-        if not es:
-            print("  (none)")
-        for e in es:
-            status = "MISSING (file is gone)" if e["missing"] else _verified_text(e)
-            print(
-                f"  {e['filename']:<48} {human_size(e.get('size_bytes')):>9}  "
-                f"{human_age(e['created'], now):>10}  {status}"
-            )
-    for u in untracked:
-        print(f"\nUNTRACKED (on disk, not in the manifest): {u}")
-    print(
-        f"\nTotal: {summary['count']} archive(s), {human_size(summary['total_size_bytes'])}; "
-        f"oldest {summary['oldest'] or '-'}, newest {summary['newest'] or '-'}"
-    )
-    return EXIT_OK
-
-
-def cmd_verify(config: Any, args: argparse.Namespace) -> int:
-    from .housekeeping import archives_on_disk
-    from .service import BackupService
-
-    if args.remote:
-        return cmd_verify_remote(config, args)
-    svc = BackupService(config)
-    _stop_on_signals(svc)
+        return _verify_remote(config, args)
+    lay = config.layout
+    svc = _service(config)
+    entries = Manifest(lay.root).load(config.project)
     if args.all:
-        paths = sorted(
-            {config.backup_dir / e["path"] for e in _entries(config)}
-            | set(archives_on_disk(config.backup_dir, config.project))
-        )
+        paths = sorted({lay.archive(e["path"]) for e in entries} | set(lay.archives_on_disk()))
         if not paths:
             raise BackupError(f"no backups of {config.project} in {config.backup_dir}")
     elif args.latest:
-        paths = [config.backup_dir / _latest(config)["path"]]
+        e = latest(entries, usable=lambda e: lay.archive(e["path"]).is_file())
+        if e is None:
+            raise BackupError(f"no usable backup of {config.project} in {config.backup_dir}")
+        paths = [lay.archive(e["path"])]
     else:
-        paths = [find_archive(config, args.name)]
+        paths = [lay.find(args.name)]
     results = []
     for p in paths:
         r = svc.verify(p, _identity(config, args))
@@ -405,78 +380,55 @@ def cmd_verify(config: Any, args: argparse.Namespace) -> int:
             }
         )
         if not args.json:
-            print(
-                f"{'OK    ' if r.ok else 'FAILED'}  {p.name}"
-                + (f"  {r.error}" if r.error else f"  ({r.file_count} members)")
-            )
+            _print_verify(results[-1:], False)
     if args.json:
-        _print_json({"results": results, "ok": all(r["ok"] for r in results)})
+        return _print_verify(results, True)
     return EXIT_OK if all(r["ok"] for r in results) else EXIT_FAILED
 
 
-def cmd_verify_remote(config: Any, args: argparse.Namespace) -> int:
-    import tempfile
-
-    from . import naming
-    from .verify import VerifyResult, verify_archive
+def _verify_remote(config: BackupConfig, args: argparse.Namespace) -> int:
+    from .manifest import latest
+    from .offsite import find_remote, verify_remote
 
     remote = _remote(config)
+    assert config.remote is not None
     entries = remote.read_manifest()
     if args.all:
         chosen = entries
     elif args.latest:
-        chosen = sorted(entries, key=lambda e: e["created"])[-1:]
+        chosen = [e for e in [latest(entries)] if e is not None]
     else:
-        chosen = [e for e in entries if e["filename"] in (args.name, args.name + naming.AGE_SUFFIX)]
-        if not chosen:
+        found = find_remote(entries, args.name)
+        if found is None:
             raise ConfigError(f"{args.name!r} is not in {config.remote.url} (see '{PROG} list --remote')")
+        chosen = [found]
     if not chosen:
         raise BackupError(f"no off-site backups of {config.project} in {config.remote.url}")
-    identity = _identity(config, args)
     results = []
     for e in chosen:
-        path = Path(e["filename"])
-        if not e.get("encrypted"):
-            with remote.open_stream(e["key"]) as body:  # streamed: no local disk
-                r = verify_archive(path, e.get("sha256"), stream=body, sidecar=False)
-            note = ""
-        else:
-            with remote.open_stream(e["key"]) as body:
-                import hashlib
-
-                h = hashlib.sha256()
-                if identity is None:
-                    while b := body.read(1 << 20):
-                        h.update(b)
-                    ok = h.hexdigest() == e.get("sha256")
-                    r = VerifyResult(path, ok, None if ok else "checksum mismatch")
-                    note = " (encrypted: checksum only; pass --identity to check inside)"
-                else:
-                    from . import crypto
-
-                    with tempfile.TemporaryDirectory(prefix="gofr-verify-") as td:
-                        plain = Path(td) / path.name.removesuffix(naming.AGE_SUFFIX)
-                        crypto.decrypt_to(body, plain, identity)
-                        r = verify_archive(plain, e.get("plain_sha256"), sidecar=False)
-                    note = " (decrypted and checked)"
-        results.append({"filename": e["filename"], "ok": r.ok, "error": r.error})
+        r, note = verify_remote(remote, e, _identity(config, args))
+        results.append(
+            {
+                "filename": e["filename"],
+                "ok": r.ok,
+                "error": r.error,
+                "note": note,
+                "file_count": r.file_count,
+            }
+        )
         if not args.json:
-            print(
-                f"{'OK    ' if r.ok else 'FAILED'}  {e['filename']}" + (f"  {r.error}" if r.error else note)
-            )
-    if args.json:
-        _print_json({"results": results, "ok": all(x["ok"] for x in results)})
-    return EXIT_OK if all(x["ok"] for x in results) else EXIT_FAILED
+            _print_verify(results[-1:], False)
+    return (
+        _print_verify(results, True)
+        if args.json
+        else (EXIT_OK if all(x["ok"] for x in results) else EXIT_FAILED)
+    )
 
 
-def cmd_sync(config: Any, args: argparse.Namespace) -> int:
-    from .service import BackupService
-
+def cmd_sync(config: BackupConfig, args: argparse.Namespace) -> int:
     _remote(config)
-    svc = BackupService(config)
-    _stop_on_signals(svc)
-    with svc.run_lock():
-        rep = svc.sync_remote()
+    assert config.remote is not None
+    rep = _service(config).sync_remote()
     if args.json:
         _print_json(rep.to_dict())
     else:
@@ -492,98 +444,23 @@ def cmd_sync(config: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ask(prompt: str) -> str:
-    sys.stderr.write(prompt)
-    sys.stderr.flush()
-    line = sys.stdin.readline()
-    if not line:
-        raise ConfigError("no answer on standard input; nothing was changed")
-    return line.strip()
-
-
-def cmd_restore(config: Any, args: argparse.Namespace) -> int:
+def cmd_restore(config: BackupConfig, args: argparse.Namespace) -> int:
+    from .restore import RestoreRequest
 
     can_prompt = sys.stdin.isatty() or args.interactive
     if not (args.yes or args.dry_run or can_prompt):
         raise ConfigError("restore replaces data: pass --yes to confirm (standard input is not a terminal)")
-    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
-    target = Path(os.path.abspath(args.target)) if args.target else None
-    if args.from_remote:
-        return _restore_remote(config, args, target, only)
-    entries = _entries(config)
-    if args.interactive:
-        usable = sorted(
-            (e for e in entries if (config.backup_dir / e["path"]).is_file()),
-            key=lambda e: e["created"],
-            reverse=True,
-        )
-        if not usable:
-            raise BackupError(f"no backups of {config.project} in {config.backup_dir}")
-        for i, e in enumerate(usable, 1):
-            sys.stderr.write(
-                f"  {i:>3}) {e['filename']}  {human_size(e.get('size_bytes'))}  {_verified_text(e)}\n"
-            )
-        ans = _ask(f"Restore which backup? [1-{len(usable)}] ")
-        if not ans.isdigit() or not 1 <= int(ans) <= len(usable):
-            raise ConfigError(f"{ans!r} is not a number from 1 to {len(usable)}; nothing was changed")
-        archive = config.backup_dir / usable[int(ans) - 1]["path"]
-    elif args.latest:
-        archive = config.backup_dir / _latest(config)["path"]
-    else:
-        archive = find_archive(config, args.name)
-    entry = next((e for e in entries if config.backup_dir / e["path"] == archive), None)
-    sha = (entry or {}).get("sha256")
-    return _restore_from(config, args, archive, entry, sha, target, only)
-
-
-def _restore_from(
-    config: Any,
-    args: argparse.Namespace,
-    archive: Path,
-    entry: dict[str, Any] | None,
-    sha: str | None,
-    target: Path | None,
-    only: list[str] | None,
-) -> int:
-    import tempfile
-
-    from . import crypto, naming
-
-    if archive.name.endswith(naming.AGE_SUFFIX):  # encrypted: decrypt to a temp file first
-        from .archive import read_sidecar
-
-        got = crypto.sha256_file(archive)
-        side = read_sidecar(archive)
-        if side != got or (sha and sha != got):
-            raise BackupError(
-                f"refusing to restore {archive.name}: checksum mismatch or missing .sha256; "
-                "nothing was changed"
-            )
-        with tempfile.TemporaryDirectory(prefix="gofr-restore-") as td:
-            plain = Path(td) / archive.name.removesuffix(naming.AGE_SUFFIX)
-            with open(archive, "rb") as f:
-                crypto.decrypt_to(f, plain, _identity(config, args))
-            psha = crypto.sha256_file(plain)
-            Path(str(plain) + ".sha256").write_text(f"{psha}  {plain.name}\n")
-            return _restore_plain(config, args, plain, (entry or {}).get("plain_sha256"), target, only)
-    return _restore_plain(config, args, archive, sha, target, only)
-
-
-def _restore_plain(
-    config: Any,
-    args: argparse.Namespace,
-    archive: Path,
-    sha: str | None,
-    target: Path | None,
-    only: list[str] | None,
-) -> int:
-    from .restore import RestorePlan, plan_restore, restore
-    from .service import BackupService
-
-    if args.dry_run:
-        plan, _ = plan_restore(config, archive, target, only, sha)
-        _show_plan(plan, args.json, dry_run=True)
-        return EXIT_OK
+    if args.from_remote and args.interactive:
+        raise ConfigError("--from-remote takes NAME or --latest")
+    req = RestoreRequest(
+        name=_choose_interactively(config) if args.interactive else args.name,
+        latest=args.latest,
+        target=Path(os.path.abspath(args.target)) if args.target else None,
+        only=[s.strip() for s in args.only.split(",") if s.strip()] if args.only else None,
+        dry_run=args.dry_run,
+        from_remote=args.from_remote,
+        identity=_identity(config, args),
+    )
 
     def confirm(plan: RestorePlan) -> bool:
         if args.yes:
@@ -591,45 +468,31 @@ def _restore_plain(
         for line in plan.summary():
             sys.stderr.write(f"  {line}\n")
         sys.stderr.write("Files and directories not in the backup will be REMOVED from these paths.\n")
-        return _ask(f"Restore {archive.name}? [y/N] ").lower() in ("y", "yes")
+        return _ask(f"Restore {plan.archive.name}? [y/N] ").lower() in ("y", "yes")
 
-    svc = BackupService(config)
-    _stop_on_signals(svc)
-    with svc.run_lock(readonly_ok=True):  # the backup volume may be mounted read-only for restore
-        plan = restore(config, archive, target, only, sha, confirm=confirm, should_stop=svc.should_stop)
-    _show_plan(plan, args.json, dry_run=False)
+    plan = _service(config).restore(req, confirm)
+    _show_plan(plan, args.json, dry_run=args.dry_run)
     return EXIT_OK
 
 
-def _restore_remote(
-    config: Any, args: argparse.Namespace, target: Path | None, only: list[str] | None
-) -> int:
-    import tempfile
+def _choose_interactively(config: BackupConfig) -> str:
+    from .manifest import listing
 
-    from . import naming
-    from .offsite import fetch
-
-    if args.interactive:
-        raise ConfigError("--from-remote takes NAME or --latest")
-    remote = _remote(config)
-    entries = remote.read_manifest()
-    if args.latest:
-        usable = [e for e in entries if e.get("verified") is not False]
-        if not usable:
-            raise BackupError(f"no off-site backups of {config.project} in {config.remote.url}")
-        entry = max(usable, key=lambda e: e["created"])
-    else:
-        entry = next(
-            (e for e in entries if e["filename"] in (args.name, args.name + naming.AGE_SUFFIX)), None
+    lst = listing(config.layout)
+    usable = [e for e in lst.entries if e["path"] not in lst.missing]
+    if not usable:
+        raise BackupError(f"no backups of {config.project} in {config.backup_dir}")
+    for i, e in enumerate(usable, 1):
+        sys.stderr.write(
+            f"  {i:>3}) {e['filename']}  {human_size(e.get('size_bytes'))}  {_verified_text(e)}\n"
         )
-        if entry is None:
-            raise ConfigError(f"{args.name!r} is not in {config.remote.url} (see '{PROG} list --remote')")
-    with tempfile.TemporaryDirectory(prefix="gofr-fetch-") as td:
-        plain = fetch(remote, entry, Path(td), _identity(config, args))
-        return _restore_plain(config, args, plain, None, target, only)
+    ans = _ask(f"Restore which backup? [1-{len(usable)}] ")
+    if not ans.isdigit() or not 1 <= int(ans) <= len(usable):
+        raise ConfigError(f"{ans!r} is not a number from 1 to {len(usable)}; nothing was changed")
+    return usable[int(ans) - 1]["path"]
 
 
-def _show_plan(plan: Any, as_json: bool, dry_run: bool) -> None:
+def _show_plan(plan: RestorePlan, as_json: bool, dry_run: bool) -> None:
     if as_json:
         _print_json({**plan.to_dict(), "dry_run": dry_run})
         return
@@ -647,11 +510,8 @@ def _show_plan(plan: Any, as_json: bool, dry_run: bool) -> None:
                     print(f"    ... and {len(items) - 50} more to {label}")
 
 
-def cmd_prune(config: Any, args: argparse.Namespace) -> int:
-    from .service import BackupService
-
-    svc = BackupService(config)
-    r = svc.prune(dry_run=args.dry_run)
+def cmd_prune(config: BackupConfig, args: argparse.Namespace) -> int:
+    r = _service(config, stop_on_signals=False).prune(dry_run=args.dry_run)
     if args.json:
         _print_json(r.to_dict())
         return EXIT_OK
@@ -666,11 +526,10 @@ def cmd_prune(config: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_status(config: Any, args: argparse.Namespace) -> int:
-    from .service import Clock
-    from .status import health
+def cmd_status(config: BackupConfig, args: argparse.Namespace) -> int:
+    from .health import health
 
-    h = health(config, Clock().now())
+    h = health(config, _now())
     if args.json:
         _print_json({"healthy": h.healthy, "reasons": h.reasons, **h.report})
     else:
@@ -697,18 +556,16 @@ def cmd_status(config: Any, args: argparse.Namespace) -> int:
     return EXIT_OK if h.healthy else EXIT_FAILED
 
 
-def cmd_metrics(config: Any, args: argparse.Namespace) -> int:
+def cmd_metrics(config: BackupConfig, args: argparse.Namespace) -> int:
     from .metrics import exposition
-    from .service import Clock
 
-    sys.stdout.write(exposition(config, Clock().now).decode())
+    sys.stdout.write(exposition(config, _now).decode())
     return EXIT_OK
 
 
-def cmd_report(config: Any, args: argparse.Namespace) -> int:
+def cmd_report(config: BackupConfig, args: argparse.Namespace) -> int:
     from .fsutil import atomic_write_bytes
     from .report import build
-    from .service import Clock
 
     out = None if args.output == "-" else Path(args.output)
     if out is not None:  # a user error is said before anything is made
@@ -719,7 +576,7 @@ def cmd_report(config: Any, args: argparse.Namespace) -> int:
             raise ConfigError(f"--output {out}: the directory {parent} does not exist")
         if not os.access(parent, os.W_OK):
             raise ConfigError(f"--output {out}: the directory {parent} is not writable (uid {os.geteuid()})")
-    page = build(config, Clock().now())
+    page = build(config, _now())
     if out is None:
         sys.stdout.write(page)
         return EXIT_OK
@@ -731,19 +588,32 @@ def cmd_report(config: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_run(config: Any, args: argparse.Namespace) -> int:
+def cmd_run(config: BackupConfig, args: argparse.Namespace) -> int:
     from .config import TRUE_WORDS
-    from .service import BackupService
 
     if os.geteuid() == 0 and os.environ.get("GOFR_BACKUP_ALLOW_ROOT", "").strip().lower() not in TRUE_WORDS:
         raise ConfigError(
             "the service refuses to run as root: run it as the app's uid (the image's default user, or "
             "`user:` in compose), or set GOFR_BACKUP_ALLOW_ROOT=true"
         )
-
-    svc = BackupService(config)
+    svc = _service(config, stop_on_signals=False)
     svc.install_signal_handlers()
     return svc.start()
+
+
+COMMANDS: dict[str, Callable[[BackupConfig, argparse.Namespace], int]] = {
+    "config": cmd_config,
+    "now": cmd_now,
+    "list": cmd_list,
+    "verify": cmd_verify,
+    "restore": cmd_restore,
+    "prune": cmd_prune,
+    "status": cmd_status,
+    "sync": cmd_sync,
+    "metrics": cmd_metrics,
+    "report": cmd_report,
+    "run": cmd_run,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -336,13 +336,23 @@ CODECS: dict[str, Codec] = {
 SUFFIXES = {c.suffix: c for c in CODECS.values()}
 
 
+def close_after_error(stream: IO[bytes]) -> None:
+    """Close a writer after a failure elsewhere (a full disk, a stop): its threads are stopped and
+    joined before this returns, so that none of them can write to the file under it afterwards.
+    Closing may fail again (it flushes into the same full disk); that error is not the news."""
+    try:
+        stream.close()
+    except BaseException:  # noqa: BLE001, S110 - the caller is already handling the first error
+        pass
+
+
 def default_level(name: str) -> int:
     return CODECS[name].default_level
 
 
 def codec_for_filename(filename: str) -> Codec:
-    filename = filename.removesuffix(".age")
-    for suffix in (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar"):
+    """The codec of a (plain, not ``.age``) archive name."""
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):  # ".tar.gz" before ".tar"
         if filename.endswith(suffix):
             return SUFFIXES[suffix]
     raise ValueError(f"not a recognised archive name: {filename}")

@@ -17,10 +17,10 @@ from typing import Any
 from . import observe_config
 from .codecs import CODECS, default_level
 from .errors import ConfigError
+from .layout import BackupLayout
 
 PROJECT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-TIERS = ("daily", "weekly", "monthly")
 TRUE_WORDS = {"true", "1", "yes", "y", "on"}
 FALSE_WORDS = {"false", "0", "no", "n", "off"}
 RESERVED_NAME_PREFIX = ".gofr"
@@ -148,6 +148,10 @@ class BackupConfig:
     def prefix(self) -> str:
         return env_prefix(self.project)
 
+    @property
+    def layout(self) -> BackupLayout:
+        return BackupLayout(self.backup_dir, self.project)
+
     @classmethod
     def from_env(
         cls,
@@ -183,6 +187,21 @@ class BackupConfig:
             for k in ("access_key_id", "secret_access_key"):
                 d["remote"][k] = "***" if d["remote"][k] else None
         return d
+
+    def log_fields(self) -> dict[str, Any]:
+        """The configuration as log fields: anything that looks like a secret masked."""
+        out: dict[str, Any] = {}
+        for k, v in self.to_dict().items():
+            if any(w in k.upper() for w in _SECRET_WORDS) and v:
+                out[k] = "***"
+            elif k == "paths":
+                out[k] = ",".join(f"{p['name']}:{p['path']}" for p in v)
+            else:
+                out[k] = v
+        return out
+
+
+_SECRET_WORDS = ("SECRET", "PASSWORD", "TOKEN", "KEY")
 
 
 def env_prefix(project: str) -> str:

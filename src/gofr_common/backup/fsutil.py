@@ -10,9 +10,12 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BackupError, LockTimeout
+
+if TYPE_CHECKING:
+    from .layout import BackupLayout
 
 FILE_MODE = 0o666  # the umask (UMASK, default 0027) makes it 0640
 
@@ -136,3 +139,27 @@ def remove_quietly(path: Path) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def run_lock(
+    lay: BackupLayout,
+    timeout: float,
+    should_stop: Callable[[], bool] | None = None,
+    readonly_ok: bool = False,
+) -> contextlib.AbstractContextManager[None]:
+    """The project's run lock: one backup, prune, sync or restore of a project at a time.
+    ``readonly_ok``: a read-only backup volume is fine (restore mounts it so)."""
+    from .log import event
+
+    if not readonly_ok:
+        ensure_writable_dir(lay.root)
+    return file_lock(
+        lay.run_lock,
+        timeout,
+        f"the {lay.project} backup lock",
+        on_wait=lambda: event(
+            "lock.wait", "another gofr-backup run holds the lock; waiting", lock=str(lay.run_lock)
+        ),
+        should_stop=should_stop,
+        readonly_ok=readonly_ok,
+    )

@@ -13,11 +13,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import TIERS, BackupConfig
+from .config import BackupConfig
+from .layout import TIERS
 
 PREFIX = "gofr_backup_"
 STATUSES = ("ok", "incomplete", "failed")
 _UNREADABLE_RE = re.compile(r"^(\d+) path\(s\) could not be read")
+
+
+def entries_of(config: BackupConfig) -> list[dict[str, Any]]:
+    """The project's manifest entries as plain dicts, as they are on disk (nothing repaired)."""
+    from .manifest import Manifest
+
+    return [dict(e) for e in Manifest(config.backup_dir).read() if e.get("project") == config.project]
 
 
 def ts(iso: str | None) -> float | None:
@@ -164,11 +172,11 @@ class Collector:
         self.now = now
 
     def collect(self) -> Iterator[Any]:
-        from .housekeeping import Manifest
-        from .status import health, read_state
+        from .health import health
+        from .state import read_state
 
         c = self.config
-        entries = Manifest(c.backup_dir).read()
+        entries = entries_of(c)
         yield from families(values(c, entries, read_state(c), health(c, self.now()).healthy), c.project)
 
 

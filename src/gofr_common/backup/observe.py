@@ -76,12 +76,12 @@ class Observer:
 
     # -- the state file -------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        from .status import read_state
+        from .state import read_state
 
         return read_state(self.config)
 
     def _update(self, fn: Callable[[dict[str, Any]], None]) -> None:
-        from .status import update_state
+        from .state import update_state
 
         try:
             update_state(self.config, fn)
@@ -258,10 +258,9 @@ class Observer:
         raise_: Callable[[Message], None],
         out_msgs: list[Any],
     ) -> str | None:
-        from .housekeeping import Manifest
-        from .metrics import drills
+        from .metrics import drills, entries_of
 
-        mine = [e for e in Manifest(self.config.backup_dir).read() if e.get("project") == self.config.project]
+        mine = entries_of(self.config)
         ds = drills(mine, st)
         if not ds or ds[-1].get("at") == st.get("notify_drill_seen"):
             return None
@@ -289,21 +288,16 @@ class Observer:
         """The schedule's interval around ``now``. status.interval measures from the fire time
         before ``now``, which is ``now`` itself at the exact instant of a run (and then reads two
         intervals); a second later it is the previous run, as intended."""
-        from .status import interval
+        from .schedule import interval
 
         return interval(self.config.schedule, now + timedelta(seconds=1))
 
     def _stale_ref(self, st: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
-        from .housekeeping import Manifest
-        from .metrics import good
+        from .metrics import entries_of, good
 
         ls = (st.get("last_success") or {}).get("time")
         if not ls:
-            ok = [
-                e["created"]
-                for e in Manifest(self.config.backup_dir).read()
-                if e.get("project") == self.config.project and good(e)
-            ]
+            ok = [e["created"] for e in entries_of(self.config) if good(e)]
             ls = max(ok, default=None)
         last = datetime.fromisoformat(ls) if ls else None
         started = st.get("started_at")

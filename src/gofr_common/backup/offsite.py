@@ -1,22 +1,30 @@
-"""sync: make the remote hold every verified local backup that remote retention keeps, then apply
-remote retention and remove leftovers of interrupted uploads."""
+"""Off-site copies: ``sync`` makes the remote hold every verified local backup that remote
+retention keeps, then applies remote retention and removes leftovers of interrupted uploads;
+``fetched`` and ``verify_remote`` read a remote archive back (for restore and verify --remote)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import crypto, naming
-from .archive import sidecar_path
+from . import layout, sealed
 from .config import BackupConfig
-from .housekeeping import Manifest, Policy, plan_retention
+from .errors import VerifyError
 from .log import event
-from .remote import S3Remote
+from .manifest import Entry, Manifest, new_entry
+from .remote import S3Remote, remote_for
+from .retention import Policy, plan_retention
+from .schedule import Clock, now_iso
+from .state import record_remote
+from .verify import VerifyResult, verify_archive
 
 
 @dataclass
@@ -41,15 +49,11 @@ def remote_policy(config: BackupConfig) -> Policy:
     return Policy(rc.retention_days, rc.max_count, rc.weekly_weeks, rc.monthly_months)
 
 
-def _base(filename: str) -> str:
-    return filename.removesuffix(naming.AGE_SUFFIX)
-
-
 def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
     rep = SyncReport()
     bdir = config.backup_dir
     rentries = remote.read_manifest()
-    have = {_base(e["filename"]) for e in rentries}
+    have = {layout.plain_name(e["filename"]) for e in rentries}
     local = [
         e
         for e in Manifest(bdir).read()
@@ -58,50 +62,58 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
         and e.get("complete") is not False
         and (bdir / e["path"]).is_file()
     ]
-    missing = [e for e in local if _base(e["filename"]) not in have]
+    missing = [e for e in local if layout.plain_name(e["filename"]) not in have]
     # do not upload what remote retention would delete straight away
     doomed_new = {
         id(e) for e, _ in plan_retention(rentries + missing, now, remote_policy(config)) if e in missing
     }
     todo = sorted((e for e in missing if id(e) not in doomed_new), key=lambda e: e["created"])
-    tmp = bdir / f".gofr-{config.project}.tmp"
+    tmp = config.layout.tmp
     for e in todo:
         src = bdir / e["path"]
-        encrypt = bool(config.encrypt_recipients) and not e["filename"].endswith(naming.AGE_SUFFIX)
-        name = e["filename"] + (naming.AGE_SUFFIX if encrypt else "")
+        encrypt = bool(config.encrypt_recipients) and not layout.is_sealed(e["filename"])
+        name = e["filename"] + (layout.AGE_SUFFIX if encrypt else "")
         key = remote.key(e["tier"], name)
         try:
             if encrypt:
                 tmp.mkdir(mode=0o700, exist_ok=True)
                 up = tmp / name
-                sha = crypto.encrypt_file(src, up, config.encrypt_recipients)
+                sha = sealed.encrypt_file(src, up, config.encrypt_recipients)
             else:
-                up, sha = src, e["sha256"]
+                up, sha = src, e["sha256"] or ""
+            size = up.stat().st_size
             remote.upload_file(up, key, sha)
-            remote.put_bytes(key + ".sha256", f"{sha}  {name}\n".encode())
+            remote.put_bytes(key + layout.SIDECAR_SUFFIX, layout.sidecar_text(sha, name))
         finally:
             if encrypt:
                 shutil.rmtree(tmp, ignore_errors=True)
-        rentries.append(
+        r = new_entry(
+            project=config.project,
+            filename=name,
+            tier=e["tier"],
+            created=e["created"],
+            size_bytes=size,
+            sha256=sha,
+            compression=e.get("compression"),
+            file_count=e.get("file_count"),
+            source_bytes=e.get("source_bytes"),
+            trigger=e.get("trigger", "manual"),
+            duration_s=e.get("duration_s"),
+            warnings=e.get("warnings", []),
+            complete=e.get("complete"),
+        )
+        r.update(
             {
-                "project": config.project,
-                "filename": name,
-                "tier": e["tier"],
                 "key": key,
-                "created": e["created"],
-                "size_bytes": up.stat().st_size if not encrypt else None,
-                "sha256": sha,
-                "encrypted": name.endswith(naming.AGE_SUFFIX),
+                "encrypted": layout.is_sealed(name),
                 "plain_sha256": e.get("plain_sha256")
-                or (e["sha256"] if not e["filename"].endswith(naming.AGE_SUFFIX) else None),
-                "compression": e.get("compression"),
-                "file_count": e.get("file_count"),
-                "source_bytes": e.get("source_bytes"),
+                or (None if layout.is_sealed(e["filename"]) else e["sha256"]),
                 "verified": True,
                 "verified_at": now.isoformat(timespec="seconds"),
                 "uploaded_at": now.isoformat(timespec="seconds"),
             }
         )
+        rentries.append(r)
         remote.write_manifest(rentries)  # progress survives an interruption
         rep.uploaded.append(name)
         event("remote.uploaded", f"uploaded {name} to {remote.url(key)}", key=key)
@@ -116,9 +128,8 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
             rep.deleted.append({"filename": e["filename"], "tier": e["tier"], "reason": why})
             event("remote.deleted", f"deleted {remote.url(e['key'])}: {why}")
     # leftovers: objects the manifest does not list (failed or interrupted uploads)
-    listed = {e["key"] for e in rentries} | {e["key"] + ".sha256" for e in rentries} | {remote.manifest_key}
     for o in remote.list_keys():
-        if o["Key"] not in listed:
+        if o["Key"] not in _listed(remote, rentries):
             with contextlib.suppress(Exception):
                 remote.delete([o["Key"]])
                 rep.cleaned.append(o["Key"])
@@ -127,38 +138,79 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
     return rep
 
 
-def untracked_objects(remote: S3Remote, rentries: list[dict[str, Any]]) -> list[str]:
-    listed = {e["key"] for e in rentries} | {e["key"] + ".sha256" for e in rentries} | {remote.manifest_key}
+def _listed(remote: S3Remote, rentries: list[Entry]) -> set[str]:
+    return (
+        {e["key"] for e in rentries}
+        | {e["key"] + layout.SIDECAR_SUFFIX for e in rentries}
+        | {remote.manifest_key}
+    )
+
+
+def sync_and_record(config: BackupConfig, clock: Clock) -> SyncReport:
+    """Upload what is missing, apply remote retention, record it. Raises RemoteError. The caller
+    holds the run lock."""
+    remote = remote_for(config)
+    assert remote is not None and config.remote is not None
+    rep = sync(config, remote, clock.now())
+    record_remote(config, now_iso(clock.now()), count=rep.remote_count)
+    event(
+        "remote.synced",
+        f"off-site copy up to date: {len(rep.uploaded)} uploaded, {len(rep.deleted)} "
+        f"deleted, {rep.remote_count} on {config.remote.url}",
+        uploaded=len(rep.uploaded),
+    )
+    return rep
+
+
+def untracked_objects(remote: S3Remote, rentries: list[Entry]) -> list[str]:
+    listed = _listed(remote, rentries)
     return sorted(o["Key"] for o in remote.list_keys() if o["Key"] not in listed)
 
 
-def fetch(remote: S3Remote, entry: dict[str, Any], workdir: Path, identity: Path | None) -> Path:
-    """Download a remote archive into ``workdir`` as a plain archive with its .sha256 (decrypted if
-    needed). The download is checked against the remote manifest's sha256 before it is used."""
+def find_remote(rentries: list[Entry], name: str) -> Entry | None:
+    """A remote entry by its file name (with or without ``.age``)."""
+    return next((e for e in rentries if e["filename"] in (name, name + layout.AGE_SUFFIX)), None)
+
+
+@contextlib.contextmanager
+def fetched(remote: S3Remote, entry: Entry, identity: Path | None) -> Iterator[Path]:
+    """Download a remote archive into a private temp dir and yield it as a plain archive with its
+    .sha256 (decrypted if needed). The download is checked against the remote manifest's sha256
+    before it is used, and the decrypted archive against its recorded plain checksum."""
     name = entry["filename"]
-    dl = workdir / name
-    remote.download(entry["key"], dl)
-    got = crypto.sha256_file(dl)
-    if entry.get("sha256") and got != entry["sha256"]:
-        dl.unlink()
-        from .errors import VerifyError
+    with tempfile.TemporaryDirectory(prefix="gofr-fetch-") as td:
+        dl = Path(td) / name
+        remote.download(entry["key"], dl)
+        got = sealed.sha256_file(dl)
+        if entry.get("sha256") and got != entry["sha256"]:
+            raise VerifyError(
+                f"refusing {name}: the download has sha256 {got[:16]}…, the remote manifest says "
+                f"{entry['sha256'][:16]}…"  # type: ignore[index]
+            )
+        if not layout.is_sealed(name):
+            layout.write_sidecar(dl, got)
+            yield dl
+            return
+        with open(dl, "rb") as f, sealed.decrypted(f, name, identity, entry.get("plain_sha256")) as plain:
+            dl.unlink()
+            yield plain
 
-        raise VerifyError(
-            f"refusing {name}: the download has sha256 {got[:16]}…, the remote manifest says "
-            f"{entry['sha256'][:16]}…"
-        )
-    if not name.endswith(naming.AGE_SUFFIX):
-        sidecar_path(dl).write_text(f"{got}  {name}\n")
-        return dl
-    plain = workdir / _base(name)
-    with open(dl, "rb") as f:
-        crypto.decrypt_to(f, plain, identity)
-    dl.unlink()
-    psha = crypto.sha256_file(plain)
-    if entry.get("plain_sha256") and psha != entry["plain_sha256"]:
-        plain.unlink()
-        from .errors import VerifyError
 
-        raise VerifyError(f"refusing {name}: the decrypted archive does not match its recorded checksum")
-    sidecar_path(plain).write_text(f"{psha}  {plain.name}\n")
-    return plain
+def verify_remote(remote: S3Remote, entry: Entry, identity: Path | None) -> tuple[VerifyResult, str]:
+    """Read a remote archive back, streamed (no local disk for a plain one). Encrypted: its
+    checksum, and with an identity what is inside. Returns the result and a note on what was
+    checked."""
+    path = Path(entry["filename"])
+    with remote.open_stream(entry["key"]) as body:
+        if not entry.get("encrypted"):
+            return verify_archive(path, entry.get("sha256"), stream=body, sidecar=False), ""
+        if identity is None:
+            h = hashlib.sha256()
+            while b := body.read(1 << 20):
+                h.update(b)
+            ok = h.hexdigest() == entry.get("sha256")
+            note = " (encrypted: checksum only; pass --identity to check inside)"
+            return VerifyResult(path, ok, None if ok else "checksum mismatch"), note
+        with sealed.decrypted(body, entry["filename"], identity) as plain:
+            r = verify_archive(plain, entry.get("plain_sha256"), sidecar=False)
+        return r, " (decrypted and checked)"

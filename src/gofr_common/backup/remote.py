@@ -25,10 +25,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from . import naming
+from . import layout
 from .config import BackupConfig, RemoteConfig
 from .errors import BackupError
 from .log import event
+from .manifest import Entry, new_entry
 
 CHUNK = 8 << 20
 ATTEMPTS = 4
@@ -194,7 +195,7 @@ class S3Remote:
                 os.unlink(partial)
 
     # -- the remote manifest ---------------------------------------------------------------------
-    def read_manifest(self) -> list[dict[str, Any]]:
+    def read_manifest(self) -> list[Entry]:
         raw = self.get_bytes(self.manifest_key)
         if raw is None:
             return []
@@ -212,33 +213,33 @@ class S3Remote:
             )
             return self.rebuild_manifest()
 
-    def rebuild_manifest(self) -> list[dict[str, Any]]:
+    def rebuild_manifest(self) -> list[Entry]:
         objs = {o["Key"]: o for o in self.list_keys()}
         out = []
         for k, o in objs.items():
             fn = k.rsplit("/", 1)[-1]
-            p = naming.parse(fn)
-            if p is None or p.project != self.project or k + ".sha256" not in objs:
+            p = layout.parse(fn)
+            side_key = k + layout.SIDECAR_SUFFIX
+            if p is None or p.project != self.project or side_key not in objs:
                 continue
-            side = (self.get_bytes(k + ".sha256") or b"").decode(errors="replace").split()
-            ts = datetime.strptime(p.ts, naming.TS_FORMAT).astimezone().isoformat()
-            out.append(
-                {
-                    "project": self.project,
-                    "filename": fn,
-                    "tier": p.tier,
-                    "key": k,
-                    "created": ts,
-                    "size_bytes": o["Size"],
-                    "sha256": side[0] if side else None,
-                    "encrypted": p.encrypted,
-                    "verified": None,
-                    "trigger": "rebuilt",
-                }
+            side = layout.parse_sidecar((self.get_bytes(side_key) or b"").decode(errors="replace"), fn)
+            e = new_entry(
+                project=self.project,
+                filename=fn,
+                tier=p.tier,
+                created=datetime.strptime(p.ts, layout.TS_FORMAT).astimezone().isoformat(),
+                size_bytes=o["Size"],
+                sha256=side or None,
+                compression=None,
+                file_count=None,
+                source_bytes=None,
+                trigger="rebuilt",
             )
+            e.update({"key": k, "encrypted": p.encrypted})
+            out.append(e)
         return out
 
-    def write_manifest(self, entries: list[dict[str, Any]]) -> None:
+    def write_manifest(self, entries: list[Entry]) -> None:
         entries.sort(key=lambda e: (e["tier"], e["created"], e["filename"]))
         doc = {
             "format": 1,

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .cli import human_size
-from .config import TIERS, BackupConfig
-from .metrics import drills, ts
+from .config import BackupConfig
+from .layout import TIERS
+from .metrics import drills, entries_of, ts
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 TIER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c")
@@ -329,10 +330,10 @@ def render(
 
 
 def build(config: BackupConfig, now: datetime) -> str:
-    from .housekeeping import Manifest
-    from .status import health, read_state
+    from .health import health
+    from .state import read_state
 
-    return render(config, Manifest(config.backup_dir).read(), read_state(config), health(config, now), now)
+    return render(config, entries_of(config), read_state(config), health(config, now), now)
 
 
 def write_report(config: BackupConfig, path: Path, now: datetime) -> None:

@@ -24,9 +24,10 @@ import zstandard
 from zlib_ng import zlib_ng
 
 from . import progress
-from .archive import END_NAME, META_NAME, open_tar_stream, read_sidecar, sidecar_path
+from .archive_format import END_NAME, META_NAME, open_tar_stream
 from .codecs import CHUNK
 from .errors import Interrupted
+from .layout import read_sidecar, sidecar_path
 
 ZLIB_NG_ERROR: type[BaseException] = zlib_ng.error  # type: ignore[assignment]  # stub says instance
 STREAM_ERRORS: tuple[type[BaseException], ...] = (

@@ -1,79 +1,23 @@
-"""Service state and health.
+"""Health: what ``gofr-backup status`` (the container's HEALTHCHECK) answers.
 
-The state lives in ``{backup_dir}/.gofr-{project}.state.json`` (beside the manifest), written
-atomically. ``gofr-backup status`` reads it and the manifest, and never opens an archive, because
-it is the container's HEALTHCHECK.
+Cheap by design: it reads the state file and the manifest and never opens an archive.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .config import TIERS, BackupConfig
-from .fsutil import atomic_write_json, file_lock
+from .config import BackupConfig
+from .layout import TIERS
+from .manifest import Entry, Manifest
+from .schedule import interval
+from .state import read_state
 
 
-def state_path(config: BackupConfig) -> Path:
-    return config.backup_dir / f".gofr-{config.project}.state.json"
-
-
-def read_state(config: BackupConfig) -> dict[str, Any]:
-    try:
-        d = json.loads(state_path(config).read_bytes())
-        return d if isinstance(d, dict) else {"corrupt": "state file is not a JSON object"}
-    except FileNotFoundError:
-        return {}
-    except (ValueError, OSError) as e:
-        return {"corrupt": f"state file unreadable: {e}"}
-
-
-def update_state(config: BackupConfig, fn: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    config.backup_dir.mkdir(parents=True, exist_ok=True)
-    p = state_path(config)
-    with file_lock(p.with_name(p.name + ".lock"), 30, "the state lock"):
-        st = read_state(config)
-        st.pop("corrupt", None)
-        st["project"] = config.project
-        fn(st)
-        atomic_write_json(p, st)
-        return st
-
-
-def now_iso(now: datetime) -> str:
-    return now.isoformat(timespec="seconds")
-
-
-# -- schedule --------------------------------------------------------------------------------------
-def next_run(schedule: str, now: datetime) -> datetime:
-    from croniter import croniter
-
-    return croniter(schedule, now).get_next(datetime)
-
-
-def prev_run(schedule: str, now: datetime) -> datetime:
-    from croniter import croniter
-
-    return croniter(schedule, now).get_prev(datetime)
-
-
-def interval(schedule: str, now: datetime) -> timedelta:
-    """The gap between scheduled runs around ``now`` (the larger of the two neighbouring gaps)."""
-    from croniter import croniter
-
-    it = croniter(schedule, now)
-    nxt = it.get_next(datetime)
-    after = it.get_next(datetime)
-    prev = croniter(schedule, now).get_prev(datetime)
-    return max(after - nxt, nxt - prev)
-
-
-# -- health ----------------------------------------------------------------------------------------
 @dataclass
 class Health:
     healthy: bool
@@ -81,7 +25,7 @@ class Health:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def tier_summary(entries: list[dict[str, Any]], backup_dir: Path) -> dict[str, Any]:
+def tier_summary(entries: list[Entry], backup_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for tier in TIERS:
         es = [e for e in entries if e["tier"] == tier]
@@ -96,8 +40,6 @@ def tier_summary(entries: list[dict[str, Any]], backup_dir: Path) -> dict[str, A
 
 
 def health(config: BackupConfig, now: datetime) -> Health:
-    from .housekeeping import Manifest
-
     st = read_state(config)
     entries = [e for e in Manifest(config.backup_dir).read() if e.get("project") == config.project]
     ok_entries = [e for e in entries if e.get("verified") is not False and e.get("complete") is not False]

@@ -1,18 +1,13 @@
-"""Writing archives: scan the configured paths, then one streaming pass that reads each file once
-and compresses, hashes and writes it.
+"""Write one archive: one streaming pass that reads each file once and compresses, hashes and
+writes it, as ``<name>.partial``, fsynced, renamed only when complete, with its ``.sha256``.
 
-Archive layout (a normal POSIX/PAX tar, readable by GNU tar):
-  .gofr-backup.json       first member: describes the archive on its own (project, tier, created,
-                          name -> path mapping, tool version, planned file count and bytes)
-  <name>/...              one tree per _PATHS entry, stored under its *name*
-  .gofr-backup-end.json   last member: what was actually written (file count, bytes, warnings).
-                          Its presence proves the stream is complete (zstd and plain tar do not
-                          detect truncation on their own).
+Live data: files up to 8 MiB are re-read when they change while being read; larger ones are
+streamed once (grown: archived as read; shrunk: zero-padded, never corrupt). SQLite databases,
+found by their header, are archived as consistent snapshots (sqlite_snapshot.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import hashlib
 import io
@@ -23,167 +18,24 @@ import shutil
 import stat
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__, naming, progress, sqlite_snapshot
-from .codecs import CHUNK, CODECS
-from .config import BackupConfig, PathSpec
+from . import layout, progress, sqlite_snapshot
+from .archive_format import END_NAME, META_NAME, build_meta
+from .codecs import CHUNK, CODECS, close_after_error
+from .config import BackupConfig
 from .errors import BackupError, Interrupted, NoDataError
 from .excludes import compile_excludes
-from .fsutil import FILE_MODE, fsync_dir, remove_quietly
+from .fsutil import FILE_MODE, free_bytes, fsync_dir, remove_quietly
+from .scan import Found, ScanEntry, survey, walk
 from .tarstream import TarStream
 
-META_NAME = ".gofr-backup.json"
-END_NAME = ".gofr-backup-end.json"
-FORMAT_VERSION = 1
 SMALL_FILE = 8 << 20  # read whole, and re-read if it changed while being read
 CHANGE_RETRIES = 3
-
-
-@dataclass(slots=True)
-class ScanEntry:
-    arcname: str
-    path: str
-    st: os.stat_result
-
-
-@dataclass
-class Found:
-    """What a walk met besides the entries themselves."""
-
-    unreadable: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    excluded: int = 0
-
-
-@dataclass
-class Survey(Found):
-    """The first pass: which configured paths exist, and how much there is to archive. It keeps
-    counts, not the file list, so memory does not grow with the number of files."""
-
-    tops: list[tuple[str, str, str]] = field(default_factory=list)  # (name, path, dir|file|link)
-    missing: list[str] = field(default_factory=list)  # "name=path"
-    file_count: int = 0
-    source_bytes: int = 0
-
-    @property
-    def kinds(self) -> dict[str, str]:
-        return {name: kind for name, _, kind in self.tops}
-
-
-def _kind(mode: int) -> str | None:
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISLNK(mode):
-        return "link"
-    return None
-
-
-def survey(
-    paths: tuple[PathSpec, ...],
-    should_stop: Callable[[], bool] = lambda: False,
-    excluded: Callable[[str, bool], bool] | None = None,
-) -> Survey:
-    """Find the configured paths that exist, then count what :func:`walk` will yield under them.
-    Warnings about the paths themselves are kept; those met inside are left to the second walk."""
-    result = Survey()
-    for spec in paths:
-        try:
-            st = os.lstat(spec.path)
-        except FileNotFoundError:
-            result.missing.append(f"{spec.name}={spec.path}")
-            result.warnings.append(f"path {spec.name}={spec.path} does not exist; skipped")
-            continue
-        except PermissionError:
-            result.unreadable.append(str(spec.path))
-            continue
-        kind = _kind(st.st_mode)
-        if kind is None:
-            result.warnings.append(f"{spec.path} is not a file, directory or symlink; skipped")
-            continue
-        result.tops.append((spec.name, str(spec.path), kind))
-    for e in walk(result.tops, Found(), should_stop, excluded):
-        result.file_count += 1
-        if stat.S_ISREG(e.st.st_mode):
-            result.source_bytes += e.st.st_size
-    return result
-
-
-def walk(
-    tops: list[tuple[str, str, str]],
-    found: Found,
-    should_stop: Callable[[], bool] = lambda: False,
-    excluded: Callable[[str, bool], bool] | None = None,
-) -> Iterator[ScanEntry]:
-    """Yield every entry under ``tops`` (from :func:`survey`) without following symlinks, sorted
-    by name within each directory (so archives are stable), one directory listing in memory at a
-    time. A top whose kind changed since the survey is skipped: the archive's header already
-    declared it. ``excluded(rel, is_dir)`` drops entries (and whole directories)."""
-    for name, path, kind in tops:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            found.warnings.append(f"path {name}={path} vanished while archiving; skipped")
-            continue
-        except PermissionError:
-            found.unreadable.append(path)
-            continue
-        if _kind(st.st_mode) != kind:
-            found.warnings.append(f"path {name}={path} is no longer a {kind}; skipped")
-            continue
-        yield ScanEntry(name, path, st)
-        if kind == "dir":
-            yield from _walk_dir(path, name, found, should_stop, excluded)
-
-
-def _walk_dir(
-    top: str,
-    arctop: str,
-    found: Found,
-    should_stop: Callable[[], bool],
-    excluded: Callable[[str, bool], bool] | None,
-) -> Iterator[ScanEntry]:
-    cut = len(arctop) + 1
-    stack = [(top, arctop)]
-    while stack:
-        if should_stop():
-            raise Interrupted("interrupted while scanning")
-        dirpath, arcdir = stack.pop()
-        try:
-            with os.scandir(dirpath) as it:
-                items = sorted(it, key=lambda d: d.name)
-        except PermissionError:
-            found.unreadable.append(dirpath + "/")
-            continue
-        except FileNotFoundError:
-            found.warnings.append(f"{dirpath} vanished while scanning; skipped")
-            continue
-        subdirs = []
-        for d in items:
-            try:
-                st = d.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                found.warnings.append(f"{d.path} vanished while scanning; skipped")
-                continue
-            arc = f"{arcdir}/{d.name}"
-            kind = _kind(st.st_mode)
-            if excluded is not None and excluded(arc[cut:], kind == "dir"):
-                found.excluded += 1
-                continue
-            if kind is None:
-                found.warnings.append(f"{d.path} is a socket, FIFO or device; skipped")
-                continue
-            yield ScanEntry(arc, d.path, st)
-            if kind == "dir":
-                subdirs.append((d.path, arc))
-        del items
-        stack.extend(reversed(subdirs))
 
 
 class HashingWriter(io.RawIOBase):
@@ -518,25 +370,6 @@ def _changed(before: os.stat_result, after: os.stat_result, got: int) -> bool:
     return after.st_mtime_ns != before.st_mtime_ns or after.st_size != before.st_size or got != before.st_size
 
 
-def build_meta(config: BackupConfig, tier: str, created: datetime, s: Survey) -> dict[str, Any]:
-    return {
-        "format": FORMAT_VERSION,
-        "tool": "gofr-backup",
-        "tool_version": __version__,
-        "project": config.project,
-        "tier": tier,
-        "created": created.isoformat(),
-        "compression": config.compression,
-        "compression_level": config.compression_level,
-        "hostname": os.uname().nodename,
-        "paths": {p.name: p.raw for p in config.paths if p.name in s.kinds},
-        "resolved_paths": {p.name: str(p.path) for p in config.paths if p.name in s.kinds},
-        "kinds": s.kinds,
-        "file_count": s.file_count,
-        "source_bytes": s.source_bytes,
-    }
-
-
 def no_data_error(config: BackupConfig) -> NoDataError:
     tried = ", ".join(f"{p.name}={p.path}" for p in config.paths)
     if not config.data_dir.is_dir():
@@ -554,8 +387,6 @@ def any_path_exists(config: BackupConfig) -> bool:
 def preflight(config: BackupConfig, source_bytes: int, ratio: float | None) -> None:
     """Refuse a backup that cannot fit, before writing anything. The estimate is the data's size
     times the last archive's compression ratio (1.0 when there is none), times SPACE_MARGIN."""
-    from .fsutil import free_bytes
-
     r = ratio if ratio is not None else 1.0
     need = int(source_bytes * r * config.space_margin) + (1 << 20)
     free = free_bytes(config.backup_dir)
@@ -577,12 +408,12 @@ def _mb(n: int) -> str:
 def reserve_name(tier_dir: Path, config: BackupConfig, tier: str, created: datetime) -> tuple[str, int]:
     """Pick a filename that does not exist yet and create its ``.partial`` exclusively."""
     for seq in range(0, 1000):
-        name = naming.make(config.project, tier, created, config.compression, seq).filename
+        name = layout.make(config.project, tier, created, config.compression, seq).filename
         if (tier_dir / name).exists():
             continue
         try:
             fd = os.open(
-                tier_dir / (name + naming.PARTIAL_SUFFIX), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE
+                tier_dir / (name + layout.PARTIAL_SUFFIX), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE
             )
         except FileExistsError:
             continue
@@ -608,13 +439,15 @@ def write_archive(
     if not s.tops:
         raise no_data_error(config)
     preflight(config, s.source_bytes, expected_ratio)
-    tier_dir = config.backup_dir / tier
+    lay = config.layout
+    tier_dir = lay.tier_dir(tier)
     tier_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     filename, fd = reserve_name(tier_dir, config, tier, created)
-    partial = tier_dir / (filename + naming.PARTIAL_SUFFIX)
+    partial = tier_dir / (filename + layout.PARTIAL_SUFFIX)
     final = tier_dir / filename
     meta = build_meta(config, tier, created, s)
-    sqlite_tmp = config.backup_dir / f".gofr-{config.project}.tmp" if config.sqlite_snapshot else None
+    sqlite_tmp = lay.tmp if config.sqlite_snapshot else None
+    stream: IO[bytes] | None = None
     try:
         if sqlite_tmp is not None:
             shutil.rmtree(sqlite_tmp, ignore_errors=True)  # left by a dead run (we hold the lock)
@@ -648,14 +481,17 @@ def write_archive(
         _json_member(tar, END_NAME, end)
         tar.close()
         stream.close()
+        stream = None
         os.fsync(fd)
         os.close(fd)
         fd = -1
         digest = hw.sha.hexdigest()
-        write_sidecar(final, digest)
+        layout.write_sidecar(final, digest)
         os.rename(partial, final)
         fsync_dir(tier_dir)
     except BaseException:
+        if stream is not None:
+            close_after_error(stream)  # its threads stop before the fd they write to is closed
         if fd >= 0:
             os.close(fd)
         remove_quietly(partial)
@@ -678,75 +514,3 @@ def write_archive(
         sqlite_snapshots=w.snapshotted,
         excluded=found.excluded,
     )
-
-
-def sidecar_path(archive: Path) -> Path:
-    return archive.with_name(archive.name + naming.SIDECAR_SUFFIX)
-
-
-def write_sidecar(archive: Path, digest: str) -> None:
-    """``<hex>  <filename>``: the format ``sha256sum -c`` reads, in the archive's directory."""
-    from .fsutil import atomic_write_bytes
-
-    atomic_write_bytes(sidecar_path(archive), f"{digest}  {archive.name}\n".encode())
-
-
-def read_sidecar(archive: Path) -> str | None:
-    try:
-        text = sidecar_path(archive).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return None
-    parts = text.strip().split()
-    if len(parts) != 2 or len(parts[0]) != 64 or parts[1].lstrip("*") != archive.name:
-        return ""
-    try:
-        int(parts[0], 16)
-    except ValueError:
-        return ""
-    return parts[0].lower()
-
-
-@contextlib.contextmanager
-def open_tar_stream(
-    path: Path, raw: IO[bytes] | None = None, read_ahead: bool = False
-) -> Iterator[tarfile.TarFile]:
-    """Open an archive for one sequential pass (decompressing on the fly; with ``read_ahead``, in
-    a thread of its own, for passes that read the whole archive)."""
-    from .codecs import ReadAhead, codec_for_filename
-
-    codec = codec_for_filename(path.name)
-    f = raw if raw is not None else open(path, "rb")  # noqa: SIM115
-    try:
-        stream = codec.reader(f)
-        ahead = ReadAhead(stream) if read_ahead else None
-        try:
-            src = io.BufferedReader(ahead, CHUNK) if ahead is not None else stream
-            tar = tarfile.open(fileobj=src, mode="r|", encoding="utf-8", errors="surrogateescape")
-            try:
-                yield tar
-            finally:
-                tar.close()
-        finally:
-            if ahead is not None:
-                ahead.close()  # the thread stops before the stream under it is closed
-            stream.close()
-    finally:
-        if raw is None:
-            f.close()
-
-
-def read_meta(path: Path) -> dict[str, Any]:
-    """Read only the first member (cheap: no need to decompress the whole archive)."""
-    try:
-        with open_tar_stream(path) as tar:
-            first = tar.next()
-            if first is None or first.name != META_NAME:
-                raise BackupError(f"{path.name}: first member is not {META_NAME}; not a gofr-backup archive")
-            f = tar.extractfile(first)
-            assert f is not None
-            meta = json.loads(f.read(1 << 20))
-    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-        raise BackupError(f"{path.name}: cannot read archive header: {e}") from None
-    if not isinstance(meta, dict):
-        raise BackupError(f"{path.name}: archive header is not a JSON object")
-    return meta

@@ -1,0 +1,281 @@
+"""The manifest: the catalogue of archives that every other stage reads.
+
+``{backup_dir}/manifest.json`` holds one entry per archive (per tier). It is shared by every project
+that uses the backup directory; each operation only reads and changes its own project's entries.
+Writers hold an fcntl lock on ``.manifest.lock`` and replace the file atomically, so readers never
+need a lock and never see half a file. A missing or unreadable manifest is rebuilt from the
+archives, their ``.sha256`` files and their embedded JSON; an unreadable one is kept aside as
+``manifest.json.corrupt-<time>``, never silently emptied.
+
+Every entry is built by :func:`new_entry`, whoever makes it (a backup run, a rebuild, an upload).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypedDict
+
+from . import layout
+from .archive_format import read_meta
+from .codecs import SUFFIXES
+from .errors import BackupError
+from .fsutil import atomic_write_json, file_lock
+
+log = logging.getLogger("gofr_backup")
+
+MANIFEST_FORMAT = 1
+
+
+class Entry(TypedDict, total=False):
+    """One archive (one file in one tier). Local and remote manifests hold the same shape; the
+    remote one adds ``key``, ``encrypted``, ``plain_sha256`` and ``uploaded_at``."""
+
+    project: str
+    filename: str
+    path: str  # "<tier>/<filename>", relative to the backup dir
+    tier: str
+    created: str  # ISO 8601 with a UTC offset
+    size_bytes: int | None
+    sha256: str | None
+    compression: str | None
+    verified: bool | None  # None: not verified (yet)
+    verified_at: str | None
+    verify_error: str | None
+    archive_intact: bool  # failed only because its .sha256 file is damaged
+    file_count: int | None
+    source_bytes: int | None
+    duration_s: float | None
+    warnings: list[str]
+    complete: bool | None  # False: some files could not be read
+    trigger: str  # manual | schedule | catch-up | rebuilt
+    encrypted: bool
+    plain_sha256: str | None  # the archive inside an encrypted one
+    key: str  # remote only: the object key
+    uploaded_at: str  # remote only
+
+
+def new_entry(
+    *,
+    project: str,
+    filename: str,
+    tier: str,
+    created: str,
+    size_bytes: int | None,
+    sha256: str | None,
+    compression: str | None,
+    file_count: int | None,
+    source_bytes: int | None,
+    trigger: str,
+    duration_s: float | None = None,
+    warnings: Iterable[str] = (),
+    complete: bool | None = None,
+    verify_error: str | None = None,
+) -> Entry:
+    return Entry(
+        project=project,
+        filename=filename,
+        path=f"{tier}/{filename}",
+        tier=tier,
+        created=created,
+        size_bytes=size_bytes,
+        sha256=sha256,
+        compression=compression,
+        verified=None,
+        verified_at=None,
+        verify_error=verify_error,
+        file_count=file_count,
+        source_bytes=source_bytes,
+        duration_s=duration_s,
+        warnings=list(warnings),
+        complete=complete,
+        trigger=trigger,
+    )
+
+
+def created_of(e: Entry) -> datetime:
+    return datetime.fromisoformat(e["created"])
+
+
+def failed(e: Entry) -> bool:
+    """Known bad: failed verification, and not merely because its .sha256 file is damaged."""
+    return e.get("verified") is False and not e.get("archive_intact")
+
+
+def latest(entries: Iterable[Entry], usable: Callable[[Entry], bool] = lambda e: True) -> Entry | None:
+    """The newest entry that has not failed verification and that ``usable`` accepts (a daily
+    archive wins over its tier copies of the same moment)."""
+    cands = [e for e in entries if e.get("verified") is not False and usable(e)]
+    return max(cands, key=lambda e: (created_of(e), e["tier"] == "daily"), default=None)
+
+
+class Manifest:
+    def __init__(self, backup_dir: Path) -> None:
+        self.dir = backup_dir
+        self.path = backup_dir / layout.MANIFEST_NAME
+        self.lock_path = backup_dir / layout.MANIFEST_LOCK
+
+    # -- reading -------------------------------------------------------------------------------
+    def _parse(self) -> list[Entry] | None:
+        """Entries, or None when the file is missing. Raises ValueError when it is unreadable."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or not isinstance(doc.get("backups"), list):
+            raise ValueError("not a gofr-backup manifest (no 'backups' list)")
+        entries: list[Entry] = doc["backups"]
+        for e in entries:
+            if not isinstance(e, dict) or not all(
+                isinstance(e.get(k), str) for k in ("filename", "tier", "path")
+            ):
+                raise ValueError("an entry lacks filename/tier/path")
+            if not isinstance(e.get("created"), str):
+                raise ValueError(f"entry {e.get('filename')!r} has no created time")
+            datetime.fromisoformat(e["created"])
+        return entries
+
+    def read(self) -> list[Entry]:
+        """Entries as they are on disk, without repairing anything (cheap; for status)."""
+        try:
+            return self._parse() or []
+        except (ValueError, OSError):
+            return []
+
+    def load(self, project: str | None = None) -> list[Entry]:
+        """Entries, rebuilding the manifest first if it is missing or unreadable."""
+        try:
+            entries = self._parse()
+        except (ValueError, OSError):
+            entries = None
+        if entries is None:
+            try:
+                entries = self.update(lambda es: None)
+            except (OSError, BackupError):  # a read-only backup volume: rebuild in memory only
+                entries = rebuild_entries(self.dir)
+        return [e for e in entries if project is None or e.get("project") == project]
+
+    # -- writing -------------------------------------------------------------------------------
+    def update(self, fn: Callable[[list[Entry]], None], timeout: float = 60.0) -> list[Entry]:
+        """Read-modify-write under the manifest lock. ``fn`` mutates the list in place."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.lock_path, timeout, "the manifest lock"):
+            try:
+                entries = self._parse()
+            except (ValueError, OSError) as e:
+                aside = self.path.with_name(f"{layout.MANIFEST_NAME}.corrupt-{datetime.now():%Y%m%d_%H%M%S}")
+                os.replace(self.path, aside)
+                log.warning(
+                    "manifest %s is unreadable (%s); kept as %s and rebuilt from the archives",
+                    self.path,
+                    e,
+                    aside.name,
+                )
+                entries = None
+            if entries is None:
+                entries = rebuild_entries(self.dir)
+                if entries:
+                    log.warning("manifest %s rebuilt from %d archive(s) on disk", self.path, len(entries))
+            before = json.dumps(entries, sort_keys=True)
+            fn(entries)
+            if json.dumps(entries, sort_keys=True) != before or not self.path.exists():
+                entries.sort(key=lambda e: (e.get("project", ""), e["tier"], e["created"], e["filename"]))
+                atomic_write_json(
+                    self.path,
+                    {
+                        "format": MANIFEST_FORMAT,
+                        "updated": datetime.now().astimezone().isoformat(),
+                        "backups": entries,
+                    },
+                )
+            return entries
+
+    def add(self, entry: Entry) -> None:
+        def fn(es: list[Entry]) -> None:
+            es[:] = [e for e in es if e["path"] != entry["path"]]
+            es.append(entry)
+
+        self.update(fn)
+
+    def set_fields(self, rel_path: str, **fields: Any) -> None:
+        def fn(es: list[Entry]) -> None:
+            for e in es:
+                if e["path"] == rel_path:
+                    e.update(fields)  # type: ignore[typeddict-item]
+
+        self.update(fn)
+
+
+def entry_from_archive(backup_dir: Path, archive: Path, meta: dict[str, Any] | None = None) -> Entry:
+    """A manifest entry reconstructed from an archive on disk (for rebuilds and adoption)."""
+    parsed = layout.parse(archive.name)
+    assert parsed is not None
+    if meta is None:
+        try:
+            meta = read_meta(archive)
+        except BackupError:
+            meta = {}
+    created = meta.get("created")
+    if not isinstance(created, str):
+        created = datetime.strptime(parsed.ts, layout.TS_FORMAT).astimezone().isoformat()
+    return new_entry(
+        project=parsed.project,
+        filename=archive.name,
+        tier=parsed.tier,
+        created=created,
+        size_bytes=archive.stat().st_size,
+        sha256=layout.read_sidecar(archive) or None,
+        compression=meta.get("compression") or SUFFIXES[parsed.suffix].name,
+        file_count=meta.get("file_count"),
+        source_bytes=meta.get("source_bytes"),
+        trigger="rebuilt",
+        verify_error=None if meta else "archive header unreadable",
+    )
+
+
+def rebuild_entries(backup_dir: Path) -> list[Entry]:
+    lay = layout.BackupLayout(backup_dir, "")
+    return [entry_from_archive(backup_dir, a) for a in lay.archives_on_disk(every_project=True)]
+
+
+# -- what `list` shows ---------------------------------------------------------------------------------
+@dataclass
+class Listing:
+    """This project's archives, newest first, with what is missing and what is untracked."""
+
+    entries: list[Entry]
+    missing: list[str] = field(default_factory=list)  # in the manifest, file gone
+    untracked: list[str] = field(default_factory=list)  # on disk, not in the manifest
+
+    def summary(self) -> dict[str, Any]:
+        present = [e for e in self.entries if e["path"] not in self.missing]
+        return {
+            "count": len(present),
+            "total_size_bytes": sum(int(e.get("size_bytes") or 0) for e in present),
+            "oldest": min((e["created"] for e in present), default=None),
+            "newest": max((e["created"] for e in present), default=None),
+            "verified": sum(1 for e in present if e.get("verified") is True),
+            "failed": sum(1 for e in present if e.get("verified") is False),
+            "missing": self.missing,
+            "untracked": self.untracked,
+        }
+
+
+def listing(lay: layout.BackupLayout, tier: str | None = None) -> Listing:
+    mine = Manifest(lay.root).load(lay.project)
+    tracked = {e["path"] for e in mine}
+    entries = [e for e in mine if tier is None or e["tier"] == tier]
+    untracked = [
+        lay.rel(a)
+        for a in lay.archives_on_disk()
+        if lay.rel(a) not in tracked and (tier is None or a.parent.name == tier)
+    ]
+    entries.sort(key=created_of, reverse=True)
+    missing = [e["path"] for e in entries if not lay.archive(e["path"]).is_file()]
+    return Listing(entries, missing, untracked)

@@ -1,0 +1,320 @@
+"""One backup run, as a short list of stages.
+
+  lock -> pre-hook -> write (writer.py) -> verify and record (verify.py, manifest.py; sealed.py for
+  ENCRYPT_LOCAL) -> tier copies (tiers.py) -> prune (retention.py) -> record the result (state.py)
+  -> off-site copy (offsite.py) -> post-hook, always.
+
+The run's state lives in a :class:`Run`; the scheduler (scheduler.py) only decides when to start
+one. Failures of the off-site copy never change the local outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import layout, sealed
+from .config import BackupConfig
+from .errors import BackupError, Interrupted
+from .fsutil import remove_quietly, run_lock
+from .hooks import run_hook
+from .log import event
+from .manifest import Entry, Manifest, new_entry
+from .offsite import sync_and_record
+from .retention import PruneReport, prune
+from .schedule import Clock, now_iso
+from .state import SCHEDULED, record_failure, record_remote, record_result
+from .tiers import copy_to_tiers
+from .verify import verify_archive
+from .writer import WriteResult, any_path_exists, no_data_error, write_archive
+
+
+@dataclass
+class Outcome:
+    status: str  # ok | incomplete | failed | interrupted
+    entry: Entry | None = None
+    path: Path | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    pruned: PruneReport | None = None
+    tier_copies: list[str] = field(default_factory=list)
+    remote: Any = None  # SyncReport, or None when there is no remote or the upload failed
+
+    def hook_env(self) -> dict[str, str]:
+        """What the post-hook learns about the outcome."""
+        return {
+            "GOFR_BACKUP_STATUS": self.status,
+            "GOFR_BACKUP_ARCHIVE": str(self.path) if self.path else "",
+            "GOFR_BACKUP_ERROR": self.error or "",
+            "GOFR_BACKUP_SIZE_BYTES": str(self.entry["size_bytes"]) if self.entry else "",
+        }
+
+
+def throughput(nbytes: int | None, seconds: float | None) -> str:
+    if not nbytes or not seconds:
+        return "-"
+    return f"{nbytes / seconds / 1e6:.1f} MB/s"
+
+
+@dataclass
+class Run:
+    """One backup of one tier. ``log_failures``: the CLI prints failures itself."""
+
+    config: BackupConfig
+    clock: Clock
+    manifest: Manifest
+    should_stop: Callable[[], bool]
+    tier: str = "daily"
+    trigger: str = "manual"
+    log_failures: bool = True
+
+    @property
+    def scheduled(self) -> bool:
+        return self.trigger in SCHEDULED
+
+    def now(self) -> str:
+        return now_iso(self.clock.now())
+
+    # -- the run -------------------------------------------------------------------------------
+    def __call__(self) -> Outcome:
+        """Lock, pre-hook, the stages, then the post-hook, always."""
+        c = self.config
+        try:
+            with run_lock(c.layout, c.lock_timeout, self.should_stop):
+                try:
+                    self.pre_hook()
+                    out = self.stages()
+                except Interrupted as e:
+                    event(
+                        "backup.interrupted",
+                        f"backup interrupted: {e}; partial archive removed",
+                        level=logging.WARNING,
+                    )
+                    out = Outcome("interrupted", error=str(e))
+                except BackupError as e:
+                    self.record_failure(str(e))
+                    out = Outcome("failed", error=str(e))
+                self.post_hook(out)
+                return out
+        except Interrupted as e:  # while waiting for the lock
+            return Outcome("interrupted", error=str(e))
+        except BackupError as e:  # the lock could not be had
+            self.record_failure(str(e))
+            return Outcome("failed", error=str(e))
+
+    def stages(self) -> Outcome:
+        c = self.config
+        if not any_path_exists(c):
+            raise no_data_error(c)  # before anything is logged or written
+        self.manifest.load(c.project)  # rebuilds a missing/corrupt manifest before a new archive appears
+        created = self.clock.now()
+        event(
+            "backup.start",
+            f"backup started ({self.trigger}, {self.tier})",
+            project=c.project,
+            tier=self.tier,
+            trigger=self.trigger,
+            paths=",".join(f"{p.name}={p.path}" for p in c.paths),
+        )
+        w = self.write(created)
+        entry = self.verify_and_record(w, created)
+        copies = self.tier_copies(entry, created)
+        report = self.prune(copies)
+        status = self.record_result(w, entry)
+        out = Outcome(
+            status,
+            entry,
+            c.layout.archive(entry["path"]),
+            warnings=w.warnings,
+            pruned=report,
+            tier_copies=copies,
+        )
+        out.remote = self.offsite()
+        return out
+
+    # -- stages --------------------------------------------------------------------------------
+    def pre_hook(self) -> None:
+        c = self.config
+        if c.pre_hook:
+            err = run_hook("pre", c.pre_hook, c.hook_timeout, self.hook_env(), self.should_stop)
+            if err:
+                raise BackupError(f"{err}; no backup was made")
+
+    def post_hook(self, out: Outcome) -> None:
+        c = self.config
+        if c.post_hook:  # always, whatever happened
+            run_hook("post", c.post_hook, c.hook_timeout, {**self.hook_env(), **out.hook_env()})
+
+    def hook_env(self) -> dict[str, str]:
+        return {
+            "GOFR_BACKUP_PROJECT": self.config.project,
+            "GOFR_BACKUP_TIER": self.tier,
+            "GOFR_BACKUP_TRIGGER": self.trigger,
+        }
+
+    def write(self, created: datetime) -> WriteResult:
+        c = self.config
+        ratio = last_ratio(self.manifest.read(), c.project, c.compression)
+        try:
+            w = write_archive(c, self.tier, created, self.should_stop, expected_ratio=ratio)
+        except OSError as e:
+            raise BackupError(
+                f"cannot write archive in {c.layout.tier_dir(self.tier)}: {e.strerror or e}"
+            ) from None
+        for msg in w.warnings:
+            event("backup.warning", msg, level=logging.WARNING)
+        event(
+            "backup.written",
+            f"archive written: {w.filename}",
+            size_bytes=w.size_bytes,
+            files=w.file_count,
+            source_bytes=w.source_bytes,
+            duration_s=w.duration_s,
+            throughput=throughput(w.source_bytes, w.duration_s),
+        )
+        return w
+
+    def verify_and_record(self, w: WriteResult, created: datetime) -> Entry:
+        """Verify (VERIFY_AFTER_BACKUP), seal (ENCRYPT_LOCAL), add to the manifest. A failure on the
+        way removes the archive: never a finished-looking archive the manifest does not describe."""
+        c = self.config
+        entry = new_entry(
+            project=c.project,
+            filename=w.filename,
+            tier=self.tier,
+            created=created.isoformat(),
+            size_bytes=w.size_bytes,
+            sha256=w.sha256,
+            compression=c.compression,
+            file_count=w.file_count,
+            source_bytes=w.source_bytes,
+            trigger=self.trigger,
+            duration_s=w.duration_s,
+            warnings=w.warnings,
+            complete=w.complete,
+        )
+        try:
+            if c.verify_after_backup:
+                res = verify_archive(w.path, w.sha256, should_stop=self.should_stop)
+                entry.update({"verified": res.ok, "verified_at": self.now(), "verify_error": res.error})
+                event(
+                    "backup.verified" if res.ok else "backup.verify_failed",
+                    "verification passed" if res.ok else f"verification FAILED: {res.error}",
+                    level=logging.INFO if res.ok else logging.ERROR,
+                    filename=w.filename,
+                )
+            if c.encrypt_local and entry["verified"]:
+                self.seal(w.path, entry)
+            self.manifest.add(entry)
+        except BaseException:
+            for p in (w.path, w.path.with_name(w.filename + layout.AGE_SUFFIX)):
+                remove_quietly(p)
+                remove_quietly(layout.sidecar_path(p))
+            raise
+        if entry["verified"] is False:
+            raise BackupError(f"archive {w.filename} failed verification: {entry['verify_error']}")
+        return entry
+
+    def seal(self, plain: Path, entry: Entry) -> None:
+        """ENCRYPT_LOCAL: replace the verified plaintext archive by its age-encrypted form."""
+        lay = self.config.layout
+        enc = plain.with_name(plain.name + layout.AGE_SUFFIX)
+        sha = sealed.encrypt_file(plain, enc, self.config.encrypt_recipients)
+        layout.write_sidecar(enc, sha)
+        plain_sha = entry["sha256"]
+        os.unlink(plain)
+        os.unlink(layout.sidecar_path(plain))
+        entry.update(
+            {
+                "filename": enc.name,
+                "path": lay.rel(enc),
+                "sha256": sha,
+                "size_bytes": enc.stat().st_size,
+                "encrypted": True,
+                "plain_sha256": plain_sha,
+            }
+        )
+        event("backup.encrypted", f"encrypted locally: {enc.name}")
+
+    def tier_copies(self, entry: Entry, created: datetime) -> list[str]:
+        if self.scheduled and self.tier == "daily" and entry["complete"]:
+            return copy_to_tiers(self.config, self.manifest, entry, created)
+        return []
+
+    def prune(self, copies: list[str]) -> PruneReport:
+        """Scheduled runs keep every tier in shape; a manual run touches only what it wrote."""
+        tiers = list(layout.TIERS) if self.scheduled else [self.tier, *[x.split("/", 1)[0] for x in copies]]
+        report = prune(self.config, self.clock.now(), tiers=tiers)
+        event(
+            "housekeeping.done",
+            f"housekeeping: {len(report.deleted)} deleted, {report.kept} kept",
+            deleted=",".join(d["filename"] for d in report.deleted) or "-",
+            cleaned=len(report.cleaned),
+        )
+        return report
+
+    def record_result(self, w: WriteResult, entry: Entry) -> str:
+        status = "ok" if w.complete else "incomplete"
+        record_result(self.config, self.now(), status, entry, w.warnings)
+        event(
+            "backup.done",
+            f"backup {'finished' if status == 'ok' else 'INCOMPLETE'}: {w.filename}",
+            level=logging.INFO if status == "ok" else logging.WARNING,
+            status=status,
+            size_bytes=w.size_bytes,
+            duration_s=w.duration_s,
+            verified=entry["verified"],
+        )
+        return status
+
+    def record_failure(self, error: str) -> None:
+        if self.log_failures:
+            event("backup.failed", f"backup failed: {error}", level=logging.ERROR, trigger=self.trigger)
+        try:
+            record_failure(self.config, self.now(), error, self.trigger)
+        except (OSError, BackupError) as e:  # a full disk, a read-only dir: the error itself is reported
+            if self.log_failures:
+                event(
+                    "state.write_failed",
+                    f"cannot record the failure in the state file: {e}",
+                    level=logging.ERROR,
+                )
+
+    def offsite(self) -> Any:
+        """After a local backup: a failed upload never fails the backup; it is recorded and retried."""
+        if self.config.remote is None:
+            return None
+        try:
+            return sync_and_record(self.config, self.clock)
+        except BackupError as e:
+            event(
+                "remote.failed",
+                f"off-site upload failed (will retry on the next run): {e}",
+                level=logging.ERROR,
+            )
+            try:
+                record_remote(self.config, self.now(), error=str(e))
+            except (OSError, BackupError):
+                pass
+            return None
+
+
+def last_ratio(entries: list[Entry], project: str, compression: str) -> float | None:
+    """Compressed/source size of the newest good archive with the same codec (pre-flight)."""
+    es = [
+        e
+        for e in entries
+        if e.get("project") == project
+        and e.get("compression") == compression
+        and e.get("verified") is not False
+        and (e.get("source_bytes") or 0) > 0
+    ]
+    if not es:
+        return None
+    e = max(es, key=lambda e: e["created"])
+    return float(e["size_bytes"] or 0) / float(e["source_bytes"] or 1)

@@ -1,0 +1,124 @@
+"""The service loop: when to run. Each run itself is run.py's business.
+
+On start: record the state (pid, next run), housekeeping (CLEANUP_ON_START), one catch-up backup if
+the last scheduled one was missed; then sleep until each scheduled time and run. All waiting is
+done in UTC (see schedule.Clock); SIGTERM/SIGINT stop the loop, and a running backup, promptly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .config import BackupConfig
+from .errors import BackupError
+from .log import event
+from .manifest import Manifest
+from .observe import Observer
+from .retention import PruneReport
+from .run import Outcome
+from .schedule import Clock, next_run, now_iso, prev_run
+from .state import SCHEDULED, read_state, update_state
+
+
+@dataclass
+class Scheduler:
+    config: BackupConfig
+    clock: Clock
+    manifest: Manifest
+    stop_event: threading.Event
+    backup: Callable[[str], Outcome]  # trigger -> outcome of one daily backup
+    prune: Callable[[], PruneReport]
+    observer: Observer | None = None  # metrics listener on start; wakes up to notice stale backups
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            event("service.signal", f"received {signal.Signals(signum).name}; stopping")
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def start(self, max_runs: int | None = None) -> int:
+        """Run until SIGTERM/SIGINT (or ``max_runs`` scheduled runs, for tests). Returns 0."""
+        c = self.config
+        now = self.clock.now()
+        event("service.start", "gofr-backup service starting", **c.log_fields())
+        for var in c.unknown_variables:
+            event("config.unknown", f"{var} is not a known variable (typo?); ignored", level=logging.WARNING)
+
+        def started(st: dict[str, Any]) -> None:
+            st.update(
+                pid=os.getpid(),
+                started_at=now_iso(now),
+                enabled=c.enabled,
+                schedule=c.schedule,
+                next_run=None if not c.enabled else now_iso(next_run(c.schedule, now)),
+            )
+
+        update_state(c, started)
+        if self.observer is not None:
+            self.observer.service_started()
+        if not c.enabled:
+            event(
+                "service.disabled",
+                f"backups are disabled; set {c.prefix}ENABLED=true to turn them on. Idling.",
+            )
+            while not self.stop_event.wait(3600):
+                pass
+            return 0
+        if c.cleanup_on_start:
+            try:
+                r = self.prune()
+                event("housekeeping.start", f"housekeeping on start: {len(r.deleted)} deleted, {r.kept} kept")
+            except BackupError as e:
+                event("housekeeping.failed", f"housekeeping on start failed: {e}", level=logging.ERROR)
+        if self.stop_event.is_set():
+            return 0
+        if self.missed_run(self.clock.now()):
+            event("backup.catch_up", "the last scheduled backup was missed; running one catch-up backup now")
+            self.backup("catch-up")
+        runs = 0
+        last_fire: datetime | None = None
+        while not self.stop_event.is_set():
+            nxt = next_run(c.schedule, self.clock.now())
+            if last_fire is not None and nxt.astimezone(UTC) <= last_fire.astimezone(UTC):
+                nxt = next_run(c.schedule, last_fire + timedelta(seconds=1))  # never the same instant twice
+            last_fire = nxt
+            self.record_next_run(nxt)
+            event("schedule.next", f"next backup at {now_iso(nxt)}", next_run=now_iso(nxt))
+            wait = self.observer.wait_until if self.observer is not None else self.clock.wait_until
+            if wait(nxt, self.stop_event):
+                break
+            self.backup("schedule")
+            runs += 1
+            if max_runs is not None and runs >= max_runs:
+                break
+        event("service.stop", "gofr-backup service stopped")
+        return 0
+
+    def record_next_run(self, nxt: datetime) -> None:
+        update_state(self.config, lambda st: st.update(next_run=now_iso(nxt)))
+
+    def missed_run(self, now: datetime) -> bool:
+        """True when no scheduled backup has succeeded since the last time the schedule fired."""
+        last = read_state(self.config).get("last_scheduled_success")
+        if not last:
+            cands = [
+                e["created"]
+                for e in self.manifest.read()
+                if e.get("project") == self.config.project
+                and e["tier"] == "daily"
+                and e.get("trigger") in SCHEDULED
+                and e.get("verified") is not False
+            ]
+            last = max(cands, default=None)
+        if not last:
+            return True
+        return datetime.fromisoformat(last) < prev_run(self.config.schedule, now)

@@ -1,0 +1,84 @@
+"""The service's state file: ``{backup_dir}/.gofr-{project}.state.json``, written atomically
+under its own lock. It records the last result, success, failure, warnings, the next run and the
+off-site outcome; ``status`` reads it (and the manifest) without opening any archive.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .config import BackupConfig
+from .fsutil import atomic_write_json, file_lock
+
+SCHEDULED = ("schedule", "catch-up")  # triggers of the service's own runs
+
+
+def state_path(config: BackupConfig) -> Path:
+    return config.layout.state
+
+
+def read_state(config: BackupConfig) -> dict[str, Any]:
+    try:
+        d = json.loads(state_path(config).read_bytes())
+        return d if isinstance(d, dict) else {"corrupt": "state file is not a JSON object"}
+    except FileNotFoundError:
+        return {}
+    except (ValueError, OSError) as e:
+        return {"corrupt": f"state file unreadable: {e}"}
+
+
+def update_state(config: BackupConfig, fn: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    config.backup_dir.mkdir(parents=True, exist_ok=True)
+    p = state_path(config)
+    with file_lock(config.layout.state_lock, 30, "the state lock"):
+        st = read_state(config)
+        st.pop("corrupt", None)
+        st["project"] = config.project
+        fn(st)
+        atomic_write_json(p, st)
+        return st
+
+
+# -- what each outcome records ---------------------------------------------------------------------
+def record_failure(config: BackupConfig, when: str, error: str, trigger: str) -> None:
+    def fn(st: dict[str, Any]) -> None:
+        st["last_result"] = "failed"
+        st["last_run"] = when
+        st["last_failure"] = {"time": when, "error": error, "trigger": trigger}
+
+    update_state(config, fn)
+
+
+def record_result(
+    config: BackupConfig, when: str, status: str, entry: Mapping[str, Any], warnings: list[str]
+) -> None:
+    """A backup that was written and verified: ``ok``, or ``incomplete`` (some files unreadable)."""
+
+    def fn(st: dict[str, Any]) -> None:
+        st["last_result"] = status
+        st["last_run"] = when
+        st["last_warnings"] = warnings
+        if status == "ok":
+            st["last_success"] = {
+                "time": entry["created"],
+                "filename": entry["filename"],
+                "size_bytes": entry["size_bytes"],
+                "path": entry["path"],
+                "trigger": entry["trigger"],
+            }
+            if entry["trigger"] in SCHEDULED:
+                st["last_scheduled_success"] = entry["created"]
+
+    update_state(config, fn)
+
+
+def record_remote(
+    config: BackupConfig, when: str, error: str | None = None, count: int | None = None
+) -> None:
+    if error is None:
+        update_state(config, lambda st: st.update(remote_last_success=when, remote_count=count))
+    else:
+        update_state(config, lambda st: st.update(remote_last_failure={"time": when, "error": error}))
