@@ -34,3 +34,13 @@ def test_every_command_and_flag_is_documented() -> None:
             for opt in action.option_strings:
                 if opt.startswith("--") and opt not in ("--help",):
                     assert opt in README, f"README does not mention {name} {opt}"
+
+
+def test_every_relative_link_points_at_a_file_in_this_repository() -> None:
+    # issue 13: the README linked to the design brief outside the repository, which no clone has
+    for target in re.findall(r"\]\(([^)#\s]+)", README):
+        if re.match(r"^[a-z]+://", target) or target.startswith("mailto:"):
+            continue
+        path = (REPO / target).resolve()
+        assert path.is_relative_to(REPO), f"README links outside the repository: {target}"
+        assert path.exists(), f"README links to a file that does not exist: {target}"
