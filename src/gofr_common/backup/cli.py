@@ -230,6 +230,9 @@ def _ask(prompt: str) -> str:
 
 # -- commands ----------------------------------------------------------------------------------------
 def cmd_config(config: BackupConfig, args: argparse.Namespace) -> int:
+    from .observe_config import check_notify_urls
+
+    check_notify_urls(config)  # the apprise check that `status` skips (it costs a second)
     d = config.to_dict()
     if args.json:
         _print_json(d)

@@ -63,6 +63,9 @@ def _iso(t: datetime) -> str:
 
 class Observer:
     def __init__(self, config: BackupConfig, clock: Any) -> None:
+        from .observe_config import check_notify_urls
+
+        check_notify_urls(config)  # before anything is sent: one line, exit 2
         self.config = config
         self.clock = clock
         self.host = notify.hostname()

@@ -40,6 +40,7 @@ def redact_url(url: str) -> str:
     try:
         import apprise
 
+        quiet_apprise()
         p = apprise.Apprise.instantiate(url)
     except Exception:  # noqa: BLE001 - any failure: show nothing but the scheme
         p = None
@@ -77,27 +78,55 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
+def _bad_url(var: str, i: int, n: int, url: str) -> ConfigError:
+    return ConfigError(
+        f"{var}: URL {i} of {n} ({_shown(url)}) is not a valid apprise URL: expected e.g. "
+        "mailto://user:pass@host, slack://…, tgram://bottoken/chatid, ntfys://host/topic, "
+        "json://host/path (URLs are comma-separated)"
+    )
+
+
 def parse_notify_urls(var: str, raw: str | None) -> tuple[str, ...]:
+    """The URLs, checked for their form only: loading apprise's plugins takes about a second, too
+    much for every `status` (the HEALTHCHECK). ``check_notify_urls`` asks apprise itself, before
+    anything is sent."""
     if not raw or not raw.strip():
         return ()
     items = [u.strip() for line in raw.splitlines() for u in line.split(",")]
     urls = [u for u in items if u and not u.startswith("#")]
+    for i, u in enumerate(urls, 1):
+        if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$", u):
+            raise _bad_url(var, i, len(urls), u)
+    return tuple(urls)
+
+
+def quiet_apprise() -> None:
+    """apprise logs through its own logger; nothing of it may reach stderr by the root logger's
+    last-resort handler (it can name a host or a token)."""
+    import logging
+
+    lg = logging.getLogger("apprise")
+    lg.propagate = False
+    if not lg.handlers:
+        lg.addHandler(logging.NullHandler())
+
+
+def check_notify_urls(config: Any) -> None:
+    """Ask apprise whether each NOTIFY_URLS entry is one of its URLs; ConfigError if not. Called
+    by the commands that send (observe.Observer) and by `config`."""
+    urls = config.notify_urls
     if not urls:
-        return ()
+        return
     import apprise
 
+    quiet_apprise()
     for i, u in enumerate(urls, 1):
         try:
             ok = apprise.Apprise.instantiate(u) is not None
         except Exception:  # noqa: BLE001 - apprise raises its own types
             ok = False
         if not ok:
-            raise ConfigError(
-                f"{var}: URL {i} of {len(urls)} ({_shown(u)}) is not a valid apprise URL: expected e.g. "
-                "mailto://user:pass@host, slack://…, tgram://bottoken/chatid, ntfys://host/topic, "
-                "json://host/path (URLs are comma-separated)"
-            )
-    return tuple(urls)
+            raise _bad_url(config.prefix + "NOTIFY_URLS", i, len(urls), u)
 
 
 def parse_notify_on(var: str, raw: str) -> tuple[str, ...]:
