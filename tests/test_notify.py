@@ -376,3 +376,36 @@ def test_status_checks_only_the_form_of_notify_urls_config_asks_apprise(tmp_path
     assert not backups.exists()
     r = run_cli("status", env={**env, "GOFR_PLOT_BACKUP_NOTIFY_URLS": "no scheme at all"})
     assert r.returncode == 2 and "(not a URL)" in r.stderr  # the form is checked everywhere
+
+
+def test_a_failed_restore_drill_is_notified_once_and_its_recovery(tmp_path: Path, hooks: Hooks) -> None:
+    """The drill feature records `last_drill` in the state file; the next run (or
+    Observer.drill_done) tells the operator, once."""
+    _, backups, env = _app(
+        tmp_path,
+        **{"GOFR_{P}_BACKUP_NOTIFY_URLS": hooks.url("/n", "json"), "GOFR_{P}_BACKUP_NOTIFY_ON": "drill"},
+    )
+    assert run_cli("now", env=env).returncode == 0
+
+    def drill(at: str, ok: bool) -> None:
+        st = state(backups)
+        st["last_drill"] = {
+            "at": at,
+            "ok": ok,
+            "error": None if ok else "restored files differ: storage/doc.json",
+        }
+        st["last_drill"]["restore_seconds"] = 1.5 if ok else None
+        (backups / ".gofr-plot.state.json").write_text(json.dumps(st))
+
+    drill("2026-05-01T03:00:00+00:00", False)
+    assert run_cli("now", env=env).returncode == 0
+    assert run_cli("now", env=env).returncode == 0  # the same drill result: not again
+    [n] = hooks.notifications()
+    assert n["type"] == "failure" and "restore drill FAILED" in n["title"]
+    assert "Error: restored files differ: storage/doc.json" in n["message"] and "What to do:" in n["message"]
+
+    drill("2026-05-02T03:00:00+00:00", True)
+    cfg = BackupConfig.from_env(env=env)
+    BackupService(cfg).observer.drill_done()  # what the drill command calls, without a backup
+    ns = hooks.notifications()
+    assert len(ns) == 2 and ns[1]["type"] == "success" and "restore drill OK again" in ns[1]["title"]

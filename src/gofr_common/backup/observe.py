@@ -207,17 +207,18 @@ class Observer:
                 out_msgs.append((msg, SLOT[msg.kind], t))
 
         last_success = st.get("last_success")
-        if out.status == "failed":
+        status = out.status if out is not None else None  # None: no run, a drill was recorded
+        if status == "failed":
             raise_(
                 notify.failed(c.project, host, c.prefix, out.error or "?", t, self.trigger, last_success, now)
             )
             s = self._staleness(st, now)
             if s:
                 raise_(notify.stale(c.project, host, *s, out.error, last_success, now))
-        elif out.status in ("ok", "incomplete"):
+        elif status in ("ok", "incomplete"):
             entry = out.entry or {}
             failing = active.pop("failure", None)
-            if out.status == "incomplete":
+            if status == "incomplete":
                 raise_(
                     notify.incomplete(
                         c.project, host, c.prefix, entry.get("filename", "?"), out.warnings, last_success, now
@@ -380,6 +381,19 @@ class Observer:
         except Exception as e:  # noqa: BLE001
             event("observe.error", f"run end: {type(e).__name__}: {e}", level=logging.WARNING)
             return 0.0
+
+    def drill_done(self) -> None:
+        """After a restore drill recorded its result (the state's `last_drill`, or an entry's
+        `drill`): notify a failed one (NOTIFY_ON `drill`), refresh the metrics file and report.
+        Runs notice a new drill result too; this is for a drill outside a run."""
+        try:
+            if self.config.notify_urls:
+                for msg, slot, stamp in self._decide(None, self._state(), self.clock.now()):
+                    self._send(msg, slot, stamp)
+            self._outputs()
+            self.wait()
+        except Exception as e:  # noqa: BLE001
+            event("observe.error", f"after a drill: {type(e).__name__}: {e}", level=logging.WARNING)
 
     def verified(self, ok: bool) -> None:
         if not ok:
