@@ -365,7 +365,7 @@ class Observer:
                         )
                     )
             if out.status == "interrupted":
-                return self.wait()  # no verdict: the next start runs a catch-up backup
+                return 0.0  # SIGTERM: exit promptly, no verdict (the next start runs a catch-up backup)
             now = self.clock.now()
             if self.config.ping_url:
                 head = [f"gofr-backup {self.config.project}@{self.host}: {out.status}"]

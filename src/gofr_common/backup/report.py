@@ -56,28 +56,43 @@ def _when(iso: str | None) -> datetime | None:
     return datetime.fromisoformat(iso) if t is not None and iso else None
 
 
-def _throughput(e: dict[str, Any]) -> float | None:
+def _rate(e: dict[str, Any]) -> float | None:
+    """Source bytes per second."""
     src, dur = e.get("source_bytes"), e.get("duration_s")
     if not isinstance(src, int | float) or not isinstance(dur, int | float) or dur <= 0:
         return None
-    return float(src) / dur / 1e6
+    return float(src) / dur
 
 
-def _mb(x: Any) -> float | None:
-    return float(x) / 1e6 if isinstance(x, int | float) else None
+def _throughput(e: dict[str, Any]) -> float | None:
+    r = _rate(e)
+    return r / 1e6 if r is not None else None
 
 
 def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, int | float) else None
 
 
-# (title, unit, value of an entry)
+# (title, unit of the values, value of an entry); byte units are scaled to the data (KB … TB)
 CHARTS: list[tuple[str, str, Any]] = [
-    ("Archive size", "MB", lambda e: _mb(e.get("size_bytes"))),
-    ("Source size", "MB", lambda e: _mb(e.get("source_bytes"))),
+    ("Archive size", "B", lambda e: _num(e.get("size_bytes"))),
+    ("Source size", "B", lambda e: _num(e.get("source_bytes"))),
     ("Duration", "s", lambda e: _num(e.get("duration_s"))),
-    ("Throughput", "MB/s", _throughput),
+    ("Throughput", "B/s", _rate),
 ]
+
+
+def _scaled(unit: str, series: list[tuple[str, list[tuple[datetime, float, str]]]]) -> tuple[str, list[Any]]:
+    """Byte values in the unit that suits the largest (B, KB, MB, GB, TB; powers of 1000)."""
+    if not unit.startswith("B"):
+        return unit, series
+    top = max((v for _, pts in series for _, v, _ in pts), default=0.0)
+    div, prefix = 1.0, ""
+    for p in ("K", "M", "G", "T"):
+        if top < div * 1000:
+            break
+        div, prefix = div * 1000, p
+    return prefix + unit, [(n, [(t, v / div, label) for t, v, label in pts]) for n, pts in series]
 
 
 def _style(colors: tuple[str, ...]) -> Any:
@@ -122,6 +137,7 @@ def chart_svg(
         stroke_style={"width": 1.5},
         x_label_rotation=25,
         x_value_formatter=lambda d: d.strftime("%Y-%m-%d"),
+        value_formatter=lambda v: f"{v:.3g}",
         truncate_legend=-1,
         legend_at_bottom=True,
         legend_at_bottom_columns=max(1, len(series)),  # pygal sizes the margin by order // columns
@@ -153,7 +169,8 @@ def _charts(entries: list[dict[str, Any]], drill_list: list[dict[str, Any]]) -> 
             if pts:
                 series.append((tier, pts))
         if series:
-            out.append((title, chart_svg(title, unit, series)))
+            shown, series = _scaled(unit, series)
+            out.append((title, chart_svg(title, shown, series)))
         else:
             out.append((title, ""))
     ok: list[tuple[datetime, float, str]] = []
@@ -254,7 +271,7 @@ def _health(h: Any, st: dict[str, Any], drill_list: list[dict[str, Any]], now: d
     facts.append(
         (
             "Last success",
-            f"{_e(ls['time'])} ({_e(human_age(ls['time'], now))}), {_e(ls.get('filename'))}, "
+            f"{_e(_short(ls['time']))} ({_e(human_age(ls['time'], now))}), {_e(ls.get('filename'))}, "
             f"{_e(human_size(ls.get('size_bytes')))}"
             if ls
             else "never",
