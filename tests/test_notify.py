@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -20,7 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from gofrtest import SimClock, cli_env, needs, run_cli, without_dac, write
+from gofrtest import SimClock, cli_env, needs, popen_cli, run_cli, without_dac, write
 
 from gofr_common.backup import BackupConfig, BackupService
 from gofr_common.backup import log as glog
@@ -409,3 +410,32 @@ def test_a_failed_restore_drill_is_notified_once_and_its_recovery(tmp_path: Path
     BackupService(cfg).observer.drill_done()  # what the drill command calls, without a backup
     ns = hooks.notifications()
     assert len(ns) == 2 and ns[1]["type"] == "success" and "restore drill OK again" in ns[1]["title"]
+
+
+def test_sigterm_mid_backup_does_not_wait_for_a_hanging_ping(tmp_path: Path, hooks: Hooks) -> None:
+    """The start ping hangs (for 60 s) and NOTIFY_TIMEOUT is 30 s: SIGTERM still stops the service
+    within seconds, with no end ping."""
+    data, backups, env = _app(
+        tmp_path,
+        **{
+            "GOFR_{P}_BACKUP_PING_URL": hooks.url("/hang/hc"),
+            "GOFR_{P}_BACKUP_NOTIFY_TIMEOUT": "30",
+            "GOFR_{P}_BACKUP_COMPRESSION": "xz",
+        },
+    )
+    for i in range(4):
+        write(data / "storage" / "big" / f"blob{i}.bin", os.urandom(8 << 20))
+    proc = popen_cli("run", env=env)
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size > 65536 for p in backups.glob("daily/*.partial")):
+        assert time.monotonic() < deadline and proc.poll() is None, "the backup never got going"
+        time.sleep(0.05)
+    assert hooks.at("/hang/hc/start")  # the start ping went out, and hangs
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, err
+    assert took < 10, f"took {took:.1f}s to stop"
+    assert [r["path"] for r in hooks.at("/hang/hc")] == ["/hang/hc/start"]
+    assert "service stopped" in out
