@@ -51,7 +51,7 @@ def cli_env(data: Path, backups: Path, project: str = "plot", **extra: str) -> d
 
 
 def run_cli(
-    *args: str, env: dict[str, str], input: str | None = None, timeout: float = 120
+    *args: str, env: dict[str, str], input: str | None = None, timeout: float = 120, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gofr_common.backup", *args],
@@ -60,6 +60,7 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=cwd,
     )
 
 

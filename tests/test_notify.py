@@ -369,12 +369,13 @@ def test_notify_urls_file_and_both_set(tmp_path: Path, hooks: Hooks) -> None:
 def test_status_checks_only_the_form_of_notify_urls_config_asks_apprise(tmp_path: Path) -> None:
     """`status` is the HEALTHCHECK: it never loads apprise's plugins (a second each time)."""
     _, backups, env = _app(tmp_path, **{"GOFR_{P}_BACKUP_NOTIFY_URLS": "slakc://tok3nSECRET"})
+    backups.mkdir()
     assert run_cli("status", env=env).returncode == 1  # unhealthy (no backup yet), not a usage error
     for cmd in ("config", "now"):
         r = run_cli(cmd, env=env)
         assert r.returncode == 2 and "URL 1 of 1 (slakc://…) is not a valid apprise URL" in r.stderr
         assert "tok3nSECRET" not in r.stderr and r.stderr.count("\n") == 1
-    assert not backups.exists()
+    assert list(backups.iterdir()) == []
     r = run_cli("status", env={**env, "GOFR_PLOT_BACKUP_NOTIFY_URLS": "no scheme at all"})
     assert r.returncode == 2 and "(not a URL)" in r.stderr  # the form is checked everywhere
 

@@ -22,8 +22,9 @@ KEY, SECRET = "GOFRTESTKEY", "gofr-test-secret-0123456789"
 
 
 class S3Server:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, read_only: bool = False) -> None:
         self.root = root
+        self.read_only = read_only  # GET and LIST work, every PUT fails (an InternalError)
         self.data = root / "data"
         (self.data / "backups").mkdir(parents=True)  # the bucket
         (root / "home").mkdir()
@@ -47,6 +48,7 @@ class S3Server:
                 f"127.0.0.1:{self.port}",
                 "--auth-key",
                 f"{KEY},{SECRET}",
+                *(["--read-only"] if self.read_only else []),
                 str(self.data),
             ],
             env={**os.environ, "HOME": str(self.root / "home")},  # rclone writes no config elsewhere

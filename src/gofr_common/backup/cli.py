@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -32,10 +34,20 @@ JSON_HELP = "print the result as JSON on stdout"
 LATEST_HELP = "the newest archive of the project that has not failed verification"
 
 
+_json_errors = False  # --json was asked for: errors are also printed as JSON on stdout
+
+
+def _error(message: str, code: int) -> int:
+    """Every error: one line on stderr, and under --json also {"error", "exit_code"} on stdout."""
+    sys.stderr.write(f"{PROG}: {message}\n")
+    if _json_errors:
+        print(json.dumps({"error": message, "exit_code": code}, ensure_ascii=False))
+    return code
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{PROG}: {message} (see {self.prog} --help)\n")
-        raise SystemExit(EXIT_USAGE)
+        raise SystemExit(_error(f"{message} (see {self.prog} --help)", EXIT_USAGE))
 
 
 def _globals(p: argparse.ArgumentParser, suppress: bool) -> None:
@@ -113,17 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _json_errors
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _json_errors = "--json" in argv
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
     except BackupError as e:
-        sys.stderr.write(f"{PROG}: {e}\n")
-        return e.exit_code
+        return _error(str(e), e.exit_code)
     except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted\n")
-        return EXIT_FAILED
+        return _error("interrupted", EXIT_FAILED)
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as e:  # noqa: BLE001 - a bug of ours: still one line, the traceback in the debug log
+        from .log import event
+        from .run import failure_text
+
+        event("cli.traceback", traceback.format_exc(), level=logging.DEBUG)
+        return _error(failure_text(e), EXIT_FAILED)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -138,6 +157,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from . import progress
 
         progress.enable()
+    # read-only commands never create the backup directory (or anything in it)
+    local = args.command in ("list", "verify", "status") and not getattr(args, "remote", False)
+    if local and not config.backup_dir.is_dir():
+        raise ConfigError(
+            f"the backup directory {config.backup_dir} does not exist: check {config.prefix}DIR "
+            "(or --backup-dir), and that the backup volume is mounted"
+        )
     return COMMANDS[args.command](config, args)
 
 
@@ -205,6 +231,8 @@ def _verified_text(e: Entry) -> str:
 
 def _identity(config: BackupConfig, args: argparse.Namespace) -> Path | None:
     v = getattr(args, "identity", None)
+    if v and not Path(v).is_file():
+        raise ConfigError(f"--identity {v}: no such file (the age identity made by age-keygen)")
     return Path(v) if v else config.identity_file
 
 
@@ -251,11 +279,9 @@ def cmd_now(config: BackupConfig, args: argparse.Namespace) -> int:
     svc.log_failures = False  # printed below, once
     out = svc.run_backup(tier=args.tier, trigger="manual")
     if out.status == "interrupted":
-        sys.stderr.write(f"{PROG}: backup interrupted; the partial archive was removed\n")
-        return EXIT_FAILED
+        raise BackupError("backup interrupted; the partial archive was removed")
     if out.status == "failed":
-        sys.stderr.write(f"{PROG}: {out.error}\n")
-        return EXIT_FAILED
+        raise BackupError(out.error or "backup failed")
     e = out.entry
     assert e is not None
     if args.json:

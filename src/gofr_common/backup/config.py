@@ -456,7 +456,10 @@ def load(
             var, raw = ("--data-dir" if name == "DATA_DIR" else "--backup-dir"), os.fspath(override)
         if not raw.strip():
             raise _bad(var, raw, "expected a directory path")
-        return Path(os.path.abspath(raw))
+        p = Path(os.path.abspath(raw))
+        if os.path.lexists(p) and not p.is_dir():
+            raise _bad(var, raw, "it is not a directory (a file is in the way)")
+        return p
 
     ddir = path_of("DATA_DIR", data_dir)
     bdir = path_of("DIR", backup_dir)

@@ -98,6 +98,15 @@ def new_entry(
     )
 
 
+def has_valid_time(e: Any) -> bool:
+    """True when ``created`` is an ISO 8601 time with a UTC offset. Entries without one are never
+    accepted half-way: they would crash every comparison with the others."""
+    try:
+        return datetime.fromisoformat(e["created"]).utcoffset() is not None
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def created_of(e: Entry) -> datetime:
     return datetime.fromisoformat(e["created"])
 
@@ -122,7 +131,8 @@ class Manifest:
 
     # -- reading -------------------------------------------------------------------------------
     def _parse(self) -> list[Entry] | None:
-        """Entries, or None when the file is missing. Raises ValueError when it is unreadable."""
+        """Entries, or None when the file is missing. Raises ValueError when it is unreadable. An
+        entry whose time cannot be trusted is rebuilt from its archive (or dropped if there is none)."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -130,16 +140,32 @@ class Manifest:
         doc = json.loads(raw)
         if not isinstance(doc, dict) or not isinstance(doc.get("backups"), list):
             raise ValueError("not a gofr-backup manifest (no 'backups' list)")
-        entries: list[Entry] = doc["backups"]
-        for e in entries:
+        entries: list[Entry] = []
+        for e in doc["backups"]:
             if not isinstance(e, dict) or not all(
                 isinstance(e.get(k), str) for k in ("filename", "tier", "path")
             ):
                 raise ValueError("an entry lacks filename/tier/path")
-            if not isinstance(e.get("created"), str):
-                raise ValueError(f"entry {e.get('filename')!r} has no created time")
-            datetime.fromisoformat(e["created"])
+            if has_valid_time(e):
+                entries.append(e)  # type: ignore[arg-type]
+                continue
+            rebuilt = self._rebuild_one(e["path"])
+            log.warning(
+                "manifest entry %s has no valid created time with a UTC offset (%r); %s",
+                e["path"],
+                e.get("created"),
+                "rebuilt from its archive" if rebuilt else "dropped (no such archive)",
+            )
+            if rebuilt is not None:
+                entries.append(rebuilt)
         return entries
+
+    def _rebuild_one(self, rel: str) -> Entry | None:
+        name = layout.parse(os.path.basename(rel))
+        if name is None or rel != f"{name.tier}/{name.filename}":
+            return None
+        archive = self.dir / rel
+        return entry_from_archive(self.dir, archive) if archive.is_file() else None
 
     def read(self) -> list[Entry]:
         """Entries as they are on disk, without repairing anything (cheap; for status)."""
@@ -148,12 +174,15 @@ class Manifest:
         except (ValueError, OSError):
             return []
 
-    def load(self, project: str | None = None) -> list[Entry]:
-        """Entries, rebuilding the manifest first if it is missing or unreadable."""
+    def load(self, project: str | None = None, repair: bool = True) -> list[Entry]:
+        """Entries, rebuilding the manifest first if it is missing or unreadable (``repair``: on
+        disk; otherwise, for read-only commands, in memory only)."""
         try:
             entries = self._parse()
         except (ValueError, OSError):
             entries = None
+        if entries is None and not repair:
+            entries = rebuild_entries(self.dir)
         if entries is None:
             try:
                 entries = self.update(lambda es: None)
@@ -221,8 +250,8 @@ def entry_from_archive(backup_dir: Path, archive: Path, meta: dict[str, Any] | N
             meta = read_meta(archive)
         except BackupError:
             meta = {}
-    created = meta.get("created")
-    if not isinstance(created, str):
+    created = str(meta.get("created"))
+    if not has_valid_time({"created": created}):  # the name's local time, then
         created = datetime.strptime(parsed.ts, layout.TS_FORMAT).astimezone().isoformat()
     return new_entry(
         project=parsed.project,
@@ -268,7 +297,7 @@ class Listing:
 
 
 def listing(lay: layout.BackupLayout, tier: str | None = None) -> Listing:
-    mine = Manifest(lay.root).load(lay.project)
+    mine = Manifest(lay.root).load(lay.project, repair=False)  # `list` never writes
     tracked = {e["path"] for e in mine}
     entries = [e for e in mine if tier is None or e["tier"] == tier]
     untracked = [

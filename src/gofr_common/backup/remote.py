@@ -89,6 +89,7 @@ class S3Remote:
 
     # -- low level, with retries -----------------------------------------------------------------
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
+        from boto3.exceptions import Boto3Error  # S3UploadFailedError wraps a failed PUT
         from botocore.exceptions import BotoCoreError, ClientError
 
         delay = 1.0
@@ -108,7 +109,7 @@ class S3Remote:
                 ):
                     raise RemoteError(f"{what}: {_explain(e)}") from None
                 err: Exception = e
-            except (BotoCoreError, OSError) as e:
+            except (BotoCoreError, Boto3Error, OSError) as e:
                 err = e
             if attempt == ATTEMPTS:
                 raise RemoteError(f"{what} failed after {ATTEMPTS} attempts: {_explain(err)}") from None

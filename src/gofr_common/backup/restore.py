@@ -245,6 +245,10 @@ def run_restore(
     """Choose the archive (locally or on the remote), check and decrypt it if it is sealed, then
     plan (``dry_run``) or restore it under the project's run lock."""
     identity = req.identity or config.identity_file
+    if req.target is not None and os.path.lexists(req.target) and not req.target.is_dir():
+        raise ConfigError(
+            f"--target {req.target} is not a directory: name a directory to restore copies into"
+        )
     if req.from_remote:
         from .offsite import fetched, find_remote
         from .remote import remote_for

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -82,7 +83,9 @@ class Run:
 
     # -- the run -------------------------------------------------------------------------------
     def __call__(self) -> Outcome:
-        """Lock, pre-hook, the stages, then the post-hook, always."""
+        """Lock, pre-hook, the stages, then the post-hook, always. This is the run's one boundary:
+        whatever goes wrong inside (our bug or a library's surprise included) ends as a recorded,
+        logged failure with the post-hook run, never as an exception that skips them."""
         c = self.config
         try:
             with run_lock(c.layout, c.lock_timeout, self.should_stop):
@@ -96,16 +99,14 @@ class Run:
                         level=logging.WARNING,
                     )
                     out = Outcome("interrupted", error=str(e))
-                except BackupError as e:
-                    self.record_failure(str(e))
-                    out = Outcome("failed", error=str(e))
+                except Exception as e:  # noqa: BLE001 - the boundary: every failure is recorded
+                    out = Outcome("failed", error=self.record_failure(e))
                 self.post_hook(out)
                 return out
         except Interrupted as e:  # while waiting for the lock
             return Outcome("interrupted", error=str(e))
-        except BackupError as e:  # the lock could not be had
-            self.record_failure(str(e))
-            return Outcome("failed", error=str(e))
+        except Exception as e:  # noqa: BLE001 - the lock could not be had, or the post-hook failed
+            return Outcome("failed", error=self.record_failure(e))
 
     def stages(self) -> Outcome:
         c = self.config
@@ -208,7 +209,7 @@ class Run:
                     level=logging.INFO if res.ok else logging.ERROR,
                     filename=w.filename,
                 )
-            if c.encrypt_local and entry["verified"]:
+            if c.encrypt_local and entry["verified"] is not False:  # also when verification is off
                 self.seal(w.path, entry)
             self.manifest.add(entry)
         except BaseException:
@@ -272,36 +273,56 @@ class Run:
         )
         return status
 
-    def record_failure(self, error: str) -> None:
+    def record_failure(self, exc: Exception) -> str:
+        """Log one line (the traceback of an unexpected error at debug level only), record the
+        failure in the state file; the one-line error."""
+        error = failure_text(exc)
+        if not isinstance(exc, BackupError):
+            event("backup.traceback", traceback.format_exc(), level=logging.DEBUG)
         if self.log_failures:
             event("backup.failed", f"backup failed: {error}", level=logging.ERROR, trigger=self.trigger)
         try:
             record_failure(self.config, self.now(), error, self.trigger)
-        except (OSError, BackupError) as e:  # a full disk, a read-only dir: the error itself is reported
-            if self.log_failures:
-                event(
-                    "state.write_failed",
-                    f"cannot record the failure in the state file: {e}",
-                    level=logging.ERROR,
-                )
+        except Exception as e:  # noqa: BLE001 - a full disk, a read-only dir: the error itself is reported
+            event(
+                "state.write_failed",
+                f"cannot record the failure in the state file: {failure_text(e)}",
+                level=logging.ERROR,
+            )
+        return error
 
     def offsite(self) -> Any:
-        """After a local backup: a failed upload never fails the backup; it is recorded and retried."""
+        """After a local backup: an off-site failure of any kind never changes the local outcome; it
+        is recorded as a remote failure and retried by the next run."""
         if self.config.remote is None:
             return None
         try:
             return sync_and_record(self.config, self.clock)
-        except BackupError as e:
+        except Exception as e:  # noqa: BLE001 - boto3 raises its own types (S3UploadFailedError, ...)
+            error = failure_text(e)
+            if not isinstance(e, BackupError):
+                event("remote.traceback", traceback.format_exc(), level=logging.DEBUG)
             event(
                 "remote.failed",
-                f"off-site upload failed (will retry on the next run): {e}",
+                f"off-site upload failed (will retry on the next run): {error}",
                 level=logging.ERROR,
             )
             try:
-                record_remote(self.config, self.now(), error=str(e))
-            except (OSError, BackupError):
-                pass
+                record_remote(self.config, self.now(), error=error)
+            except Exception as e2:  # noqa: BLE001
+                event("state.write_failed", f"cannot record the remote failure: {e2}", level=logging.ERROR)
             return None
+
+
+def failure_text(exc: BaseException) -> str:
+    """One line for any exception: ours already are; anything else names its type."""
+    if isinstance(exc, BackupError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"unexpected error: {exc.strerror}{where}"
+    text = " ".join(str(exc).split()) or "no message"
+    return f"unexpected error ({type(exc).__name__}: {text})"
 
 
 def last_ratio(entries: list[Entry], project: str, compression: str) -> float | None:

@@ -11,18 +11,18 @@ import logging
 import os
 import signal
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .config import BackupConfig
-from .errors import BackupError
 from .log import event
-from .manifest import Manifest
+from .manifest import Manifest, has_valid_time
 from .observe import Observer
 from .retention import PruneReport
-from .run import Outcome
+from .run import Outcome, failure_text
 from .schedule import Clock, next_run, now_iso, prev_run
 from .state import SCHEDULED, read_state, update_state
 
@@ -62,7 +62,7 @@ class Scheduler:
                 next_run=None if not c.enabled else now_iso(next_run(c.schedule, now)),
             )
 
-        update_state(c, started)
+        self.keep_going("record the start in the state file", lambda: update_state(c, started))
         if self.observer is not None:
             self.observer.service_started()
         if not c.enabled:
@@ -74,14 +74,10 @@ class Scheduler:
                 pass
             return 0
         if c.cleanup_on_start:
-            try:
-                r = self.prune()
-                event("housekeeping.start", f"housekeeping on start: {len(r.deleted)} deleted, {r.kept} kept")
-            except BackupError as e:
-                event("housekeeping.failed", f"housekeeping on start failed: {e}", level=logging.ERROR)
+            self.keep_going("run housekeeping on start", self.prune_on_start)
         if self.stop_event.is_set():
             return 0
-        if self.missed_run(self.clock.now()):
+        if self.keep_going("check for a missed run", lambda: self.missed_run(self.clock.now())):
             event("backup.catch_up", "the last scheduled backup was missed; running one catch-up backup now")
             self.backup("catch-up")
         runs = 0
@@ -91,7 +87,7 @@ class Scheduler:
             if last_fire is not None and nxt.astimezone(UTC) <= last_fire.astimezone(UTC):
                 nxt = next_run(c.schedule, last_fire + timedelta(seconds=1))  # never the same instant twice
             last_fire = nxt
-            self.record_next_run(nxt)
+            self.keep_going("record the next run", lambda: self.record_next_run(nxt))  # noqa: B023
             event("schedule.next", f"next backup at {now_iso(nxt)}", next_run=now_iso(nxt))
             wait = self.observer.wait_until if self.observer is not None else self.clock.wait_until
             if wait(nxt, self.stop_event):
@@ -102,6 +98,20 @@ class Scheduler:
                 break
         event("service.stop", "gofr-backup service stopped")
         return 0
+
+    def keep_going(self, what: str, fn: Callable[[], Any]) -> Any:
+        """The service's own bookkeeping must never end the service (a restart loop under
+        `restart: unless-stopped`): a failure is logged, and the loop goes on."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001
+            event("service.error", f"could not {what}: {failure_text(e)}", level=logging.ERROR)
+            event("service.traceback", traceback.format_exc(), level=logging.DEBUG)
+            return None
+
+    def prune_on_start(self) -> None:
+        r = self.prune()
+        event("housekeeping.start", f"housekeeping on start: {len(r.deleted)} deleted, {r.kept} kept")
 
     def record_next_run(self, nxt: datetime) -> None:
         update_state(self.config, lambda st: st.update(next_run=now_iso(nxt)))
@@ -119,6 +129,6 @@ class Scheduler:
                 and e.get("verified") is not False
             ]
             last = max(cands, default=None)
-        if not last:
+        if not last or not has_valid_time({"created": last}):
             return True
         return datetime.fromisoformat(last) < prev_run(self.config.schedule, now)
