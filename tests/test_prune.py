@@ -64,4 +64,4 @@ def test_prune_by_age_reports_the_limit(app: dict[str, Any]) -> None:
     svc.create_backup()
     r = run_cli("prune", env=app["env"])
     assert "older than the daily limit (RETENTION_DAYS=30)" in r.stdout
-    assert "1 archive(s) deleted, 1 kept" in r.stdout
+    assert "1 archive deleted, 1 kept" in r.stdout

@@ -225,8 +225,15 @@ def _verified_text(e: Entry) -> str:
     if e.get("complete") is False:
         text += ", INCOMPLETE"
     if e.get("warnings"):
-        text += f", {len(e['warnings'])} warning(s)"
+        text += f", {_count(len(e['warnings']), 'warning')}"
     return text
+
+
+def _print_warnings(warnings: list[str], indent: str, most: int = 5) -> None:
+    for w in warnings[:most]:
+        print(f"{indent}warning: {w}")
+    if len(warnings) > most:
+        print(f"{indent}... and {len(warnings) - most} more (see list --json)")
 
 
 def _identity(config: BackupConfig, args: argparse.Namespace) -> Path | None:
@@ -326,8 +333,11 @@ def cmd_list(config: BackupConfig, args: argparse.Namespace) -> int:
                 f"  {e['filename']:<48} {human_size(e.get('size_bytes')):>9}  "
                 f"{human_age(e['created'], now):>10}  {status}"
             )
-    for u in lst.untracked:
-        print(f"\nUNTRACKED (on disk, not in the manifest): {u}")
+            _print_warnings(e.get("warnings") or [], "      ")
+    if lst.untracked:
+        print("\nUNTRACKED (on disk, not in the manifest; `prune` adopts them):")
+        for u in lst.untracked:
+            print(f"  {u}")
     print(
         f"\nTotal: {summary['count']} archive(s), {human_size(summary['total_size_bytes'])}; "
         f"oldest {summary['oldest'] or '-'}, newest {summary['newest'] or '-'}"
@@ -550,9 +560,17 @@ def cmd_prune(config: BackupConfig, args: argparse.Namespace) -> int:
     for c in r.cleaned:
         print(f"{'would clean' if args.dry_run else 'cleaned'} {c}")
     for a in r.adopted:
-        print(f"adopted untracked archive {a}")
-    print(f"{len(r.deleted)} archive(s) {verb}, {r.kept} kept")
+        print(f"{'would adopt' if args.dry_run else 'adopted'} untracked archive {a}")
+    n = len(r.deleted)
+    if args.dry_run:
+        print(f"{_count(n, 'archive')} would be deleted and {r.kept} kept (dry run: nothing was changed)")
+    else:
+        print(f"{_count(n, 'archive')} deleted, {r.kept} kept")
     return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def cmd_status(config: BackupConfig, args: argparse.Namespace) -> int:
@@ -576,6 +594,9 @@ def cmd_status(config: BackupConfig, args: argparse.Namespace) -> int:
             else "  last success: never"
         )
         print(f"  last failure: {lf['time']} {lf['error']}" if lf else "  last failure: none")
+        if r.get("last_warnings"):
+            print("  last warnings:")
+            _print_warnings(r["last_warnings"], "    ")
         print(f"  next run:     {r.get('next_run') or '-'}")
         for tier, t in r["tiers"].items():
             print(

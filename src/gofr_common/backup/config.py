@@ -174,6 +174,7 @@ class BackupConfig:
         d["paths"] = [{"name": p.name, "path": p.raw, "resolved": str(p.path)} for p in self.paths]
         d["unknown_variables"] = list(self.unknown_variables)
         d["identity_file"] = str(self.identity_file) if self.identity_file else None
+        d["umask"] = f"{self.umask:04o}"  # as it is written: 0027
         from .observe_config import addr_text, redact_url
 
         # notification and ping URLs hold tokens: never print or log them
@@ -218,7 +219,7 @@ def parse_bool(var: str, value: str) -> bool:
         return True
     if v in FALSE_WORDS:
         return False
-    return _raise(_bad(var, value, "expected true/false, 1/0 or yes/no"))
+    return _raise(_bad(var, value, "expected true/false, 1/0, yes/no, y/n or on/off (any case)"))
 
 
 def _raise(exc: Exception) -> Any:

@@ -72,7 +72,11 @@ def health(config: BackupConfig, now: datetime) -> Health:
         f = st.get("last_failure") or {}
         reasons.append(f"the last backup failed at {f.get('time')}: {f.get('error')}")
     if st.get("last_result") == "incomplete":
-        reasons.append("the last backup was incomplete: some files could not be read (see last_warnings)")
+        unreadable = [w for w in st.get("last_warnings", []) if "could not be read" in w]
+        reasons.append(
+            "the last backup was incomplete: some files could not be read"
+            + (f" ({unreadable[-1]})" if unreadable else "")
+        )
     gap = interval(config.schedule, now)
     if config.remote is not None:
         rc = config.remote

@@ -13,11 +13,19 @@ log = logging.getLogger("gofr_backup")
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
+def _fields(r: logging.LogRecord) -> dict[str, Any]:
+    """An event's own fields (any name, ``filename`` included: they are kept apart from the
+    LogRecord's attributes), or the extras of a plain logging call."""
+    fields = getattr(r, "fields", None)
+    if isinstance(fields, dict):
+        return fields
+    return {k: v for k, v in r.__dict__.items() if k not in _RESERVED and k != "event"}
+
+
 class _Human(logging.Formatter):
     def format(self, r: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(r.created).astimezone().isoformat(timespec="seconds")
-        extra = {k: v for k, v in r.__dict__.items() if k not in _RESERVED and k != "event"}
-        tail = "".join(f" {k}={_fmt(v)}" for k, v in extra.items())
+        tail = "".join(f" {k}={_fmt(v)}" for k, v in _fields(r).items())
         return f"{ts} {r.levelname:<7} {r.getMessage()}{tail}"
 
 
@@ -29,7 +37,7 @@ class _Json(logging.Formatter):
             "event": getattr(r, "event", "log"),
             "message": r.getMessage(),
         }
-        d.update({k: v for k, v in r.__dict__.items() if k not in _RESERVED and k != "event"})
+        d.update({k: v for k, v in _fields(r).items() if k not in d})
         return json.dumps(d, default=str, ensure_ascii=False)
 
 
@@ -48,5 +56,4 @@ def setup(stream: TextIO | None = None, level: int = logging.INFO) -> None:
 
 
 def event(name: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
-    extra = {(f"{k}_" if k in _RESERVED else k): v for k, v in fields.items()}
-    log.log(level, message, extra={"event": name, **extra})
+    log.log(level, message, extra={"event": name, "fields": fields})
