@@ -122,6 +122,7 @@ def test_lock_timeout_gives_a_clear_error(app: dict[str, Any]) -> None:
 
 def test_status_flips_unhealthy_on_failure_and_back(app: dict[str, Any]) -> None:
     env = app["env"]
+    app["backups"].mkdir()  # the backup volume is mounted (a missing one is a usage error, exit 2)
     r = run_cli("status", env=env)
     assert r.returncode == 1 and "never" in r.stdout  # nothing has ever succeeded
     assert run_cli("now", env=env).returncode == 0

@@ -284,11 +284,12 @@ class Run:
         try:
             record_failure(self.config, self.now(), error, self.trigger)
         except Exception as e:  # noqa: BLE001 - a full disk, a read-only dir: the error itself is reported
-            event(
-                "state.write_failed",
-                f"cannot record the failure in the state file: {failure_text(e)}",
-                level=logging.ERROR,
-            )
+            if self.log_failures:  # the CLI prints the error itself, as its one line
+                event(
+                    "state.write_failed",
+                    f"cannot record the failure in the state file: {failure_text(e)}",
+                    level=logging.ERROR,
+                )
         return error
 
     def offsite(self) -> Any:
