@@ -414,13 +414,14 @@ def test_a_failed_restore_drill_is_notified_once_and_its_recovery(tmp_path: Path
 
 
 def test_sigterm_mid_backup_does_not_wait_for_a_hanging_ping(tmp_path: Path, hooks: Hooks) -> None:
-    """The start ping hangs (for 60 s) and NOTIFY_TIMEOUT is 30 s: SIGTERM still stops the service
-    within seconds, with no end ping."""
+    """The start ping hangs (for 60 s) and NOTIFY_TIMEOUT is 50 s: SIGTERM still stops the service
+    as fast as without a ping (test_service_process: < 10 s; here < 25 s, room for a loaded machine,
+    and far from the 50 s that waiting for the ping would take), with no end ping."""
     data, backups, env = _app(
         tmp_path,
         **{
             "GOFR_{P}_BACKUP_PING_URL": hooks.url("/hang/hc"),
-            "GOFR_{P}_BACKUP_NOTIFY_TIMEOUT": "30",
+            "GOFR_{P}_BACKUP_NOTIFY_TIMEOUT": "50",
             "GOFR_{P}_BACKUP_COMPRESSION": "xz",
         },
     )
@@ -437,6 +438,6 @@ def test_sigterm_mid_backup_does_not_wait_for_a_hanging_ping(tmp_path: Path, hoo
     out, err = proc.communicate(timeout=60)
     took = time.monotonic() - t0
     assert proc.returncode == 0, err
-    assert took < 10, f"took {took:.1f}s to stop"
+    assert took < 25, f"took {took:.1f}s to stop"
     assert [r["path"] for r in hooks.at("/hang/hc")] == ["/hang/hc/start"]
     assert "service stopped" in out
