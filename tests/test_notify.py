@@ -251,8 +251,8 @@ def test_a_hanging_notifier_and_ping_delay_a_backup_by_at_most_the_timeout(
         f"hanging notifier + ping: the run waited {waited:.2f}s for them; the backup took {took:.2f}s, "
         f"{delay:.2f}s more than answered (timeout {timeout}s)"
     )
-    assert timeout - 0.5 <= waited <= timeout + 0.1  # the bound, measured where it is kept
-    assert delay <= timeout + 2.0, f"delayed {delay:.2f}s with NOTIFY_TIMEOUT={timeout}"  # + process noise
+    assert timeout - 0.5 <= waited <= timeout + 0.5  # the bound, measured where it is kept
+    assert delay <= timeout + 5.0, f"delayed {delay:.2f}s with NOTIFY_TIMEOUT={timeout}"  # vs a 60 s hang
     st = state(backups)
     assert st["last_result"] == "ok"
     assert "NOTIFY_TIMEOUT" in st["observe_last_error"]["error"]  # recorded, not only logged
@@ -285,7 +285,7 @@ def test_a_refused_connection_never_fails_a_backup(tmp_path: Path, hooks: Hooks)
     print(
         f"refused notifier + ping: backup took {took:.2f}s, {took - base:.2f}s more than answered (timeout {timeout}s)"
     )
-    assert took - base <= timeout + 2.0  # + process noise on a busy machine
+    assert took - base <= timeout + 5.0  # + process noise on a busy machine
     st = state(backups)
     assert st["last_result"] == "ok"
     assert st["notify_last_error"]["error"].startswith(f"json://127.0.0.1:{port}/***: ")
