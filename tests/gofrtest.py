@@ -75,6 +75,19 @@ def popen_cli(*args: str, env: dict[str, str], **kw: Any) -> subprocess.Popen[st
     )
 
 
+def without_dac(*args: str) -> list[str]:
+    """The CLI as root but without the capabilities that let root read anyone's files: the backup
+    process then sees permissions exactly as a non-root backup user would (needs setpriv)."""
+    return [
+        "setpriv",
+        "--bounding-set=-dac_override,-dac_read_search",
+        sys.executable,
+        "-m",
+        "gofr_common.backup",
+        *args,
+    ]
+
+
 def write(p: Path, data: bytes | str, mode: int = 0o644, mtime: int | None = None) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_bytes(data.encode() if isinstance(data, str) else data)

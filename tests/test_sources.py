@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gofrtest import cli_env, manifest, needs, run_cli, write
+from gofrtest import cli_env, manifest, needs, run_cli, without_dac, write
 from hypothesis import given
 from hypothesis import strategies as st
 from test_consistency import extract_member, ro_mount
@@ -234,19 +234,6 @@ while time.time() < end:
     assert verify_archive(w.path).ok and w.complete
 
 
-def _without_dac(*args: str) -> list[str]:
-    """Run as root but without the capabilities that let root read anyone's files: the backup
-    process then sees permissions exactly as a non-root backup user would."""
-    return [
-        "setpriv",
-        "--bounding-set=-dac_override,-dac_read_search",
-        sys.executable,
-        "-m",
-        "gofr_common.backup",
-        *args,
-    ]
-
-
 def test_unreadable_file_is_reported_and_the_backup_is_incomplete(tmp_path: Path) -> None:
     needs(
         os.geteuid() == 0 and bool(shutil.which("setpriv")),
@@ -257,7 +244,7 @@ def test_unreadable_file_is_reported_and_the_backup_is_incomplete(tmp_path: Path
     secret = write(data / "s" / "secret.txt", "app's file: uid 1000, mode 0600", 0o600)
     os.chown(secret, 1000, 1000)
     env = cli_env(data, tmp_path / "b", **{"GOFR_{P}_BACKUP_PATHS": "s:s"})
-    r = subprocess.run(_without_dac("now", "--json"), env=env, capture_output=True, text=True)
+    r = subprocess.run(without_dac("now", "--json"), env=env, capture_output=True, text=True)
     assert r.returncode == 3, r.stderr
     entry = json.loads(r.stdout)
     assert entry["complete"] is False and entry["verified"] is True
@@ -268,7 +255,7 @@ def test_unreadable_file_is_reported_and_the_backup_is_incomplete(tmp_path: Path
     assert "INCOMPLETE" in run_cli("list", env=env).stdout
     # a complete backup makes it healthy again
     os.chown(secret, 0, 0)
-    assert subprocess.run(_without_dac("now"), env=env, capture_output=True).returncode == 0
+    assert subprocess.run(without_dac("now"), env=env, capture_output=True).returncode == 0
     assert run_cli("status", env=env).returncode == 0
 
 

@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmd("sync", "upload to REMOTE_URL whatever is missing there, then apply remote retention")
     c.add_argument("--json", action="store_true", help=JSON_HELP)
 
+    cmd("metrics", "print the Prometheus metrics (the same as METRICS_FILE and METRICS_ADDR)")
+
+    c = cmd("report", "write the history report: one self-contained HTML file with charts")
+    c.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+
     cmd("run", "run the scheduled service (the container's main process)")
     return p
 
@@ -260,6 +265,9 @@ def _ask(prompt: str) -> str:
 
 # -- commands ----------------------------------------------------------------------------------------
 def cmd_config(config: BackupConfig, args: argparse.Namespace) -> int:
+    from .observe_config import check_notify_urls
+
+    check_notify_urls(config)  # the apprise check that `status` skips (it costs a second)
     d = config.to_dict()
     if args.json:
         _print_json(d)
@@ -598,6 +606,38 @@ def cmd_status(config: BackupConfig, args: argparse.Namespace) -> int:
     return EXIT_OK if h.healthy else EXIT_FAILED
 
 
+def cmd_metrics(config: BackupConfig, args: argparse.Namespace) -> int:
+    from .metrics import exposition
+
+    sys.stdout.write(exposition(config, _now).decode())
+    return EXIT_OK
+
+
+def cmd_report(config: BackupConfig, args: argparse.Namespace) -> int:
+    from .fsutil import atomic_write_bytes
+    from .report import build
+
+    out = None if args.output == "-" else Path(args.output)
+    if out is not None:  # a user error is said before anything is made
+        if out.is_dir():
+            raise ConfigError(f"--output {out} is a directory: give a file name, e.g. {out}/report.html")
+        parent = out.parent if str(out.parent) else Path(".")
+        if not parent.is_dir():
+            raise ConfigError(f"--output {out}: the directory {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise ConfigError(f"--output {out}: the directory {parent} is not writable (uid {os.geteuid()})")
+    page = build(config, _now())
+    if out is None:
+        sys.stdout.write(page)
+        return EXIT_OK
+    try:
+        atomic_write_bytes(out, page.encode("utf-8"))
+    except OSError as e:
+        raise BackupError(f"cannot write the report {out}: {e.strerror or e}") from None
+    print(out)
+    return EXIT_OK
+
+
 def cmd_run(config: BackupConfig, args: argparse.Namespace) -> int:
     from .config import TRUE_WORDS
 
@@ -620,6 +660,8 @@ COMMANDS: dict[str, Callable[[BackupConfig, argparse.Namespace], int]] = {
     "prune": cmd_prune,
     "status": cmd_status,
     "sync": cmd_sync,
+    "metrics": cmd_metrics,
+    "report": cmd_report,
     "run": cmd_run,
 }
 

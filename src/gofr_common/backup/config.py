@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import observe_config
 from .codecs import CODECS, default_level
 from .errors import ConfigError
 from .layout import BackupLayout
@@ -64,6 +65,15 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "ENCRYPT_RECIPIENTS": ("", "age public keys (comma-separated), or a file of them: encrypt uploads"),
     "ENCRYPT_LOCAL": ("false", "encrypt the local archives too"),
     "IDENTITY_FILE": ("", "age identity file, to decrypt for restore and full verification"),
+    "NOTIFY_URLS": ("", "apprise URLs, comma-separated: where notifications go"),
+    "NOTIFY_URLS_FILE": ("", "file holding the apprise URLs (docker secrets)"),
+    "NOTIFY_ON": ("failure,warning,recovery", "failure, warning, recovery, success, drill, remote"),
+    "NOTIFY_TIMEOUT": ("10", "seconds a notification or ping may take; a run waits at most this"),
+    "PING_URL": ("", "healthchecks.io-style heartbeat URL: /start, success, /fail"),
+    "PING_URL_FILE": ("", "file holding the ping URL (docker secrets)"),
+    "METRICS_FILE": ("", "node_exporter textfile (*.prom), rewritten after every run"),
+    "METRICS_ADDR": ("", "host:port for a Prometheus /metrics listener in the service"),
+    "REPORT_FILE": ("report.html", "HTML history report refreshed after every run (off: none)"),
 }
 
 
@@ -125,6 +135,13 @@ class BackupConfig:
     encrypt_recipients: tuple[str, ...] = ()
     encrypt_local: bool = False
     identity_file: Path | None = None
+    notify_urls: tuple[str, ...] = field(default=(), repr=False)
+    notify_on: tuple[str, ...] = ("failure", "warning", "recovery")
+    notify_timeout: float = 10.0
+    ping_url: str | None = field(default=None, repr=False)
+    metrics_file: Path | None = None
+    metrics_addr: tuple[str, int] | None = None
+    report_file: Path | None = None
     unknown_variables: tuple[str, ...] = field(default=())
 
     @property
@@ -158,6 +175,14 @@ class BackupConfig:
         d["unknown_variables"] = list(self.unknown_variables)
         d["identity_file"] = str(self.identity_file) if self.identity_file else None
         d["umask"] = f"{self.umask:04o}"  # as it is written: 0027
+        from .observe_config import addr_text, redact_url
+
+        # notification and ping URLs hold tokens: never print or log them
+        d["notify_urls"] = [redact_url(u) for u in self.notify_urls]
+        d["ping_url"] = redact_url(self.ping_url) if self.ping_url else None
+        d["metrics_file"] = str(self.metrics_file) if self.metrics_file else None
+        d["metrics_addr"] = addr_text(self.metrics_addr) if self.metrics_addr else None
+        d["report_file"] = str(self.report_file) if self.report_file else None
         if self.remote is not None:  # never print or log credentials
             d["remote"]["url"] = self.remote.url
             for k in ("access_key_id", "secret_access_key"):
@@ -483,6 +508,7 @@ def load(
         encrypt_recipients=parse_recipients(*get("ENCRYPT_RECIPIENTS")),
         encrypt_local=parse_bool(*get("ENCRYPT_LOCAL")),
         identity_file=Path(get("IDENTITY_FILE")[1]) if get("IDENTITY_FILE")[1].strip() else None,
+        **observe_config.parse(get, lambda name: _secret(get, name), bdir),
         unknown_variables=unknown,
     )
     if cfg.encrypt_local and not cfg.encrypt_recipients:

@@ -20,6 +20,7 @@ from typing import Any
 from .config import BackupConfig
 from .log import event
 from .manifest import Manifest, has_valid_time
+from .observe import Observer
 from .retention import PruneReport
 from .run import Outcome, failure_text
 from .schedule import Clock, next_run, now_iso, prev_run
@@ -34,6 +35,7 @@ class Scheduler:
     stop_event: threading.Event
     backup: Callable[[str], Outcome]  # trigger -> outcome of one daily backup
     prune: Callable[[], PruneReport]
+    observer: Observer | None = None  # metrics listener on start; wakes up to notice stale backups
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: Any) -> None:
@@ -61,6 +63,8 @@ class Scheduler:
             )
 
         self.keep_going("record the start in the state file", lambda: update_state(c, started))
+        if self.observer is not None:
+            self.observer.service_started()
         if not c.enabled:
             event(
                 "service.disabled",
@@ -85,7 +89,8 @@ class Scheduler:
             last_fire = nxt
             self.keep_going("record the next run", lambda: self.record_next_run(nxt))  # noqa: B023
             event("schedule.next", f"next backup at {now_iso(nxt)}", next_run=now_iso(nxt))
-            if self.clock.wait_until(nxt, self.stop_event):
+            wait = self.observer.wait_until if self.observer is not None else self.clock.wait_until
+            if wait(nxt, self.stop_event):
                 break
             self.backup("schedule")
             runs += 1

@@ -22,6 +22,7 @@ from . import layout, sealed
 from .config import BackupConfig
 from .fsutil import run_lock
 from .manifest import Manifest
+from .observe import Observer
 from .offsite import SyncReport, sync_and_record
 from .restore import RestorePlan, RestoreRequest, run_restore
 from .retention import PruneReport, prune
@@ -40,6 +41,7 @@ class BackupService:
         self.stop_event = threading.Event()
         self.manifest = Manifest(config.backup_dir)
         self.log_failures = True  # the CLI prints failures itself
+        self.observer = Observer(config, self.clock)  # pings, notifications, metrics, report
 
     def should_stop(self) -> bool:
         return self.stop_event.is_set()
@@ -47,7 +49,10 @@ class BackupService:
     # -- backups -------------------------------------------------------------------------------
     def run_backup(self, tier: str = "daily", trigger: str = "manual") -> Outcome:
         run = Run(self.config, self.clock, self.manifest, self.should_stop, tier, trigger, self.log_failures)
-        return run()
+        self.observer.run_started(tier, trigger)  # start ping
+        out = run()
+        self.observer.run_finished(out)  # end ping, notifications, metrics, report: bounded
+        return out
 
     def create_backup(self, tier: str = "daily") -> Path | None:
         """One backup; the archive's path, or None if it failed (the error is logged)."""
@@ -85,6 +90,7 @@ class BackupService:
                 verify_error=res.error,
                 archive_intact=res.archive_intact,
             )
+        self.observer.verified(res.ok)
         return res
 
     # -- restore, prune, off-site ----------------------------------------------------------------
@@ -111,6 +117,7 @@ class BackupService:
             self.stop_event,
             backup=lambda trigger: self.run_backup("daily", trigger=trigger),
             prune=self.prune,
+            observer=self.observer,
         )
 
     def install_signal_handlers(self) -> None:
