@@ -30,7 +30,7 @@ lint: install
 	  else echo "shellcheck not installed: skipped (.ci/run installs it)"; fi
 
 fuzz: install
-	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -k "fuzz or never_crashes" tests/test_security.py tests/test_config.py tests/test_sources.py
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -k "fuzz or never_crashes" tests/test_security.py tests/test_config.py tests/test_sources.py tests/test_cli_inputs.py
 
 bench: install
 	$(PY) bench/bench.py $(BENCH_ARGS)

@@ -38,7 +38,10 @@ _json_errors = False  # --json was asked for: errors are also printed as JSON on
 
 
 def _error(message: str, code: int) -> int:
-    """Every error: one line on stderr, and under --json also {"error", "exit_code"} on stdout."""
+    """Every error: one line on stderr, and under --json also {"error", "exit_code"} on stdout.
+    Control characters the user typed (a stray \\r, a newline in a name) are shown escaped, so
+    the line stays one line."""
+    message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
     sys.stderr.write(f"{PROG}: {message}\n")
     if _json_errors:
         print(json.dumps({"error": message, "exit_code": code}, ensure_ascii=False))
