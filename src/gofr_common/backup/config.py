@@ -273,6 +273,28 @@ def parse_paths(var: str, value: str, data_dir: Path) -> tuple[PathSpec, ...]:
     return tuple(out)
 
 
+def check_paths_outside_backups(var: str, value: str, cfg: BackupConfig) -> None:
+    """A path that is the backup directory (``data:.`` with DIR = DATA_DIR) or lies inside its
+    archives would archive the backups themselves. The backup dir *inside* a path is fine: it is
+    left out of the archive (scan.py); symlinks are checked again at run time."""
+    lay = cfg.layout
+    for p in cfg.paths:
+        if p.path == cfg.backup_dir:
+            raise _bad(
+                var,
+                value,
+                f"path of {p.name!r} ({p.path}) is the backup directory itself; keep the backups "
+                "outside the data they back up (DIR)",
+            )
+        for reserved in (*(lay.tier_dir(t) for t in ("daily", "weekly", "monthly")), lay.tmp):
+            if p.path == reserved or reserved in p.path.parents:
+                raise _bad(
+                    var,
+                    value,
+                    f"path of {p.name!r} ({p.path}) is inside the backup directory's {reserved.name}/",
+                )
+
+
 def parse_umask(var: str, value: str) -> int:
     try:
         n = int(value.strip(), 8)
@@ -481,6 +503,7 @@ def load(
         identity_file=Path(get("IDENTITY_FILE")[1]) if get("IDENTITY_FILE")[1].strip() else None,
         unknown_variables=unknown,
     )
+    check_paths_outside_backups(*get("PATHS"), cfg)
     if cfg.encrypt_local and not cfg.encrypt_recipients:
         raise _bad(
             prefix + "ENCRYPT_LOCAL", "true", f"set {prefix}ENCRYPT_RECIPIENTS too (whom to encrypt for)"
