@@ -186,11 +186,13 @@ def human_age(created: str, now: datetime) -> str:
 def _verified_text(e: Entry) -> str:
     v = e.get("verified")
     if v is True:
-        text = "verified"
+        text = f"verified {e['verified_at']}" if e.get("verified_at") else "verified"
     elif v is False:
         text = f"FAILED: {e.get('verify_error')}"
     else:
         text = "not verified"
+    if v is not False and e.get("verify_error"):  # the last check could not read it
+        text += f" (last check: {e.get('verify_error')})"
     if e.get("complete") is False:
         text += ", INCOMPLETE"
     if e.get("warnings"):
@@ -338,7 +340,8 @@ def _print_verify(results: list[dict[str, Any]], as_json: bool) -> int:
                 detail = f"  {r['error']}"
             else:  # remote results say what was checked; local ones how much
                 detail = r["note"] if "note" in r else f"  ({r['file_count']} members)"
-            print(f"{'OK    ' if r['ok'] else 'FAILED'}  {r['filename']}{detail}")
+            label = "OK    " if r["ok"] else ("FAILED" if r.get("checked", True) else "NOT CHECKED")
+            print(f"{label}  {r['filename']}{detail}")
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -369,6 +372,7 @@ def cmd_verify(config: BackupConfig, args: argparse.Namespace) -> int:
                 "filename": p.name,
                 "path": str(p),
                 "ok": r.ok,
+                "checked": r.checked,  # False: could not be read (EIO, ...), nothing concluded
                 "error": r.error,
                 "sha256": r.sha256,
                 "file_count": r.file_count,
@@ -517,6 +521,10 @@ def cmd_prune(config: BackupConfig, args: argparse.Namespace) -> int:
         print(f"{'would clean' if args.dry_run else 'cleaned'} {c}")
     for a in r.adopted:
         print(f"adopted untracked archive {a}")
+    for x in r.rechecked:
+        print(f"verified once more before deleting: {x}")
+    for x in r.skipped:
+        print(f"skipped (not ours to delete): {x}")
     print(f"{len(r.deleted)} archive(s) {verb}, {r.kept} kept")
     return EXIT_OK
 
@@ -543,6 +551,18 @@ def cmd_status(config: BackupConfig, args: argparse.Namespace) -> int:
         )
         print(f"  last failure: {lf['time']} {lf['error']}" if lf else "  last failure: none")
         print(f"  next run:     {r.get('next_run') or '-'}")
+        g = r.get("restorable")
+        print(
+            f"  restorable:   {g['filename']} (created {g['created']}, verified {g['verified_at'] or '-'})"
+            if g
+            else "  restorable:   none"
+        )
+        sc = r.get("last_scrub")
+        if sc:
+            print(
+                f"  last scrub:   {sc['time']}: {len(sc['checked'])} re-verified, {len(sc['bad'])} bad, "
+                f"{len(sc['could_not_check'])} could not be read"
+            )
         for tier, t in r["tiers"].items():
             print(
                 f"  {tier:<8} {t['count']:>4} archive(s) {human_size(t['size_bytes']):>10}"

@@ -35,6 +35,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "COMPRESSION_LEVEL": ("6", "codec level (gzip/bzip2 1-9, xz 0-9, zstd 1-19; zstd default 3)"),
     "CLEANUP_ON_START": ("true", "run housekeeping when the service starts"),
     "VERIFY_AFTER_BACKUP": ("true", "verify each archive right after writing it"),
+    "SCRUB_MAX_BYTES": (
+        "4G",
+        "each scheduled run re-verifies the archives checked longest ago, up to this many bytes (0: off)",
+    ),
     "ENABLE_WEEKLY": ("false", "keep the first backup of each ISO week in weekly/"),
     "WEEKLY_RETENTION_WEEKS": ("8", "weekly tier: delete archives older than this many weeks"),
     "ENABLE_MONTHLY": ("false", "keep the first backup of each month in monthly/"),
@@ -109,6 +113,7 @@ class BackupConfig:
     compression_level: int = 6
     cleanup_on_start: bool = True
     verify_after_backup: bool = True
+    scrub_max_bytes: int = 4 << 30
     enable_weekly: bool = False
     weekly_retention_weeks: int = 8
     enable_monthly: bool = False
@@ -208,6 +213,23 @@ def parse_int(var: str, value: str, lo: int, hi: int | None = None) -> int:
     if n < lo or (hi is not None and n > hi):
         rng = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
         raise _bad(var, value, f"expected a whole number {rng}")
+    return n
+
+
+_SIZE_RE = re.compile(r"^\s*(\d{1,20})\s*([KMGTP]?)\s*$", re.IGNORECASE)
+MAX_SIZE = 1 << 50  # 1P
+
+
+def parse_size(var: str, value: str) -> int:
+    """Bytes: a whole number, optionally followed by K, M, G, T or P (powers of 1024)."""
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise _bad(
+            var, value, "expected a whole number of bytes, optionally with K, M, G, T or P (e.g. 0, 500M, 4G)"
+        )
+    n = int(m.group(1)) << (10 * "KMGTP".find(m.group(2).upper()) + 10 if m.group(2) else 0)
+    if n > MAX_SIZE:
+        raise _bad(var, value, "expected at most 1P")
     return n
 
 
@@ -485,6 +507,7 @@ def load(
         compression_level=level,
         cleanup_on_start=parse_bool(*get("CLEANUP_ON_START")),
         verify_after_backup=parse_bool(*get("VERIFY_AFTER_BACKUP")),
+        scrub_max_bytes=parse_size(*get("SCRUB_MAX_BYTES")),
         enable_weekly=parse_bool(*get("ENABLE_WEEKLY")),
         weekly_retention_weeks=parse_int(*get("WEEKLY_RETENTION_WEEKS"), 1),
         enable_monthly=parse_bool(*get("ENABLE_MONTHLY")),

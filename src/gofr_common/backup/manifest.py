@@ -45,8 +45,9 @@ class Entry(TypedDict, total=False):
     sha256: str | None
     compression: str | None
     verified: bool | None  # None: not verified (yet)
-    verified_at: str | None
-    verify_error: str | None
+    verified_at: str | None  # when it was last checked (good or bad)
+    verify_error: str | None  # why the last check failed, or could not be made
+    verify_tried_at: str | None  # the last attempt, also one that could not read the archive
     archive_intact: bool  # failed only because its .sha256 file is damaged
     file_count: int | None
     source_bytes: int | None
