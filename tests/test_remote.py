@@ -43,6 +43,10 @@ class S3Server:
                 RCLONE,
                 "serve",
                 "s3",
+                "--dir-cache-time",  # short: tests put objects and age them on its disk directly
+                "1s",
+                "--poll-interval",
+                "0",
                 "--addr",
                 f"127.0.0.1:{self.port}",
                 "--auth-key",

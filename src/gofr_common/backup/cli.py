@@ -309,12 +309,14 @@ def _list_remote(config: BackupConfig, args: argparse.Namespace) -> int:
     remote = _remote(config)
     assert config.remote is not None
     entries = remote.read_manifest()
-    leftovers = untracked_objects(remote, entries)
+    leftovers, foreign = untracked_objects(remote, entries)
     if args.tier:
         entries = [e for e in entries if e["tier"] == args.tier]
     entries.sort(key=lambda e: e["created"], reverse=True)
     if args.json:
-        _print_json({"remote": config.remote.url, "backups": entries, "incomplete": leftovers})
+        _print_json(
+            {"remote": config.remote.url, "backups": entries, "incomplete": leftovers, "foreign": foreign}
+        )
         return EXIT_OK
     now = _now()
     print(f"Off-site backups of {config.project} in {config.remote.url}")
@@ -325,7 +327,9 @@ def _list_remote(config: BackupConfig, args: argparse.Namespace) -> int:
             f"{human_age(e['created'], now):>10}  {enc}"
         )
     for k in leftovers:
-        print(f"  INCOMPLETE (not in the remote manifest; removed by the next sync): {k}")
+        print(f"  INCOMPLETE (not in the remote manifest; removed by a sync once a day old): {k}")
+    for k in foreign:
+        print(f"  FOREIGN (not an archive of {config.project}; never touched): {k}")
     print(f"Total: {len(entries)} archive(s)")
     return EXIT_OK
 
@@ -437,6 +441,10 @@ def cmd_sync(config: BackupConfig, args: argparse.Namespace) -> int:
             print(f"deleted {d['filename']}: {d['reason']}")
         for k in rep.cleaned:
             print(f"removed leftover {k}")
+        if rep.rebuilt:
+            print("the remote manifest was missing or unreadable: rebuilt from the objects; nothing deleted")
+        for x in rep.skipped:
+            print(f"skipped {x}")
         print(
             f"{len(rep.uploaded)} uploaded, {len(rep.deleted)} deleted; {rep.remote_count} on {config.remote.url}"
         )
