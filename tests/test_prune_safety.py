@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gofrtest import cli_env, run_cli, write
+from gofrtest import cli_env, publish, run_cli, write
 
 OLD = "2020-01-01T02:00:00+00:00"
 
@@ -29,6 +29,15 @@ def _entry(path: str, filename: str, tier: str = "daily", **kw: Any) -> dict[str
         "trigger": "manual",
         **kw,
     }
+
+
+def _two_backups(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    write(data / "storage" / "f.txt", "x")
+    env = cli_env(data, backups, **{"GOFR_{P}_BACKUP_PATHS": "storage:storage"})
+    for _ in range(2):
+        assert run_cli("now", env=env).returncode == 0
+    return backups, env
 
 
 def test_prune_never_deletes_what_a_hostile_manifest_names(tmp_path: Path) -> None:
@@ -65,6 +74,12 @@ def test_prune_never_deletes_what_a_hostile_manifest_names(tmp_path: Path) -> No
             "weekly/gofr-plot_weekly_20200101_000000.tar.gz",
             "gofr-plot_weekly_20200101_000000.tar.gz",
             "weekly",
+        ),
+        # a malformed field must not crash housekeeping
+        _entry(
+            "daily/gofr-plot_daily_20200104_000000.tar.gz",
+            "gofr-plot_daily_20200104_000000.tar.gz",
+            size_bytes="lots",
         ),
         # the good archive named twice, once as failed: a duplicate must not get it deleted
         {
@@ -104,15 +119,19 @@ def test_prune_never_deletes_what_a_hostile_manifest_names(tmp_path: Path) -> No
     intact()
     text = run_cli("prune", env=env)
     assert text.returncode == 0 and "skipped" in text.stdout
+    publish(
+        "Hostile manifest entries",
+        len(canaries) + 2,
+        0,
+        "prune deletes only this project's archives as regular files in their tier dirs, never through "
+        "a symlink; absolute and .. paths, other projects, symlinks, duplicates are skipped and reported",
+        "tests/test_prune_safety.py::test_prune_never_deletes_what_a_hostile_manifest_names",
+    )
 
 
 def test_prune_deletes_nothing_through_a_symlinked_tier_dir_even_when_it_is_ours(tmp_path: Path) -> None:
     # issue 12 item 10: "never follow a symlink when deleting" covers the tier directory too
-    data, backups = tmp_path / "data", tmp_path / "backups"
-    write(data / "storage" / "f.txt", "x")
-    env = cli_env(data, backups, **{"GOFR_{P}_BACKUP_PATHS": "storage:storage"})
-    for _ in range(2):
-        assert run_cli("now", env=env).returncode == 0
+    backups, env = _two_backups(tmp_path)
     env["GOFR_PLOT_BACKUP_MAX_COUNT"] = "1"  # now one of the two is beyond the limit
     shutil.move(backups / "daily", tmp_path / "real-daily")
     os.symlink(tmp_path / "real-daily", backups / "daily")
@@ -121,3 +140,38 @@ def test_prune_deletes_nothing_through_a_symlinked_tier_dir_even_when_it_is_ours
     assert p.returncode == 0, p.stderr
     assert sorted(os.listdir(tmp_path / "real-daily")) == before
     assert any("symlink" in s for s in json.loads(p.stdout)["skipped"])
+    # nor is anything written through it (prune could never remove it again)
+    r = run_cli("now", env=env)
+    assert r.returncode == 1 and "symlink" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(os.listdir(tmp_path / "real-daily")) == before
+
+
+def test_an_adopted_archive_that_retention_deletes_leaves_no_entry(tmp_path: Path) -> None:
+    # an archive the manifest did not know (a kill between rename and manifest update) is adopted;
+    # if retention then deletes it, its adopted entry must go with it (found by the SIGKILL trials)
+    backups, env = _two_backups(tmp_path)
+    doc = json.loads((backups / "manifest.json").read_text())
+    doc["backups"] = doc["backups"][1:]  # forget the older one
+    (backups / "manifest.json").write_text(json.dumps(doc))
+    p = run_cli("prune", "--json", env={**env, "GOFR_PLOT_BACKUP_MAX_COUNT": "1"})
+    rep = json.loads(p.stdout)
+    assert len(rep["adopted"]) == 1 and [d["path"] for d in rep["deleted"]] == rep["adopted"]
+    for e in json.loads((backups / "manifest.json").read_text())["backups"]:
+        assert (backups / e["path"]).is_file(), f"manifest entry without archive: {e['path']}"
+
+
+def test_a_manifest_entry_with_a_time_without_offset_is_a_damaged_manifest(tmp_path: Path) -> None:
+    # hostile or hand-edited: a naive time cannot be compared with the others (list crashed); the
+    # manifest is kept aside and rebuilt from the archives, like any unreadable one
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    write(data / "storage" / "f.txt", "x")
+    env = cli_env(data, backups, **{"GOFR_{P}_BACKUP_PATHS": "storage:storage"})
+    assert run_cli("now", env=env).returncode == 0
+    doc = json.loads((backups / "manifest.json").read_text())
+    doc["backups"].append({**doc["backups"][0], "created": "2020-01-04T00:00:00"})
+    (backups / "manifest.json").write_text(json.dumps(doc))
+    for cmd in ("list", "prune", "status"):
+        r = run_cli(cmd, env=env)
+        assert "Traceback" not in r.stderr, (cmd, r.stderr)
+    assert list(backups.glob("manifest.json.corrupt-*"))
+    assert len(list(backups.glob("daily/*.tar.gz"))) == 1

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gofrtest import REPO, cli_env, manifest, needs, run_cli, write
+from gofrtest import REPO, cli_env, manifest, needs, publish, run_cli, write
 
 EIOFS = REPO / "tests" / "helpers" / "eiofs.py"
 
@@ -72,6 +72,14 @@ def _setup(tmp_path: Path, n: int) -> tuple[Path, dict[str, str], list[dict[str,
         assert r.returncode == 0, r.stderr
         out.append(json.loads(r.stdout))
     return backups, env, out
+
+
+def _rot(a: Path) -> Path:
+    """Flip one bit in the middle of the archive, as bit rot would."""
+    b = bytearray(a.read_bytes())
+    b[len(b) // 2] ^= 0x10
+    a.write_bytes(bytes(b))
+    return a
 
 
 def _entry(backups: Path, name: str) -> dict[str, Any]:
@@ -124,6 +132,15 @@ def test_a_read_error_is_could_not_check_and_never_gets_an_archive_deleted(
     healed = _entry(backups, older["filename"])
     assert healed["verified"] is True and healed["verify_error"] is None
     assert (disk / older["filename"]).is_file() and (disk / newer["filename"]).is_file()
+    publish(
+        "Read errors (real EIO) while verifying",
+        1,
+        0,
+        "could not check, never failed: verified unchanged, verify_error recorded, nothing deleted "
+        "(prune verifies a failed archive once more first)",
+        "tests/test_verify_errors.py::test_a_read_error_is_could_not_check_and_never_gets_an_archive_deleted",
+        "a FUSE mount whose reads the kernel fails with EIO",
+    )
 
 
 def test_a_failed_archive_is_verified_once_more_before_it_is_deleted(tmp_path: Path) -> None:
@@ -137,10 +154,7 @@ def test_a_failed_archive_is_verified_once_more_before_it_is_deleted(tmp_path: P
     e = _entry(backups, older["filename"])
     assert e["verified"] is True and e["verify_error"] is None
     # really bad: still deleted (after the second reading agrees)
-    a = backups / older["path"]
-    b = bytearray(a.read_bytes())
-    b[len(b) // 2] ^= 0x10
-    a.write_bytes(bytes(b))
+    a = _rot(backups / older["path"])
     assert run_cli("verify", older["filename"], env=env).returncode == 1
     p = run_cli("prune", "--json", env=env)
     assert [d["filename"] for d in json.loads(p.stdout)["deleted"]] == [older["filename"]]
@@ -150,10 +164,7 @@ def test_a_failed_archive_is_verified_once_more_before_it_is_deleted(tmp_path: P
 def test_the_last_archive_of_a_tier_is_kept_flagged_and_status_turns_unhealthy(tmp_path: Path) -> None:
     # issue 12 item 11: a tier's only archive was deleted for failed verification
     backups, env, (only,) = _setup(tmp_path, 1)
-    a = backups / only["path"]
-    b = bytearray(a.read_bytes())
-    b[len(b) // 2] ^= 0x10
-    a.write_bytes(bytes(b))
+    a = _rot(backups / only["path"])
     assert run_cli("verify", only["filename"], env=env).returncode == 1
     p = run_cli("prune", "--json", env=env)
     assert p.returncode == 0, p.stderr

@@ -358,7 +358,11 @@ def cmd_verify(config: BackupConfig, args: argparse.Namespace) -> int:
     svc = _service(config)
     entries = Manifest(lay.root).load(config.project)
     if args.all:
-        paths = sorted({lay.archive(e["path"]) for e in entries} | set(lay.archives_on_disk()))
+        from .layout import entry_problem
+
+        # the manifest is untrusted: only entries that name this project's archives are read
+        ours = {lay.archive(e["path"]) for e in entries if entry_problem(e, config.project) is None}
+        paths = sorted(ours | set(lay.archives_on_disk()))
         if not paths:
             raise BackupError(f"no backups of {config.project} in {config.backup_dir}")
     elif args.latest:

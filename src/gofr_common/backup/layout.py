@@ -94,6 +94,13 @@ def entry_problem(e: object, project: str) -> str | None:
         return f"its tier {tier!r} is not the one its name says ({p.tier!r})"
     if path != f"{p.tier}/{filename}":
         return f"its path is not {p.tier}/{filename}"
+    try:
+        if datetime.fromisoformat(e["created"]).tzinfo is None:
+            return "its created time has no UTC offset"
+    except (TypeError, ValueError):
+        return "its created time is not an ISO 8601 time"
+    if not (e.get("size_bytes") is None or type(e.get("size_bytes")) is int):
+        return "its size_bytes is not a number"
     return None
 
 

@@ -139,7 +139,8 @@ class Manifest:
                 raise ValueError("an entry lacks filename/tier/path")
             if not isinstance(e.get("created"), str):
                 raise ValueError(f"entry {e.get('filename')!r} has no created time")
-            datetime.fromisoformat(e["created"])
+            if datetime.fromisoformat(e["created"]).tzinfo is None:  # would not compare with others
+                raise ValueError(f"entry {e.get('filename')!r} has a created time without a UTC offset")
         return entries
 
     def read(self) -> list[Entry]:

@@ -300,6 +300,7 @@ def _prune(
         return
 
     doomed = {e["path"] for e, _ in plan} | {e["path"] for e in missing}
+    adopted = {e["path"] for e in new_entries}
 
     def fn(es: list[Entry]) -> None:
         known = {e["path"] for e in es}
@@ -309,12 +310,12 @@ def _prune(
         kept_paths: set[str] = set()
         for e in es:
             p = e.get("path")
-            if e.get("project") != config.project or p not in valid:
+            if e.get("project") != config.project or (p not in valid and p not in adopted):
                 out.append(e)
                 continue
             if p in doomed or p in kept_paths:
                 continue
-            if counts[p] > 1 and json.dumps(e, sort_keys=True) != chosen[p]:
+            if counts[p] > 1 and p in chosen and json.dumps(e, sort_keys=True) != chosen[p]:
                 continue  # the duplicate that was not chosen
             e.update(updates.get(p, {}))  # type: ignore[typeddict-item]
             kept_paths.add(p)

@@ -327,8 +327,10 @@ def last_ratio(entries: list[Entry], project: str, compression: str) -> float | 
         e
         for e in entries
         if e.get("project") == project
+        and layout.entry_problem(e, project) is None
         and e.get("compression") == compression
         and e.get("verified") is not False
+        and isinstance(e.get("source_bytes"), int)
         and (e.get("source_bytes") or 0) > 0
     ]
     if not es:
