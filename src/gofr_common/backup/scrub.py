@@ -62,12 +62,15 @@ def verdict_fields(res: VerifyResult, now: str) -> dict[str, Any]:
 
 def last_check(e: Entry) -> datetime | None:
     """When the archive was last verified, or last tried (so an unreadable one does not starve
-    the others); None: never."""
-    times = [
-        datetime.fromisoformat(t)
-        for t in (e.get("verified_at"), e.get("verify_tried_at"))
-        if isinstance(t, str)
-    ]
+    the others); None: never (or the manifest holds no usable time)."""
+    times = []
+    for t in (e.get("verified_at"), e.get("verify_tried_at")):
+        try:
+            when = datetime.fromisoformat(t) if isinstance(t, str) else None
+        except ValueError:
+            when = None
+        if when is not None and when.tzinfo is not None:
+            times.append(when)
     return max(times, default=None)
 
 
