@@ -86,7 +86,11 @@ def test_deleted_manifest_is_rebuilt_with_the_same_entries(app: dict[str, Any]) 
         assert run_cli("now", "--tier", tier, env=app["env"]).returncode == 0
     before = manifest(app["backups"])
     (app["backups"] / "manifest.json").unlink()
-    r = run_cli("list", "--json", env=app["env"])
+    r = run_cli("list", "--json", env=app["env"])  # list shows them, but never writes (issue 13)
+    assert r.returncode == 0 and "4 archive(s) rebuilt from the archives" in r.stderr
+    assert len(json.loads(r.stdout)["backups"]) == 4
+    assert not (app["backups"] / "manifest.json").exists()
+    r = run_cli("prune", env=app["env"])
     assert r.returncode == 0
     assert "rebuilt from 4 archive(s)" in r.stderr
     after = manifest(app["backups"])
@@ -100,6 +104,9 @@ def test_corrupt_manifest_is_kept_aside_and_rebuilt(app: dict[str, Any]) -> None
     before = manifest(app["backups"])
     (app["backups"] / "manifest.json").write_text('{"backups": [ {"filename": tru')
     r = run_cli("list", "--json", env=app["env"])
+    assert r.returncode == 0 and "unreadable" in r.stderr
+    assert not list(app["backups"].glob("manifest.json.corrupt-*"))  # list never writes
+    r = run_cli("prune", env=app["env"])
     assert r.returncode == 0 and "unreadable" in r.stderr
     aside = list(app["backups"].glob("manifest.json.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_text().startswith('{"backups"')

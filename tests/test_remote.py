@@ -44,6 +44,10 @@ class S3Server:
                 RCLONE,
                 "serve",
                 "s3",
+                "--dir-cache-time",  # short: tests put objects and age them on its disk directly
+                "1s",
+                "--poll-interval",
+                "0",
                 "--addr",
                 f"127.0.0.1:{self.port}",
                 "--auth-key",
@@ -128,8 +132,9 @@ def test_round_trip_upload_list_verify_restore_into_an_empty_backup_volume(
     r = run_cli("restore", "--from-remote", "--latest", "--yes", env=env)
     assert r.returncode == 0, r.stderr
     assert {n: snapshot(data / n) for n in ("storage", "auth")} == before
+    (tmp_path / "backups").mkdir()  # a new, empty backup volume (status refuses a missing one: exit 2)
     st = run_cli("status", "--json", env=env)
-    assert json.loads(st.stdout)["remote"]["url"] == "s3://backups/off"
+    assert st.returncode == 1 and json.loads(st.stdout)["remote"]["url"] == "s3://backups/off"
     # credentials are never printed or logged
     cfg = run_cli("config", "--json", env=env)
     assert (

@@ -62,8 +62,12 @@ def test_retention_invariants(s: tuple[list[dict[str, Any]], Policy]) -> None:
         es = sorted((e for e in entries if e["tier"] == tier), key=key, reverse=True)
         kept = [e for e in es if e["filename"] not in deleted]
         good = [e for e in es if e["verified"] is not False]
-        # 1. failed archives go: none is kept
-        assert all(e["verified"] is not False for e in kept)
+        # 1. failed archives go: none is kept -- unless nothing else is left in the tier, when the
+        # newest failed one stays, flagged (issue 12 item 11: a tier never loses its last archive)
+        if good:
+            assert all(e["verified"] is not False for e in kept)
+        elif es:
+            assert [e["filename"] for e in kept] == [es[0]["filename"]]
         # 2. the newest verified archive survives, whatever its age
         newest_verified = next((e for e in es if e["verified"] is True), None)
         if newest_verified:
@@ -84,8 +88,8 @@ def test_retention_invariants(s: tuple[list[dict[str, Any]], Policy]) -> None:
             young_good = young_good[:slots]
         for e in young_good:
             assert e["filename"] not in deleted, (e, p)
-        # 5. anything kept is young enough, or the protected one
-        for e in kept:
+        # 5. anything kept is young enough, or the protected one (or the last of its tier, item 1)
+        for e in (x for x in kept if x["verified"] is not False):
             assert key(e)[0] >= cutoff or e is (newest_verified or good[0])
 
 
@@ -104,6 +108,10 @@ def test_failed_archives_do_not_change_what_happens_to_good_ones(
     reasons = {e["filename"]: why for e, why in plan}
     for e in entries:
         if e["verified"] is False:
+            tier = [x for x in entries if x["tier"] == e["tier"]]
+            if all(x["verified"] is False for x in tier) and e is max(tier, key=key):
+                assert e["filename"] not in reasons  # the last of its tier: kept, flagged (item 11)
+                continue
             assert reasons[e["filename"]].startswith("failed verification")
 
 

@@ -2,7 +2,8 @@
 
 Members, in order:
   .gofr-backup.json       first: describes the archive on its own (project, tier, created,
-                          name -> path mapping, tool version, planned file count and bytes)
+                          name -> path mapping, tool version, planned file count and bytes,
+                          followed top-level links, the backup dir left out of a path)
   <name>/...              one tree per _PATHS entry, stored under its *name*
   .gofr-backup-end.json   last: what was actually written (file count, bytes, warnings,
                           unreadable paths). Its presence proves the stream is complete (zstd and
@@ -49,6 +50,10 @@ def build_meta(config: BackupConfig, tier: str, created: datetime, s: Survey) ->
         "paths": {p.name: p.raw for p in config.paths if p.name in s.kinds},
         "resolved_paths": {p.name: str(p.path) for p in config.paths if p.name in s.kinds},
         "kinds": s.kinds,
+        # a configured path that is a symlink is archived as what it points at: name -> target
+        "followed": s.followed,
+        # the backup directory, met inside a path, is left out: name -> where, relative to it
+        "left_out": s.left_out,
         "file_count": s.file_count,
         "source_bytes": s.source_bytes,
     }

@@ -220,11 +220,13 @@ def human_age(created: str, now: datetime) -> str:
 def _verified_text(e: Entry) -> str:
     v = e.get("verified")
     if v is True:
-        text = "verified"
+        text = f"verified {e['verified_at']}" if e.get("verified_at") else "verified"
     elif v is False:
         text = f"FAILED: {e.get('verify_error')}"
     else:
         text = "not verified"
+    if v is not False and e.get("verify_error"):  # the last check could not read it
+        text += f" (last check: {e.get('verify_error')})"
     if e.get("complete") is False:
         text += ", INCOMPLETE"
     if e.get("warnings"):
@@ -354,12 +356,14 @@ def _list_remote(config: BackupConfig, args: argparse.Namespace) -> int:
     remote = _remote(config)
     assert config.remote is not None
     entries = remote.read_manifest()
-    leftovers = untracked_objects(remote, entries)
+    leftovers, foreign = untracked_objects(remote, entries)
     if args.tier:
         entries = [e for e in entries if e["tier"] == args.tier]
     entries.sort(key=lambda e: e["created"], reverse=True)
     if args.json:
-        _print_json({"remote": config.remote.url, "backups": entries, "incomplete": leftovers})
+        _print_json(
+            {"remote": config.remote.url, "backups": entries, "incomplete": leftovers, "foreign": foreign}
+        )
         return EXIT_OK
     now = _now()
     print(f"Off-site backups of {config.project} in {config.remote.url}")
@@ -370,7 +374,9 @@ def _list_remote(config: BackupConfig, args: argparse.Namespace) -> int:
             f"{human_age(e['created'], now):>10}  {enc}"
         )
     for k in leftovers:
-        print(f"  INCOMPLETE (not in the remote manifest; removed by the next sync): {k}")
+        print(f"  INCOMPLETE (not in the remote manifest; removed by a sync once a day old): {k}")
+    for k in foreign:
+        print(f"  FOREIGN (not an archive of {config.project}; never touched): {k}")
     print(f"Total: {len(entries)} archive(s)")
     return EXIT_OK
 
@@ -385,7 +391,8 @@ def _print_verify(results: list[dict[str, Any]], as_json: bool) -> int:
                 detail = f"  {r['error']}"
             else:  # remote results say what was checked; local ones how much
                 detail = r["note"] if "note" in r else f"  ({r['file_count']} members)"
-            print(f"{'OK    ' if r['ok'] else 'FAILED'}  {r['filename']}{detail}")
+            label = "OK    " if r["ok"] else ("FAILED" if r.get("checked", True) else "NOT CHECKED")
+            print(f"{label}  {r['filename']}{detail}")
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -398,7 +405,11 @@ def cmd_verify(config: BackupConfig, args: argparse.Namespace) -> int:
     svc = _service(config)
     entries = Manifest(lay.root).load(config.project)
     if args.all:
-        paths = sorted({lay.archive(e["path"]) for e in entries} | set(lay.archives_on_disk()))
+        from .layout import entry_problem
+
+        # the manifest is untrusted: only entries that name this project's archives are read
+        ours = {lay.archive(e["path"]) for e in entries if entry_problem(e, config.project) is None}
+        paths = sorted(ours | set(lay.archives_on_disk()))
         if not paths:
             raise BackupError(f"no backups of {config.project} in {config.backup_dir}")
     elif args.latest:
@@ -416,6 +427,7 @@ def cmd_verify(config: BackupConfig, args: argparse.Namespace) -> int:
                 "filename": p.name,
                 "path": str(p),
                 "ok": r.ok,
+                "checked": r.checked,  # False: could not be read (EIO, ...), nothing concluded
                 "error": r.error,
                 "sha256": r.sha256,
                 "file_count": r.file_count,
@@ -480,6 +492,10 @@ def cmd_sync(config: BackupConfig, args: argparse.Namespace) -> int:
             print(f"deleted {d['filename']}: {d['reason']}")
         for k in rep.cleaned:
             print(f"removed leftover {k}")
+        if rep.rebuilt:
+            print("the remote manifest was missing or unreadable: rebuilt from the objects; nothing deleted")
+        for x in rep.skipped:
+            print(f"skipped {x}")
         print(
             f"{len(rep.uploaded)} uploaded, {len(rep.deleted)} deleted; {rep.remote_count} on {config.remote.url}"
         )
@@ -564,6 +580,10 @@ def cmd_prune(config: BackupConfig, args: argparse.Namespace) -> int:
         print(f"{'would clean' if args.dry_run else 'cleaned'} {c}")
     for a in r.adopted:
         print(f"{'would adopt' if args.dry_run else 'adopted'} untracked archive {a}")
+    for x in r.rechecked:
+        print(f"verified once more before deleting: {x}")
+    for x in r.skipped:
+        print(f"skipped (not ours to delete): {x}")
     n = len(r.deleted)
     if args.dry_run:
         print(f"{_count(n, 'archive')} would be deleted and {r.kept} kept (dry run: nothing was changed)")
@@ -601,6 +621,18 @@ def cmd_status(config: BackupConfig, args: argparse.Namespace) -> int:
             print("  last warnings:")
             _print_warnings(r["last_warnings"], "    ")
         print(f"  next run:     {r.get('next_run') or '-'}")
+        g = r.get("restorable")
+        print(
+            f"  restorable:   {g['filename']} (created {g['created']}, verified {g['verified_at'] or '-'})"
+            if g
+            else "  restorable:   none"
+        )
+        sc = r.get("last_scrub")
+        if sc:
+            print(
+                f"  last scrub:   {sc['time']}: {len(sc['checked'])} re-verified, {len(sc['bad'])} bad, "
+                f"{len(sc['could_not_check'])} could not be read"
+            )
         for tier, t in r["tiers"].items():
             print(
                 f"  {tier:<8} {t['count']:>4} archive(s) {human_size(t['size_bytes']):>10}"

@@ -36,6 +36,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "COMPRESSION_LEVEL": ("6", "codec level (gzip/bzip2 1-9, xz 0-9, zstd 1-19; zstd default 3)"),
     "CLEANUP_ON_START": ("true", "run housekeeping when the service starts"),
     "VERIFY_AFTER_BACKUP": ("true", "verify each archive right after writing it"),
+    "SCRUB_MAX_BYTES": (
+        "4G",
+        "each scheduled run re-verifies the archives checked longest ago, up to this many bytes (0: off)",
+    ),
     "ENABLE_WEEKLY": ("false", "keep the first backup of each ISO week in weekly/"),
     "WEEKLY_RETENTION_WEEKS": ("8", "weekly tier: delete archives older than this many weeks"),
     "ENABLE_MONTHLY": ("false", "keep the first backup of each month in monthly/"),
@@ -119,6 +123,7 @@ class BackupConfig:
     compression_level: int = 6
     cleanup_on_start: bool = True
     verify_after_backup: bool = True
+    scrub_max_bytes: int = 4 << 30
     enable_weekly: bool = False
     weekly_retention_weeks: int = 8
     enable_monthly: bool = False
@@ -237,6 +242,23 @@ def parse_int(var: str, value: str, lo: int, hi: int | None = None) -> int:
     return n
 
 
+_SIZE_RE = re.compile(r"^\s*(\d{1,20})\s*([KMGTP]?)\s*$", re.IGNORECASE)
+MAX_SIZE = 1 << 50  # 1P
+
+
+def parse_size(var: str, value: str) -> int:
+    """Bytes: a whole number, optionally followed by K, M, G, T or P (powers of 1024)."""
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise _bad(
+            var, value, "expected a whole number of bytes, optionally with K, M, G, T or P (e.g. 0, 500M, 4G)"
+        )
+    n = int(m.group(1)) << (10 * "KMGTP".find(m.group(2).upper()) + 10 if m.group(2) else 0)
+    if n > MAX_SIZE:
+        raise _bad(var, value, "expected at most 1P")
+    return n
+
+
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
 
 
@@ -297,6 +319,28 @@ def parse_paths(var: str, value: str, data_dir: Path) -> tuple[PathSpec, ...]:
             raise _bad(var, value, f"path of {name!r} resolves to '/', which cannot be backed up or restored")
         out.append(PathSpec(name=name, raw=raw, path=resolved))
     return tuple(out)
+
+
+def check_paths_outside_backups(var: str, value: str, cfg: BackupConfig) -> None:
+    """A path that is the backup directory (``data:.`` with DIR = DATA_DIR) or lies inside its
+    archives would archive the backups themselves. The backup dir *inside* a path is fine: it is
+    left out of the archive (scan.py); symlinks are checked again at run time."""
+    lay = cfg.layout
+    for p in cfg.paths:
+        if p.path == cfg.backup_dir:
+            raise _bad(
+                var,
+                value,
+                f"path of {p.name!r} ({p.path}) is the backup directory itself; keep the backups "
+                "outside the data they back up (DIR)",
+            )
+        for reserved in (*(lay.tier_dir(t) for t in ("daily", "weekly", "monthly")), lay.tmp):
+            if p.path == reserved or reserved in p.path.parents:
+                raise _bad(
+                    var,
+                    value,
+                    f"path of {p.name!r} ({p.path}) is inside the backup directory's {reserved.name}/",
+                )
 
 
 def parse_umask(var: str, value: str) -> int:
@@ -492,6 +536,7 @@ def load(
         compression_level=level,
         cleanup_on_start=parse_bool(*get("CLEANUP_ON_START")),
         verify_after_backup=parse_bool(*get("VERIFY_AFTER_BACKUP")),
+        scrub_max_bytes=parse_size(*get("SCRUB_MAX_BYTES")),
         enable_weekly=parse_bool(*get("ENABLE_WEEKLY")),
         weekly_retention_weeks=parse_int(*get("WEEKLY_RETENTION_WEEKS"), 1),
         enable_monthly=parse_bool(*get("ENABLE_MONTHLY")),
@@ -511,6 +556,7 @@ def load(
         **observe_config.parse(get, lambda name: _secret(get, name), bdir),
         unknown_variables=unknown,
     )
+    check_paths_outside_backups(*get("PATHS"), cfg)
     if cfg.encrypt_local and not cfg.encrypt_recipients:
         raise _bad(
             prefix + "ENCRYPT_LOCAL", "true", f"set {prefix}ENCRYPT_RECIPIENTS too (whom to encrypt for)"

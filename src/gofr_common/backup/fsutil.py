@@ -7,6 +7,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,6 +132,54 @@ def free_bytes(path: Path) -> int:
         path = path.parent
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
+
+
+class NotOurs(Exception):
+    """A file that must not be deleted: not a regular file, or reached through a symlink."""
+
+
+def tier_dir_fd(root: Path, tier: str) -> int | None:
+    """An fd of ``root/tier``, opened without following a symlink there (the configured backup dir
+    itself may be one: that is the operator's choice); None when it does not exist. Raises NotOurs
+    when it is a symlink or not a directory. The caller closes the fd."""
+    try:
+        rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.open(tier, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=rfd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise NotOurs(f"{tier}/ is a symlink or not a directory: nothing in it is touched") from None
+        raise
+    finally:
+        os.close(rfd)
+
+
+def regular_in(dir_fd: int, name: str) -> os.stat_result | None:
+    """The stat of ``name`` in the directory, not following a symlink; None when it does not
+    exist. Raises NotOurs when it is not a regular file."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise NotOurs(f"{name} is not a regular file (a symlink?): not deleted")
+    return st
+
+
+def unlink_regular(dir_fd: int, name: str) -> bool:
+    """Delete ``name`` from the directory if it is a regular file (never through a symlink: the
+    directory is an fd, and unlink removes a link itself, never its target). False: not there."""
+    if regular_in(dir_fd, name) is None:
+        return False
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def remove_quietly(path: Path) -> bool:

@@ -1,19 +1,21 @@
 """Health: what ``gofr-backup status`` (the container's HEALTHCHECK) answers.
 
-Cheap by design: it reads the state file and the manifest and never opens an archive.
+Cheap by design: it reads the state file and the manifest, stats the newest restorable archive
+(and the failed ones still kept), and never opens an archive.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from .config import BackupConfig
-from .layout import TIERS
-from .manifest import Entry, Manifest
+from .layout import TIERS, entry_problem
+from .manifest import Entry, Manifest, created_of, failed
 from .schedule import interval
 from .state import read_state
 
@@ -39,16 +41,34 @@ def tier_summary(entries: list[Entry], backup_dir: Path) -> dict[str, Any]:
     return out
 
 
+def restorable(config: BackupConfig, entries: list[Entry]) -> Entry | None:
+    """The newest archive that is complete and verified (with VERIFY_AFTER_BACKUP=false: not
+    known to be bad), going by the manifest alone."""
+    ok = [
+        e
+        for e in entries
+        if e.get("complete") is not False
+        and (e.get("verified") is True or (not config.verify_after_backup and e.get("verified") is None))
+    ]
+    return max(ok, key=lambda e: (created_of(e), e["tier"] == "daily"), default=None)
+
+
 def health(config: BackupConfig, now: datetime) -> Health:
+    """Healthy means a restorable backup exists now: the newest complete and verified archive is
+    on disk with the size the manifest records (one stat, never a read), it is younger than two
+    schedule intervals, and the last scrub found nothing bad; plus the last run did not fail."""
     st = read_state(config)
-    entries = [e for e in Manifest(config.backup_dir).read() if e.get("project") == config.project]
-    ok_entries = [e for e in entries if e.get("verified") is not False and e.get("complete") is not False]
-    newest = max(ok_entries, key=lambda e: e["created"], default=None)
+    entries = [
+        e
+        for e in Manifest(config.backup_dir).read()
+        if e.get("project") == config.project and entry_problem(e, config.project) is None
+    ]
+    good = restorable(config, entries)
     enabled = st.get("enabled", config.enabled)
     reasons: list[str] = []
     last_success = st.get("last_success") or (
-        {"time": newest["created"], "filename": newest["filename"], "size_bytes": newest.get("size_bytes")}
-        if newest
+        {"time": good["created"], "filename": good["filename"], "size_bytes": good.get("size_bytes")}
+        if good
         else None
     )
     report: dict[str, Any] = {
@@ -61,6 +81,10 @@ def health(config: BackupConfig, now: datetime) -> Health:
         "last_failure": st.get("last_failure"),
         "last_result": st.get("last_result"),
         "last_warnings": st.get("last_warnings", []),
+        "restorable": {k: good.get(k) for k in ("filename", "path", "created", "size_bytes", "verified_at")}
+        if good
+        else None,
+        "last_scrub": st.get("last_scrub"),
         "tiers": tier_summary(entries, config.backup_dir),
     }
     if st.get("corrupt"):
@@ -94,13 +118,28 @@ def health(config: BackupConfig, now: datetime) -> Health:
                 f"no successful upload to {rc.url} for more than {_human_td(lag)} "
                 f"(REMOTE_MAX_LAG={rc.max_lag} intervals)" + (f"; last error: {f.get('error')}" if f else "")
             )
-    if last_success:
-        age = now - datetime.fromisoformat(last_success["time"])
+    if good is not None:
+        reasons += _on_disk(config, good)
+        age = now - created_of(good)
         if age > 2 * gap:
             reasons.append(
-                f"the newest successful backup is {_human_td(age)} old, more than two schedule "
-                f"intervals ({_human_td(2 * gap)})"
+                f"the newest restorable backup ({good['filename']}) is {_human_td(age)} old, more than "
+                f"two schedule intervals ({_human_td(2 * gap)})"
             )
+        elif -age > gap:
+            reasons.append(
+                f"the newest restorable backup ({good['filename']}) is dated {_human_td(-age)} in the "
+                "future: has the clock jumped back? Ages cannot be trusted until it is fixed"
+            )
+    elif entries or st.get("last_success"):
+        reasons.append(
+            "no complete and verified backup exists"
+            + (
+                f" (the last success, {st['last_success'].get('filename')}, is gone)"
+                if st.get("last_success")
+                else ""
+            )
+        )
     else:
         started = st.get("started_at")
         since = now - datetime.fromisoformat(started) if started else None
@@ -108,7 +147,51 @@ def health(config: BackupConfig, now: datetime) -> Health:
             reasons.append(
                 "no backup has succeeded yet" + (f" in the {_human_td(since)} since start" if since else "")
             )
+    reasons += _scrub_findings(st.get("last_scrub"))
+    reasons += _failed_on_disk(config, entries)
     return Health(not reasons, reasons, report)
+
+
+def _on_disk(config: BackupConfig, e: Entry) -> list[str]:
+    """The archive is there, with the size the manifest records: one stat, never a read."""
+    p = config.layout.archive(e["path"])
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        return [f"the newest restorable backup {e['path']} is missing from disk"]
+    except OSError as x:
+        return [f"the newest restorable backup {e['path']} cannot be looked at: {x.strerror}"]
+    if not stat.S_ISREG(st.st_mode):
+        return [f"the newest restorable backup {e['path']} is not a regular file"]
+    if e.get("size_bytes") is not None and st.st_size != e["size_bytes"]:
+        return [
+            f"the newest restorable backup {e['path']} has {st.st_size} bytes on disk, the manifest "
+            f"records {e['size_bytes']}: size mismatch (truncated or replaced?)"
+        ]
+    return []
+
+
+def _scrub_findings(scrub: Any) -> list[str]:
+    if not isinstance(scrub, dict):
+        return []
+    out = [
+        f"the last scrub ({scrub.get('time')}) found {b.get('filename')} bad: {b.get('error')}"
+        for b in scrub.get("bad") or []
+    ]
+    out += [
+        f"the last scrub ({scrub.get('time')}) could not read {b.get('filename')}: {b.get('error')}"
+        for b in scrub.get("could_not_check") or []
+    ]
+    return out
+
+
+def _failed_on_disk(config: BackupConfig, entries: list[Entry]) -> list[str]:
+    """Archives known to be bad that are still there (the last of a tier is kept, flagged)."""
+    out = []
+    for e in entries:
+        if failed(e) and os.path.lexists(config.layout.archive(e["path"])):
+            out.append(f"{e['path']} failed verification ({e.get('verify_error')}); restore a newer one")
+    return out
 
 
 def _pid_alive(pid: Any) -> bool | None:

@@ -76,6 +76,34 @@ def is_sealed(filename: str) -> bool:
     return filename.endswith(AGE_SUFFIX)
 
 
+def entry_problem(e: object, project: str) -> str | None:
+    """Why a manifest entry cannot name one of ``project``'s archives (None: it can). The manifest
+    is untrusted input: an entry is only ever acted on (read for a scrub, deleted by retention,
+    uploaded) as ``<tier>/<name>``, where the name is this project's archive pattern for that tier."""
+    if not isinstance(e, dict):
+        return "not an entry"
+    path, tier, filename = e.get("path"), e.get("tier"), e.get("filename")
+    if not all(isinstance(x, str) for x in (path, tier, filename)):
+        return "path, tier or filename is missing"
+    p = parse(filename)  # type: ignore[arg-type]
+    if p is None:
+        return f"{filename!r} is not an archive name"
+    if p.project != project:
+        return f"{filename!r} is an archive of project {p.project!r}"
+    if tier != p.tier:
+        return f"its tier {tier!r} is not the one its name says ({p.tier!r})"
+    if path != f"{p.tier}/{filename}":
+        return f"its path is not {p.tier}/{filename}"
+    try:
+        if datetime.fromisoformat(e["created"]).tzinfo is None:
+            return "its created time has no UTC offset"
+    except (TypeError, ValueError):
+        return "its created time is not an ISO 8601 time"
+    if not (e.get("size_bytes") is None or type(e.get("size_bytes")) is int):
+        return "its size_bytes is not a number"
+    return None
+
+
 # -- sidecars ----------------------------------------------------------------------------------------
 def sidecar_path(archive: Path) -> Path:
     return archive.with_name(archive.name + SIDECAR_SUFFIX)

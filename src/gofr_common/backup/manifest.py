@@ -45,8 +45,9 @@ class Entry(TypedDict, total=False):
     sha256: str | None
     compression: str | None
     verified: bool | None  # None: not verified (yet)
-    verified_at: str | None
-    verify_error: str | None
+    verified_at: str | None  # when it was last checked (good or bad)
+    verify_error: str | None  # why the last check failed, or could not be made
+    verify_tried_at: str | None  # the last attempt, also one that could not read the archive
     archive_intact: bool  # failed only because its .sha256 file is damaged
     file_count: int | None
     source_bytes: int | None
@@ -177,12 +178,21 @@ class Manifest:
     def load(self, project: str | None = None, repair: bool = True) -> list[Entry]:
         """Entries, rebuilding the manifest first if it is missing or unreadable (``repair``: on
         disk; otherwise, for read-only commands, in memory only)."""
+        problem = "missing"
         try:
             entries = self._parse()
-        except (ValueError, OSError):
-            entries = None
+        except (ValueError, OSError) as e:
+            entries, problem = None, f"unreadable ({e})"
         if entries is None and not repair:
             entries = rebuild_entries(self.dir)
+            if entries:
+                log.warning(
+                    "manifest %s is %s; showing %d archive(s) rebuilt from the archives (the next "
+                    "backup, prune or verify writes it)",
+                    self.path,
+                    problem,
+                    len(entries),
+                )
         if entries is None:
             try:
                 entries = self.update(lambda es: None)

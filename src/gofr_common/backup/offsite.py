@@ -1,5 +1,6 @@
 """Off-site copies: ``sync`` makes the remote hold every verified local backup that remote
-retention keeps, then applies remote retention and removes leftovers of interrupted uploads;
+retention keeps, then applies remote retention and removes leftovers of interrupted uploads (ours
+only, older than LEFTOVER_GRACE, never in a run that had to rebuild the remote manifest);
 ``fetched`` and ``verify_remote`` read a remote archive back (for restore and verify --remote)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,10 @@ class SyncReport:
     deleted: list[dict[str, str]] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
     remote_count: int = 0
+    rebuilt: bool = False  # the remote manifest was missing or unreadable: rebuilt, nothing deleted
+    incomplete: list[str] = field(default_factory=list)  # leftovers kept for now (grace period)
+    foreign: list[str] = field(default_factory=list)  # not ours: never touched
+    skipped: list[str] = field(default_factory=list)  # remote manifest entries that are not ours
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +45,10 @@ class SyncReport:
             "deleted": self.deleted,
             "cleaned": self.cleaned,
             "remote_count": self.remote_count,
+            "rebuilt": self.rebuilt,
+            "incomplete": self.incomplete,
+            "foreign": self.foreign,
+            "skipped": self.skipped,
         }
 
 
@@ -49,15 +58,36 @@ def remote_policy(config: BackupConfig) -> Policy:
     return Policy(rc.retention_days, rc.max_count, rc.weekly_weeks, rc.monthly_months)
 
 
+LEFTOVER_GRACE = timedelta(hours=24)
+
+
 def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
     rep = SyncReport()
     bdir = config.backup_dir
     rentries = remote.read_manifest()
-    have = {layout.plain_name(e["filename"]) for e in rentries}
+    rebuilt = remote.manifest_state != "ok"
+    if rebuilt:
+        if remote.manifest_raw is not None:  # keep the unreadable one aside, never just replace it
+            aside = f"{remote.manifest_key}.corrupt-{now:%Y%m%d_%H%M%S}"
+            remote.put_bytes(aside, remote.manifest_raw)
+        remote.write_manifest(rentries)
+        rep.rebuilt = True
+    # the remote manifest is untrusted input too: entries that are not this project's archives
+    # under its prefix are reported and left alone (never planned for deletion)
+    ours = []
+    for e in rentries:
+        why = remote.entry_problem(e)
+        if why is None:
+            ours.append(e)
+        else:
+            rep.skipped.append(f"remote manifest entry {e.get('key') or e.get('filename')!r}: {why}")
+            event("remote.entry_skipped", f"{rep.skipped[-1]}; not touched", level=logging.WARNING)
+    have = {layout.plain_name(e["filename"]) for e in ours}
     local = [
         e
         for e in Manifest(bdir).read()
         if e.get("project") == config.project
+        and layout.entry_problem(e, config.project) is None
         and e.get("verified") is True
         and e.get("complete") is not False
         and (bdir / e["path"]).is_file()
@@ -65,7 +95,7 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
     missing = [e for e in local if layout.plain_name(e["filename"]) not in have]
     # do not upload what remote retention would delete straight away
     doomed_new = {
-        id(e) for e, _ in plan_retention(rentries + missing, now, remote_policy(config)) if e in missing
+        id(e) for e, _ in plan_retention(ours + missing, now, remote_policy(config)) if e in missing
     }
     todo = sorted((e for e in missing if id(e) not in doomed_new), key=lambda e: e["created"])
     tmp = config.layout.tmp
@@ -114,36 +144,46 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
             }
         )
         rentries.append(r)
+        ours.append(r)
         remote.write_manifest(rentries)  # progress survives an interruption
         rep.uploaded.append(name)
         event("remote.uploaded", f"uploaded {name} to {remote.url(key)}", key=key)
     # remote retention (the newest verified remote copy is never deleted: plan_retention protects it)
-    plan = plan_retention(rentries, now, remote_policy(config))
+    plan = plan_retention(ours, now, remote_policy(config))
     if plan:
-        gone = {e["key"] for e, _ in plan}
-        rentries = [e for e in rentries if e["key"] not in gone]
+        gone = {id(e) for e, _ in plan}
+        rentries = [e for e in rentries if id(e) not in gone]
         remote.write_manifest(rentries)  # manifest first: an object it no longer lists is a leftover
         for e, why in plan:
-            remote.delete([e["key"], e["key"] + ".sha256"])
+            remote.delete([e["key"], e["key"] + layout.SIDECAR_SUFFIX])
             rep.deleted.append({"filename": e["filename"], "tier": e["tier"], "reason": why})
             event("remote.deleted", f"deleted {remote.url(e['key'])}: {why}")
-    # leftovers: objects the manifest does not list (failed or interrupted uploads)
+    # leftovers: objects of ours the manifest does not list (failed or interrupted uploads), once
+    # they are older than the grace period (an upload may be under way from elsewhere), and never
+    # in the run that found the manifest missing or unreadable
+    listed = _listed(remote, rentries)
     for o in remote.list_keys():
-        if o["Key"] not in _listed(remote, rentries):
-            with contextlib.suppress(Exception):
-                remote.delete([o["Key"]])
-                rep.cleaned.append(o["Key"])
-                event("remote.cleaned", f"removed leftover {remote.url(o['Key'])}", level=logging.WARNING)
-    rep.remote_count = len(rentries)
+        k = o["Key"]
+        if k in listed:
+            continue
+        if not remote.owns(k):
+            rep.foreign.append(k)
+            continue
+        if rebuilt or now - o["LastModified"] < LEFTOVER_GRACE:
+            rep.incomplete.append(k)
+            continue
+        with contextlib.suppress(Exception):
+            remote.delete([k])
+            rep.cleaned.append(k)
+            event("remote.cleaned", f"removed leftover {remote.url(k)}", level=logging.WARNING)
+    rep.remote_count = len(ours)
     return rep
 
 
 def _listed(remote: S3Remote, rentries: list[Entry]) -> set[str]:
-    return (
-        {e["key"] for e in rentries}
-        | {e["key"] + layout.SIDECAR_SUFFIX for e in rentries}
-        | {remote.manifest_key}
-    )
+    """The keys the manifest accounts for (its entries that are this project's archives)."""
+    ours = [e for e in rentries if remote.entry_problem(e) is None]
+    return {e["key"] for e in ours} | {e["key"] + layout.SIDECAR_SUFFIX for e in ours} | {remote.manifest_key}
 
 
 def sync_and_record(config: BackupConfig, clock: Clock) -> SyncReport:
@@ -162,9 +202,12 @@ def sync_and_record(config: BackupConfig, clock: Clock) -> SyncReport:
     return rep
 
 
-def untracked_objects(remote: S3Remote, rentries: list[Entry]) -> list[str]:
+def untracked_objects(remote: S3Remote, rentries: list[Entry]) -> tuple[list[str], list[str]]:
+    """Objects under the prefix the manifest does not list: (ours, i.e. incomplete uploads that a
+    later sync removes; foreign ones, which are never touched)."""
     listed = _listed(remote, rentries)
-    return sorted(o["Key"] for o in remote.list_keys() if o["Key"] not in listed)
+    keys = sorted(o["Key"] for o in remote.list_keys() if o["Key"] not in listed)
+    return [k for k in keys if remote.owns(k)], [k for k in keys if not remote.owns(k)]
 
 
 def find_remote(rentries: list[Entry], name: str) -> Entry | None:

@@ -7,8 +7,10 @@ Layout under ``s3://bucket/prefix/``:
 
 An upload is: the archive (multipart above 8 MiB, retried with backoff), then a re-read of the
 stored object to check its sha256, then its .sha256, then the manifest. Only objects listed in the
-manifest are finished backups; anything else (a failed or interrupted upload) is listed as
-incomplete and removed by the next sync.
+manifest are finished backups; an object of ours it does not list (a failed or interrupted upload)
+is listed as incomplete and removed by a later sync once it is older than a grace period. Deletion
+only ever removes this project's archives (by name, in their tier, under the prefix); the remote
+manifest is rebuilt from the objects when it is missing or unreadable, never taken as empty.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class S3Remote:
         self.rc = rc
         self.project = project
         self.base = "/".join(x for x in (rc.prefix, project) if x)
+        self.manifest_state = "ok"  # how read_manifest found it: ok | missing | unreadable
+        self.manifest_raw: bytes | None = None
         kw: dict[str, Any] = {"region_name": rc.region, "endpoint_url": rc.endpoint}
         if rc.access_key_id:
             kw.update(aws_access_key_id=rc.access_key_id, aws_secret_access_key=rc.secret_access_key)
@@ -86,6 +90,20 @@ class S3Remote:
 
     def url(self, key: str) -> str:
         return f"s3://{self.rc.bucket}/{key}"
+
+    def owns(self, key: str) -> bool:
+        """True for this project's archives (and their .sha256) under its prefix, named by this
+        project's pattern in their own tier: the only objects remote deletion ever removes."""
+        name = key.removesuffix(layout.SIDECAR_SUFFIX)
+        p = layout.parse(name.rsplit("/", 1)[-1])
+        return p is not None and p.project == self.project and name == self.key(p.tier, p.filename)
+
+    def entry_problem(self, e: Entry) -> str | None:
+        """Why a remote manifest entry cannot be one of this project's archives (None: it can)."""
+        why = layout.entry_problem(e, self.project)
+        if why is None and e.get("key") != self.key(e["tier"], e["filename"]):
+            why = f"its key {e.get('key')!r} is not {self.key(e['tier'], e['filename'])!r}"
+        return why
 
     # -- low level, with retries -----------------------------------------------------------------
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
@@ -146,7 +164,16 @@ class S3Remote:
             body.close()
 
     def delete(self, keys: list[str]) -> None:
+        """Delete this project's objects; anything else is refused, loudly (the remote manifest is
+        untrusted input, and the prefix may hold other things)."""
         for k in keys:
+            if not self.owns(k):
+                event(
+                    "remote.refused",
+                    f"not deleting {self.url(k)}: it is not an archive of {self.project} under {self.base}/",
+                    level=logging.ERROR,
+                )
+                continue
             self._retry(f"delete {k}", functools.partial(self.s3.delete_object, Bucket=self.rc.bucket, Key=k))
 
     def list_keys(self) -> list[dict[str, Any]]:
@@ -197,31 +224,48 @@ class S3Remote:
 
     # -- the remote manifest ---------------------------------------------------------------------
     def read_manifest(self) -> list[Entry]:
+        """The remote manifest's entries. A missing or unreadable one is rebuilt from the objects
+        and their .sha256 files (never taken as "no archives"); ``self.manifest_state`` says which
+        (``ok``, ``missing``, ``unreadable``) and ``self.manifest_raw`` keeps an unreadable one."""
         raw = self.get_bytes(self.manifest_key)
+        self.manifest_raw = raw
         if raw is None:
-            return []
+            self.manifest_state = "missing"
+            event(
+                "remote.manifest_missing",
+                f"{self.url(self.manifest_key)} is missing; rebuilt from the objects and their .sha256 "
+                "files (nothing is deleted in this run)",
+                level=logging.WARNING,
+            )
+            return self.rebuild_manifest()
         try:
             doc = json.loads(raw)
             entries = doc["backups"]
-            assert isinstance(entries, list)
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise TypeError("backups is not a list of entries")
+            self.manifest_state = "ok"
             return entries
-        except (ValueError, KeyError, AssertionError, TypeError):
+        except (ValueError, KeyError, TypeError):
+            self.manifest_state = "unreadable"
             event(
                 "remote.manifest_unreadable",
-                f"{self.url(self.manifest_key)} is unreadable; rebuilding it "
-                "from the objects and their .sha256 files",
+                f"{self.url(self.manifest_key)} is unreadable; rebuilt from the objects and their "
+                ".sha256 files (nothing is deleted in this run)",
                 level=logging.WARNING,
             )
             return self.rebuild_manifest()
 
     def rebuild_manifest(self) -> list[Entry]:
+        """Entries for this project's archives that have a .sha256 object beside them."""
         objs = {o["Key"]: o for o in self.list_keys()}
         out = []
         for k, o in objs.items():
+            if k.endswith(layout.SIDECAR_SUFFIX) or not self.owns(k):
+                continue
             fn = k.rsplit("/", 1)[-1]
             p = layout.parse(fn)
             side_key = k + layout.SIDECAR_SUFFIX
-            if p is None or p.project != self.project or side_key not in objs:
+            if p is None or side_key not in objs:
                 continue
             side = layout.parse_sidecar((self.get_bytes(side_key) or b"").decode(errors="replace"), fn)
             e = new_entry(

@@ -2,24 +2,32 @@
 
 :func:`plan_retention` is pure (entries in, deletions out) and shared by local and remote
 retention; :func:`prune` applies it to the backup directory, adopts archives the manifest does not
-know, and removes what dead processes left (partial files, orphan checksum files).
+know, and removes what dead processes left (partial files, orphan checksum files). The manifest is
+untrusted input: prune deletes only this project's archives, by name, as regular files in their
+tier directory, never through a symlink, and verifies a failed archive once more before deleting
+it.
 """
 
 from __future__ import annotations
 
 import calendar
+import contextlib
+import json
 import logging
 import os
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from . import layout
 from .config import BackupConfig
-from .fsutil import remove_quietly
+from .fsutil import NotOurs, regular_in, tier_dir_fd, unlink_regular
 from .layout import TIERS
 from .manifest import Entry, Manifest, created_of, entry_from_archive, failed
+from .schedule import now_iso
+from .scrub import check, last_check, verdict_fields
 
 log = logging.getLogger("gofr_backup")
 
@@ -55,12 +63,16 @@ def plan_retention(entries: Iterable[Entry], now: datetime, policy: Policy) -> l
 
     Per tier, newest first:
     1. Archives that failed verification are deleted (they cannot be restored and must not take
-       the slots of good ones) -- unless only their .sha256 file is damaged (archive_intact).
-    2. The newest verified archive is protected whatever its age; if none is verified yet, the
-       newest one not known to be bad is. So a service that was down for longer than the
-       retention period never deletes its last good backup.
+       the slots of good ones) -- unless only their .sha256 file is damaged (archive_intact), and
+       never the last archive of a tier: when nothing else is left, the newest failed one stays
+       (flagged; ``status`` is unhealthy while it is there). prune() verifies each once more
+       before it deletes it.
+    2. Protected whatever their age (see :func:`protected`): the newest archive that is complete
+       and verified, and the newest verified one. So a service that was down for longer than the
+       retention period never deletes its last good backup, and an incomplete backup never costs
+       the last complete one.
     3. Older than the tier's age limit: deleted (unless protected).
-    4. daily only: beyond the newest ``max_count``: deleted (the protected one counts as a slot).
+    4. daily only: beyond the newest ``max_count``: deleted (protected ones count as slots).
     """
     out: list[tuple[Entry, str]] = []
     by_tier: dict[str, list[Entry]] = {}
@@ -68,26 +80,40 @@ def plan_retention(entries: Iterable[Entry], now: datetime, policy: Policy) -> l
         by_tier.setdefault(e["tier"], []).append(e)
     for tier, es in by_tier.items():
         es.sort(key=lambda e: (created_of(e), e["filename"]), reverse=True)
-        good = []
-        for e in es:
-            if failed(e):
-                out.append((e, f"failed verification: {e.get('verify_error') or 'unknown error'}"))
-            else:
-                good.append(e)
+        good = [e for e in es if not failed(e)]
+        bad = [e for e in es if failed(e)]
+        last = bad[:1] if not good else []  # a tier never loses its last archive to this rule
+        for e in bad[len(last) :]:
+            out.append((e, f"failed verification: {e.get('verify_error') or 'unknown error'}"))
         if not good:
             continue
-        protected = next((e for e in good if e.get("verified") is True), good[0])
+        keep = protected(good)
         cutoff = age_cutoff(tier, now, policy)
         kept = []
         for e in good:
-            if e is not protected and created_of(e) < cutoff:
+            if not any(e is k for k in keep) and created_of(e) < cutoff:
                 out.append((e, f"older than the {tier} limit ({_limit_text(tier, policy)})"))
             else:
                 kept.append(e)
         if tier == "daily" and len(kept) > policy.max_count:
-            others = [e for e in kept if e is not protected]
-            for e in others[policy.max_count - 1 :]:
+            others = [e for e in kept if not any(e is k for k in keep)]
+            for e in others[max(policy.max_count - len(keep), 0) :]:
                 out.append((e, f"beyond MAX_COUNT={policy.max_count}"))
+    return out
+
+
+def protected(good: list[Entry]) -> list[Entry]:
+    """Of one tier's archives not known to be bad (newest first), those kept whatever their age:
+    the newest complete and verified one and the newest verified one; while none is complete and
+    verified, also the newest complete one; while none is verified, the newest one."""
+    vc = next((e for e in good if e.get("verified") is True and e.get("complete") is not False), None)
+    v = next((e for e in good if e.get("verified") is True), None)
+    c = next((e for e in good if e.get("complete") is not False), None) if vc is None else None
+    n = good[0] if v is None else None
+    out: list[Entry] = []
+    for e in (vc, v, c, n):
+        if e is not None and not any(e is o for o in out):
+            out.append(e)
     return out
 
 
@@ -107,6 +133,10 @@ class PruneReport:
     adopted: list[str] = field(default_factory=list)
     kept: int = 0
     dry_run: bool = False
+    # what the manifest or the directory named that is not ours to touch: reported, never deleted
+    skipped: list[str] = field(default_factory=list)
+    # failed archives verified once more before deletion, and what that found
+    rechecked: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,7 +145,21 @@ class PruneReport:
             "cleaned": self.cleaned,
             "adopted": self.adopted,
             "kept": self.kept,
+            "skipped": self.skipped,
+            "rechecked": self.rechecked,
         }
+
+
+@dataclass
+class _Dirs:
+    """The tier directories being pruned, as fds opened without following a symlink."""
+
+    fds: dict[str, int] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
 
 
 def prune(
@@ -123,69 +167,196 @@ def prune(
     now: datetime,
     tiers: Iterable[str] = TIERS,
     dry_run: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> PruneReport:
-    """Apply retention to this project's archives. The caller holds the project's run lock."""
+    """Apply retention to this project's archives. The caller holds the project's run lock.
+
+    The manifest is untrusted input: only entries naming this project's archives as
+    ``<tier>/<name>`` are acted on, only regular files are deleted, and never through a symlink
+    (the tier directories are opened with O_NOFOLLOW and files are unlinked relative to them).
+    Anything else is reported in ``skipped`` and left alone."""
     tiers = set(tiers)
     report = PruneReport(dry_run=dry_run)
-    lay = config.layout
-    bdir = lay.root
-    manifest = Manifest(bdir)
+    dirs = _Dirs()
+    try:
+        for tier in sorted(tiers):
+            try:
+                fd = tier_dir_fd(config.backup_dir, tier)
+            except NotOurs as e:
+                dirs.refused.add(tier)
+                report.skipped.append(str(e))
+                continue
+            if fd is not None:
+                dirs.fds[tier] = fd
+        _prune(config, now, tiers, dry_run, should_stop, report, dirs)
+    finally:
+        dirs.close()
+    return report
+
+
+def _prune(
+    config: BackupConfig,
+    now: datetime,
+    tiers: set[str],
+    dry_run: bool,
+    should_stop: Callable[[], bool],
+    report: PruneReport,
+    dirs: _Dirs,
+) -> None:
+    manifest = Manifest(config.backup_dir)
     mine = manifest.load(config.project)
-    tracked = {e["path"] for e in mine}
+    tracked = {e.get("path") for e in mine}
+
+    # 1. which entries may be acted on at all
+    valid: dict[str, Entry] = {}
+    chosen: dict[str, str] = {}  # path -> the entry kept of several that name it
+    for e in mine:
+        why = layout.entry_problem(e, config.project)
+        if why is not None:
+            report.skipped.append(f"manifest entry {e.get('path')!r}: {why}; not touched")
+            continue
+        if e["tier"] not in tiers or e["tier"] in dirs.refused:
+            continue
+        other = valid.get(e["path"])
+        if other is not None:  # named twice: keep the one checked last, drop the other entry
+            report.cleaned.append(f"{e['path']} (duplicate manifest entry)")
+            if (last_check(e) or created_of(e)) <= (last_check(other) or created_of(other)):
+                continue
+        valid[e["path"]] = e
+        chosen[e["path"]] = json.dumps(e, sort_keys=True)
+
+    # 2. which of them are on disk, as regular files
+    present: list[Entry] = []
+    missing: list[Entry] = []
+    for e in valid.values():
+        fd = dirs.fds.get(e["tier"])
+        try:
+            st = regular_in(fd, e["filename"]) if fd is not None else None
+        except NotOurs as x:
+            report.skipped.append(f"{e['tier']}/{x}")
+            continue
+        (present if st is not None else missing).append(e)
+    report.cleaned += [f"{e['path']} (manifest entry; archive is missing)" for e in missing]
 
     # archives on disk that the manifest does not know (e.g. a crash between rename and manifest
-    # update): adopt them, so that retention sees them.
-    adopt = [a for a in lay.archives_on_disk() if lay.rel(a) not in tracked and a.parent.name in tiers]
-    new_entries = [entry_from_archive(bdir, a) for a in adopt]
+    # update): adopt them, so that retention sees them
+    new_entries: list[Entry] = []
+    orphans: list[tuple[str, str, str]] = []  # (tier, name, why)
+    for tier, fd in sorted(dirs.fds.items()):
+        for n in sorted(os.listdir(fd)):
+            a = layout.parse(n)
+            if a is not None and a.project == config.project and a.tier == tier:
+                if f"{tier}/{n}" in tracked:
+                    continue
+                try:
+                    if regular_in(fd, n) is None:
+                        continue
+                except NotOurs as x:
+                    report.skipped.append(f"{tier}/{x}; not adopted")
+                    continue
+                new_entries.append(entry_from_archive(config.backup_dir, config.layout.tier_dir(tier) / n))
+                continue
+            orphan = _orphan(n, config.project, fd)
+            if orphan is not None:
+                orphans.append((tier, n, orphan))
     report.adopted = [e["path"] for e in new_entries]
+    report.cleaned += [f"{tier}/{n} ({why})" for tier, n, why in orphans]
 
-    present = [e for e in mine if e["tier"] in tiers and (bdir / e["path"]).is_file()]
-    missing = [e for e in mine if e["tier"] in tiers and not (bdir / e["path"]).is_file()]
-    report.cleaned += [f"{e['path']} (manifest entry; archive is missing)" for e in missing]
-    plan = plan_retention(present + new_entries, now, Policy.of(config))
+    # 3. the plan; an archive that failed verification is verified once more before it goes
+    policy = Policy.of(config)
+    cands = present + new_entries
+    checked: set[str] = set()
+    held: set[str] = set()  # could not be checked again: kept
+    updates: dict[str, dict[str, Any]] = {}
+    while True:
+        plan = plan_retention([e for e in cands if e["path"] not in held], now, policy)
+        todo = [e for e, _ in plan if failed(e) and e["path"] not in checked]
+        if dry_run or not todo:
+            break
+        for e in todo:
+            res = check(config, e, should_stop)
+            fields = verdict_fields(res, now_iso(now))
+            e.update(fields)  # type: ignore[typeddict-item]
+            updates[e["path"]] = fields
+            checked.add(e["path"])
+            if not res.checked:
+                held.add(e["path"])
+                report.rechecked.append(f"{e['path']}: {res.error}; kept")
+            elif not failed(e):
+                report.rechecked.append(f"{e['path']}: verified again: OK; kept")
+            else:
+                report.rechecked.append(f"{e['path']}: verified again: still bad ({res.error})")
     report.deleted = [
-        {"filename": e["filename"], "path": e["path"], "tier": e["tier"], "reason": why} for e, why in plan
+        {
+            "filename": e["filename"],
+            "path": e["path"],
+            "tier": e["tier"],
+            "reason": why + (" (it is verified once more first)" if dry_run and failed(e) else ""),
+        }
+        for e, why in plan
     ]
-    report.kept = len(present) + len(new_entries) - len(plan)
-
-    # orphans: sidecars without an archive, and partial files left by dead processes (we hold
-    # the run lock, so no live process of this project is writing one)
-    for tier in tiers:
-        d = lay.tier_dir(tier)
-        if not d.is_dir():
-            continue
-        for n in os.listdir(d):
-            if n.endswith(layout.SIDECAR_SUFFIX):
-                a = layout.parse(n[: -len(layout.SIDECAR_SUFFIX)])
-                if a and a.project == config.project and not (d / a.filename).exists():
-                    report.cleaned.append(f"{tier}/{n} (checksum file without archive)")
-            elif n.endswith(layout.PARTIAL_SUFFIX):
-                a = layout.parse(n[: -len(layout.PARTIAL_SUFFIX)])
-                if a and a.project == config.project:
-                    report.cleaned.append(f"{tier}/{n} (unfinished archive of a dead process)")
+    report.kept = len(cands) - len(plan)
     if dry_run:
-        return report
+        return
 
     doomed = {e["path"] for e, _ in plan} | {e["path"] for e in missing}
+    adopted = {e["path"] for e in new_entries}
 
     def fn(es: list[Entry]) -> None:
         known = {e["path"] for e in es}
         es.extend(e for e in new_entries if e["path"] not in known)
-        es[:] = [e for e in es if not (e.get("project") == config.project and e["path"] in doomed)]
+        counts = Counter(e.get("path") for e in es)
+        out: list[Entry] = []
+        kept_paths: set[str] = set()
+        for e in es:
+            p = e.get("path")
+            if e.get("project") != config.project or (p not in valid and p not in adopted):
+                out.append(e)
+                continue
+            if p in doomed or p in kept_paths:
+                continue
+            if counts[p] > 1 and p in chosen and json.dumps(e, sort_keys=True) != chosen[p]:
+                continue  # the duplicate that was not chosen
+            e.update(updates.get(p, {}))  # type: ignore[typeddict-item]
+            kept_paths.add(p)
+            out.append(e)
+        es[:] = out
 
     # manifest first: a crash after this leaves an untracked file (adopted next time, or deleted
     # again), never an entry that points at nothing
     manifest.update(fn)
-    for e, _ in plan:
-        doomed_path = bdir / e["path"]
-        remove_quietly(doomed_path)
-        remove_quietly(layout.sidecar_path(doomed_path))
-    for c in report.cleaned:
-        rel = c.split(" (", 1)[0]
-        if c.endswith("(manifest entry; archive is missing)"):
-            remove_quietly(layout.sidecar_path(bdir / rel))
-        else:
-            remove_quietly(bdir / rel)
     for e, why in plan:
+        fd = dirs.fds[e["tier"]]
+        try:
+            unlink_regular(fd, e["filename"])
+            unlink_regular(fd, e["filename"] + layout.SIDECAR_SUFFIX)
+        except NotOurs as x:
+            report.skipped.append(f"{e['tier']}/{x}")
+            continue
         log.info("deleted %s: %s", e["path"], why)
-    return report
+    for e in missing:
+        if e["tier"] in dirs.fds:
+            with contextlib.suppress(NotOurs):
+                unlink_regular(dirs.fds[e["tier"]], e["filename"] + layout.SIDECAR_SUFFIX)
+    for tier, n, _ in orphans:
+        try:
+            unlink_regular(dirs.fds[tier], n)
+        except NotOurs as x:
+            report.skipped.append(f"{tier}/{x}")
+
+
+def _orphan(name: str, project: str, fd: int) -> str | None:
+    """Why ``name`` in a tier directory is a leftover of this project (None: it is not one).
+    We hold the run lock, so no live process of this project is writing a partial file."""
+    if name.endswith(layout.SIDECAR_SUFFIX):
+        a = layout.parse(name[: -len(layout.SIDECAR_SUFFIX)])
+        if a and a.project == project:
+            try:
+                os.stat(a.filename, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return "checksum file without archive"
+    elif name.endswith(layout.PARTIAL_SUFFIX):
+        a = layout.parse(name[: -len(layout.PARTIAL_SUFFIX)])
+        if a and a.project == project:
+            return "unfinished archive of a dead process"
+    return None

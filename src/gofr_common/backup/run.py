@@ -1,8 +1,8 @@
 """One backup run, as a short list of stages.
 
   lock -> pre-hook -> write (writer.py) -> verify and record (verify.py, manifest.py; sealed.py for
-  ENCRYPT_LOCAL) -> tier copies (tiers.py) -> prune (retention.py) -> record the result (state.py)
-  -> off-site copy (offsite.py) -> post-hook, always.
+  ENCRYPT_LOCAL) -> tier copies (tiers.py) -> scrub (scrub.py, scheduled runs) -> prune
+  (retention.py) -> record the result (state.py) -> off-site copy (offsite.py) -> post-hook, always.
 
 The run's state lives in a :class:`Run`; the scheduler (scheduler.py) only decides when to start
 one. Failures of the off-site copy never change the local outcome.
@@ -29,7 +29,8 @@ from .manifest import Entry, Manifest, new_entry
 from .offsite import sync_and_record
 from .retention import PruneReport, prune
 from .schedule import Clock, now_iso
-from .state import SCHEDULED, record_failure, record_remote, record_result
+from .scrub import scrub, verdict_fields
+from .state import SCHEDULED, record_failure, record_remote, record_result, record_scrub
 from .tiers import copy_to_tiers
 from .verify import verify_archive
 from .writer import WriteResult, any_path_exists, no_data_error, write_archive
@@ -125,6 +126,7 @@ class Run:
         w = self.write(created)
         entry = self.verify_and_record(w, created)
         copies = self.tier_copies(entry, created)
+        self.scrub(entry, copies)
         report = self.prune(copies)
         status = self.record_result(w, entry)
         out = Outcome(
@@ -202,10 +204,12 @@ class Run:
         try:
             if c.verify_after_backup:
                 res = verify_archive(w.path, w.sha256, should_stop=self.should_stop)
-                entry.update({"verified": res.ok, "verified_at": self.now(), "verify_error": res.error})
+                entry.update(verdict_fields(res, self.now()))  # type: ignore[typeddict-item]
                 event(
                     "backup.verified" if res.ok else "backup.verify_failed",
-                    "verification passed" if res.ok else f"verification FAILED: {res.error}",
+                    "verification passed"
+                    if res.ok
+                    else (f"verification FAILED: {res.error}" if res.checked else str(res.error)),
                     level=logging.INFO if res.ok else logging.ERROR,
                     filename=w.filename,
                 )
@@ -219,6 +223,11 @@ class Run:
             raise
         if entry["verified"] is False:
             raise BackupError(f"archive {w.filename} failed verification: {entry['verify_error']}")
+        if c.verify_after_backup and entry["verified"] is None:  # could not be read back (EIO, ...)
+            raise BackupError(
+                f"archive {w.filename} was written but could not be verified ({entry['verify_error']}); "
+                "it is kept, not verified, and the next scrub tries again"
+            )
         return entry
 
     def seal(self, plain: Path, entry: Entry) -> None:
@@ -244,13 +253,21 @@ class Run:
 
     def tier_copies(self, entry: Entry, created: datetime) -> list[str]:
         if self.scheduled and self.tier == "daily" and entry["complete"]:
-            return copy_to_tiers(self.config, self.manifest, entry, created)
+            return copy_to_tiers(self.config, self.manifest, entry, created, self.now())
         return []
+
+    def scrub(self, entry: Entry, copies: list[str]) -> None:
+        """Scheduled runs also re-verify the archives checked longest ago (SCRUB_MAX_BYTES)."""
+        c = self.config
+        if not self.scheduled or c.scrub_max_bytes <= 0:
+            return
+        rep = scrub(c, self.manifest, self.now(), self.should_stop, frozenset([entry["path"], *copies]))
+        record_scrub(c, rep.to_dict())
 
     def prune(self, copies: list[str]) -> PruneReport:
         """Scheduled runs keep every tier in shape; a manual run touches only what it wrote."""
         tiers = list(layout.TIERS) if self.scheduled else [self.tier, *[x.split("/", 1)[0] for x in copies]]
-        report = prune(self.config, self.clock.now(), tiers=tiers)
+        report = prune(self.config, self.clock.now(), tiers=tiers, should_stop=self.should_stop)
         event(
             "housekeeping.done",
             f"housekeeping: {len(report.deleted)} deleted, {report.kept} kept",
@@ -332,8 +349,10 @@ def last_ratio(entries: list[Entry], project: str, compression: str) -> float | 
         e
         for e in entries
         if e.get("project") == project
+        and layout.entry_problem(e, project) is None
         and e.get("compression") == compression
         and e.get("verified") is not False
+        and isinstance(e.get("source_bytes"), int)
         and (e.get("source_bytes") or 0) > 0
     ]
     if not es:

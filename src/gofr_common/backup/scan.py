@@ -2,8 +2,10 @@
 
 Two walks, so that memory does not grow with the number of files: :func:`survey` counts (for the
 archive's header, the pre-flight space check and the progress bar) and :func:`walk` yields the
-entries one directory listing at a time while the writer archives them. Symlinks are never
-followed; sockets, FIFOs and devices are skipped with a warning.
+entries one directory listing at a time while the writer archives them. Symlinks inside a path
+are never followed; a configured path that is itself a symlink is followed once (it names what the
+operator asked for) and recorded. Sockets, FIFOs and devices are skipped with a warning. The backup
+directory, met inside a path, is left out (with one warning), so archives never hold archives.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .config import PathSpec
-from .errors import Interrupted
+from .errors import BackupError, Interrupted
 
 
 @dataclass(slots=True)
@@ -31,6 +33,9 @@ class Found:
     unreadable: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     excluded: int = 0
+    left_out: dict[str, list[str]] = field(default_factory=dict)  # name -> the backup dir inside it
+    excluded_in: set[str] = field(default_factory=set)  # names of the paths EXCLUDE took from
+    files_in: dict[str, int] = field(default_factory=dict)  # name -> regular files yielded
 
 
 @dataclass
@@ -42,6 +47,8 @@ class Survey(Found):
     missing: list[str] = field(default_factory=list)  # "name=path"
     file_count: int = 0
     source_bytes: int = 0
+    followed: dict[str, str] = field(default_factory=dict)  # name -> what its configured link points at
+    emptied: list[tuple[str, str, str]] = field(default_factory=list)  # (name, path, a file EXCLUDE took)
 
     @property
     def kinds(self) -> dict[str, str]:
@@ -62,30 +69,124 @@ def survey(
     paths: tuple[PathSpec, ...],
     should_stop: Callable[[], bool] = lambda: False,
     excluded: Callable[[str, bool], bool] | None = None,
+    backup_dir: str | os.PathLike[str] | None = None,
 ) -> Survey:
     """Find the configured paths that exist, then count what :func:`walk` will yield under them.
-    Warnings about the paths themselves are kept; those met inside are left to the second walk."""
+    Warnings about the paths themselves are kept; those met inside are left to the second walk.
+    Raises BackupError when a path is (or leads into) the backup directory or is a link to ``/``."""
     result = Survey()
+    bdir = os.path.realpath(backup_dir) if backup_dir is not None else None
     for spec in paths:
+        path = str(spec.path)
         try:
-            st = os.lstat(spec.path)
+            st = os.lstat(path)
         except FileNotFoundError:
             result.missing.append(f"{spec.name}={spec.path}")
             result.warnings.append(f"path {spec.name}={spec.path} does not exist; skipped")
             continue
         except PermissionError:
-            result.unreadable.append(str(spec.path))
+            result.unreadable.append(path)
             continue
+        if stat.S_ISLNK(st.st_mode):
+            followed = _follow(spec, result)
+            if followed is None:
+                continue
+            path, st = followed
         kind = _kind(st.st_mode)
         if kind is None:
-            result.warnings.append(f"{spec.path} is not a file, directory or symlink; skipped")
+            result.warnings.append(f"{path} is not a file, directory or symlink; skipped")
             continue
-        result.tops.append((spec.name, str(spec.path), kind))
-    for e in walk(result.tops, Found(), should_stop, excluded):
+        if bdir is not None:
+            _not_the_backup_dir(spec, path, bdir)
+        result.tops.append((spec.name, path, kind))
+    found = Found()
+    skip = backup_dir_ids(backup_dir)
+    for e in walk(result.tops, found, should_stop, excluded, skip):
         result.file_count += 1
         if stat.S_ISREG(e.st.st_mode):
             result.source_bytes += e.st.st_size
+    result.left_out = found.left_out
+    # EXCLUDE patterns that took every file of a path that has some: a backup of empty dirs
+    for name, path, kind in result.tops:
+        if kind == "dir" and not found.files_in.get(name) and name in found.excluded_in:
+            example = first_file(path, name, skip)
+            if example is not None:
+                result.emptied.append((name, path, example))
     return result
+
+
+def _follow(spec: PathSpec, result: Survey) -> tuple[str, os.stat_result] | None:
+    """A configured path that is a symlink: what it points at (recorded in ``result.followed``),
+    or None when it points at nothing (missing) or cannot be followed (unreadable: a loop)."""
+    try:
+        target = os.path.realpath(spec.path, strict=True)
+        st = os.lstat(target)
+    except FileNotFoundError:
+        result.missing.append(f"{spec.name}={spec.path}")
+        result.warnings.append(
+            f"path {spec.name}={spec.path} does not exist (a symlink to {_readlink(spec.path)!r}, "
+            "which is missing); skipped"
+        )
+        return None
+    except OSError as e:  # ELOOP, EACCES on the way
+        result.unreadable.append(str(spec.path))
+        result.warnings.append(
+            f"path {spec.name}={spec.path} is a symlink that cannot be followed ({e.strerror}); "
+            "nothing of it was saved"
+        )
+        return None
+    if target == "/":
+        raise BackupError(
+            f"path {spec.name}={spec.path} is a symlink to '/': refusing to back up the whole system; "
+            "point the link (or PATHS) at the data"
+        )
+    result.followed[spec.name] = target
+    return target, st
+
+
+def _readlink(p: os.PathLike[str] | str) -> str:
+    try:
+        return os.readlink(p)
+    except OSError:
+        return "?"
+
+
+def _not_the_backup_dir(spec: PathSpec, path: str, bdir: str) -> None:
+    """A path that is the backup directory, or lies inside its archives or scratch space, would
+    archive the archives (config.py refuses the plain case before anything runs)."""
+    real = os.path.realpath(path)
+    if real == bdir or any(real == r or real.startswith(r + "/") for r in _reserved(bdir)):
+        how = f" (a symlink to {real})" if real != str(spec.path) else ""
+        raise BackupError(
+            f"path {spec.name}={spec.path}{how} is the backup directory {bdir} or inside its archives: "
+            "refusing to archive the backups; point PATHS at the data"
+        )
+
+
+def _reserved(bdir: str) -> list[str]:
+    from .layout import TIERS
+
+    return [os.path.join(bdir, t) for t in TIERS]
+
+
+def backup_dir_ids(backup_dir: str | os.PathLike[str] | None) -> frozenset[tuple[int, int]]:
+    """(st_dev, st_ino) of the backup directory: the walk leaves it out wherever it meets it
+    (however it is reached: a subdirectory, a bind mount)."""
+    if backup_dir is None:
+        return frozenset()
+    try:
+        st = os.stat(backup_dir)
+    except OSError:
+        return frozenset()
+    return frozenset({(st.st_dev, st.st_ino)})
+
+
+def first_file(top: str, name: str, skip: frozenset[tuple[int, int]] = frozenset()) -> str | None:
+    """The first regular file under ``top`` (no excludes), as an archive name; None if there is none."""
+    for e in walk([(name, top, "dir")], Found(), skip_ids=skip):
+        if stat.S_ISREG(e.st.st_mode):
+            return e.arcname
+    return None
 
 
 def walk(
@@ -93,11 +194,13 @@ def walk(
     found: Found,
     should_stop: Callable[[], bool] = lambda: False,
     excluded: Callable[[str, bool], bool] | None = None,
+    skip_ids: frozenset[tuple[int, int]] = frozenset(),
 ) -> Iterator[ScanEntry]:
     """Yield every entry under ``tops`` (from :func:`survey`) without following symlinks, sorted
     by name within each directory (so archives are stable), one directory listing in memory at a
     time. A top whose kind changed since the survey is skipped: the archive's header already
-    declared it. ``excluded(rel, is_dir)`` drops entries (and whole directories)."""
+    declared it. ``excluded(rel, is_dir)`` drops entries (and whole directories); directories
+    whose (dev, ino) is in ``skip_ids`` (the backup dir) are left out with a warning."""
     for name, path, kind in tops:
         try:
             st = os.lstat(path)
@@ -111,8 +214,10 @@ def walk(
             found.warnings.append(f"path {name}={path} is no longer a {kind}; skipped")
             continue
         yield ScanEntry(name, path, st)
+        if kind == "file":
+            found.files_in[name] = found.files_in.get(name, 0) + 1
         if kind == "dir":
-            yield from _walk_dir(path, name, found, should_stop, excluded)
+            yield from _walk_dir(path, name, found, should_stop, excluded, skip_ids)
 
 
 def _walk_dir(
@@ -121,6 +226,7 @@ def _walk_dir(
     found: Found,
     should_stop: Callable[[], bool],
     excluded: Callable[[str, bool], bool] | None,
+    skip_ids: frozenset[tuple[int, int]],
 ) -> Iterator[ScanEntry]:
     cut = len(arctop) + 1
     stack = [(top, arctop)]
@@ -146,13 +252,23 @@ def _walk_dir(
                 continue
             arc = f"{arcdir}/{d.name}"
             kind = _kind(st.st_mode)
+            if kind == "dir" and (st.st_dev, st.st_ino) in skip_ids:
+                found.left_out.setdefault(arctop, []).append(arc[cut:])
+                found.warnings.append(
+                    f"the backup directory is inside path {arctop} (at {arc}): it is left out of the "
+                    "archive, so archives never hold earlier archives; better keep it outside the data"
+                )
+                continue
             if excluded is not None and excluded(arc[cut:], kind == "dir"):
                 found.excluded += 1
+                found.excluded_in.add(arctop)
                 continue
             if kind is None:
                 found.warnings.append(f"{d.path} is a socket, FIFO or device; skipped")
                 continue
             yield ScanEntry(arc, d.path, st)
+            if kind == "file":
+                found.files_in[arctop] = found.files_in.get(arctop, 0) + 1
             if kind == "dir":
                 subdirs.append((d.path, arc))
         del items

@@ -19,7 +19,7 @@ from typing import IO
 
 from . import layout
 from .errors import BackupError, ConfigError, VerifyError
-from .verify import VerifyResult, verify_archive
+from .verify import VerifyResult, could_not_check, verify_archive
 
 
 def recipients(keys: tuple[str, ...]) -> list[object]:
@@ -143,7 +143,10 @@ def verify_sealed(
 ) -> VerifyResult:
     """The checksum of the sealed file (no key needed); with an identity, the archive inside is
     decrypted to a temp file and verified in full too."""
-    sha, err = checksum_error(path, expected_sha256)
+    try:
+        sha, err = checksum_error(path, expected_sha256)
+    except (OSError, MemoryError) as e:  # could not read it: nothing is known about it
+        return could_not_check(VerifyResult(path, ok=False), e)
     if err or identity is None:
         return VerifyResult(path, ok=err is None, error=err, sha256=sha, archive_intact=err is None)
     with open(path, "rb") as f, decrypted(f, path.name, identity) as plain:

@@ -29,6 +29,7 @@ from .retention import PruneReport, prune
 from .run import Outcome, Run
 from .schedule import Clock, now_iso
 from .scheduler import Scheduler
+from .scrub import verdict_fields
 from .verify import VerifyResult, verify_archive
 
 __all__ = ["BackupService", "Clock", "Outcome"]
@@ -83,14 +84,10 @@ class BackupService:
         else:
             res = verify_archive(path, expected, should_stop=self.should_stop)
         if entry is not None and rel is not None:
-            self.manifest.set_fields(
-                rel,
-                verified=res.ok,
-                verified_at=now_iso(self.clock.now()),
-                verify_error=res.error,
-                archive_intact=res.archive_intact,
-            )
-        self.observer.verified(res.ok)
+            # could not check (EIO, out of memory): verified stays as it was, with a verify_error
+            self.manifest.set_fields(rel, **verdict_fields(res, now_iso(self.clock.now())))
+        if res.checked:  # a read error is not a verification failure
+            self.observer.verified(res.ok)
         return res
 
     # -- restore, prune, off-site ----------------------------------------------------------------
@@ -101,7 +98,7 @@ class BackupService:
 
     def prune(self, dry_run: bool = False) -> PruneReport:
         with run_lock(self.config.layout, self.config.lock_timeout, self.should_stop):
-            return prune(self.config, self.clock.now(), dry_run=dry_run)
+            return prune(self.config, self.clock.now(), dry_run=dry_run, should_stop=self.should_stop)
 
     def sync_remote(self) -> SyncReport:
         """Upload what is missing, apply remote retention. Raises RemoteError."""

@@ -82,3 +82,8 @@ def record_remote(
         update_state(config, lambda st: st.update(remote_last_success=when, remote_count=count))
     else:
         update_state(config, lambda st: st.update(remote_last_failure={"time": when, "error": error}))
+
+
+def record_scrub(config: BackupConfig, report: Mapping[str, Any]) -> None:
+    """What the last scrub re-verified and found (``status`` is unhealthy while it found bad)."""
+    update_state(config, lambda st: st.update(last_scrub=dict(report)))

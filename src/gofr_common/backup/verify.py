@@ -3,6 +3,11 @@
 One pass over the file: every byte is hashed on its way into the decompressor, the whole tar stream
 is read to its end (every member's content, so a truncated or bit-flipped stream fails, not just a
 listing of the first members), and the member count is checked against the archive's own record.
+
+Two kinds of "not ok", never confused: *checked and bad* (checksum mismatch, a corrupt or truncated
+stream: ``checked`` is True) and *could not check* (the file could not be read -- EIO, out of
+memory -- so nothing is known about it: ``checked`` is False). Only the first may mark an archive
+failed; retention deletes nothing for the second.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from .layout import read_sidecar, sidecar_path
 ZLIB_NG_ERROR: type[BaseException] = zlib_ng.error  # type: ignore[assignment]  # stub says instance
 STREAM_ERRORS: tuple[type[BaseException], ...] = (
     tarfile.TarError,
-    OSError,  # includes gzip's BadGzipFile and bz2's "Invalid data stream"
+    OSError,  # gzip's BadGzipFile and bz2's "Invalid data stream"; a failed read of the file itself
+    # is told apart by HashingReader.io_error (could not check)
     EOFError,
     ValueError,  # includes json errors in the metadata members
     UnicodeError,
@@ -41,7 +47,7 @@ STREAM_ERRORS: tuple[type[BaseException], ...] = (
     lzma.LZMAError,
     zstandard.ZstdError,
     LookupError,
-    MemoryError,
+    MemoryError,  # could not check, not a damaged stream
 )
 
 
@@ -55,6 +61,7 @@ class HashingReader(io.RawIOBase):
         self.sha = hashlib.sha256()
         self.size = 0
         self.should_stop = should_stop
+        self.io_error: OSError | None = None  # the file itself could not be read (EIO, ...)
 
     def readable(self) -> bool:
         return True
@@ -62,12 +69,16 @@ class HashingReader(io.RawIOBase):
     def readinto(self, b: Any) -> int:
         if self.should_stop():
             raise Interrupted("interrupted while reading archive")
-        if hasattr(self.f, "readinto"):
-            n = self.f.readinto(b)
-        else:  # e.g. an S3 streaming body
-            data = self.f.read(len(b))
-            n = len(data)
-            b[:n] = data
+        try:
+            if hasattr(self.f, "readinto"):
+                n = self.f.readinto(b)
+            else:  # e.g. an S3 streaming body
+                data = self.f.read(len(b))
+                n = len(data)
+                b[:n] = data
+        except OSError as e:
+            self.io_error = e
+            raise
         if n:
             self.sha.update(memoryview(b)[:n])
             self.size += n
@@ -111,6 +122,9 @@ class VerifyResult:
     path: Path
     ok: bool
     error: str | None = None
+    # False: the archive could not be read to the end (I/O error, out of memory, interrupted), so
+    # nothing is known about it: never a reason to mark it failed or to delete it
+    checked: bool = True
     sha256: str | None = None
     file_count: int = 0
     # the archive itself is sound (its stream reads to the end and it matches the manifest's
@@ -135,10 +149,15 @@ def verify_archive(
     its own contents. ``visit`` is called for every data member while the stream is read, which is
     how restore extracts in the same pass that verifies."""
     res = VerifyResult(path=path, ok=False)
-    if stream is None and not path.is_file():
-        res.error = f"archive not found: {path}"
-        return res
-    side = read_sidecar(path) if sidecar else None
+    try:
+        if stream is None and not path.is_file():
+            res.error = f"archive not found: {path}"
+            return res
+        side = read_sidecar(path) if sidecar else None
+        total = path.stat().st_size if stream is None else 0
+        f = stream if stream is not None else open(path, "rb", buffering=CHUNK)  # noqa: SIM115
+    except OSError as e:
+        return could_not_check(res, e)
     side_error = None
     if not sidecar:
         pass  # the caller checks the checksum another way (a remote manifest, a decrypted temp file)
@@ -148,10 +167,10 @@ def verify_archive(
         side_error = f"checksum file malformed: {sidecar_path(path).name} (expected '<sha256>  {path.name}')"
 
     stream_error: str | None = None
+    unreadable: BaseException | None = None
     count = 0
-    total = path.stat().st_size if stream is None else 0
     progress.begin("restore" if visit is not None else "verify", total)
-    with contextlib.nullcontext(stream) if stream is not None else open(path, "rb", buffering=CHUNK) as f:
+    with contextlib.nullcontext(f) if stream is not None else f:
         hr = HashingReader(f, should_stop)
         try:
             with open_tar_stream(path, raw=hr, read_ahead=True) as tar:  # type: ignore[arg-type]
@@ -189,18 +208,25 @@ def verify_archive(
                 while tar.fileobj.read(CHUNK):
                     pass
         except Interrupted:
+            progress.end()
             raise
         except StopVerify as e:  # the visitor refused a member: no point reading further
             stream_error = str(e)
         except STREAM_ERRORS as e:  # only what a damaged stream raises; our own bugs propagate
-            stream_error = (
-                f"archive stream is corrupt: {e}" if str(e) else f"archive stream is corrupt: {e!r}"
-            )
-        try:
-            hr.drain()
-        except OSError as e:
-            stream_error = stream_error or f"cannot read archive: {e}"
+            if hr.io_error is not None or isinstance(e, MemoryError):
+                unreadable = hr.io_error or e
+            else:
+                stream_error = (
+                    f"archive stream is corrupt: {e}" if str(e) else f"archive stream is corrupt: {e!r}"
+                )
+        if unreadable is None:
+            try:
+                hr.drain()
+            except OSError as e:
+                unreadable = e
     progress.end()
+    if unreadable is not None:  # the digest covers part of the file only: it proves nothing
+        return could_not_check(res, unreadable)
     digest = hr.sha.hexdigest()
     res.sha256 = digest
     res.file_count = count
@@ -227,6 +253,20 @@ def verify_archive(
     else:
         res.error = stream_error or count_error
     res.ok = res.error is None
+    return res
+
+
+def could_not_check(res: VerifyResult, e: BaseException) -> VerifyResult:
+    """The archive could not be read to its end: nothing is known about it."""
+    why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
+    if isinstance(e, MemoryError):
+        why = "out of memory"
+    elif isinstance(e, Interrupted):
+        why = "interrupted"
+    res.ok, res.checked, res.archive_intact = False, False, False
+    res.error = (
+        f"could not check {res.path.name}: {why} (the archive itself may be fine; nothing was concluded)"
+    )
     return res
 
 

@@ -31,7 +31,7 @@ from .config import BackupConfig
 from .errors import BackupError, Interrupted, NoDataError
 from .excludes import compile_excludes
 from .fsutil import FILE_MODE, free_bytes, fsync_dir, remove_quietly
-from .scan import Found, ScanEntry, survey, walk
+from .scan import Found, ScanEntry, backup_dir_ids, survey, walk
 from .tarstream import TarStream
 
 SMALL_FILE = 8 << 20  # read whole, and re-read if it changed while being read
@@ -380,6 +380,15 @@ def no_data_error(config: BackupConfig) -> NoDataError:
     return NoDataError(f"No data found to backup: none of the configured paths exist ({tried})")
 
 
+def emptied_error(config: BackupConfig, emptied: list[tuple[str, str, str]]) -> BackupError:
+    """EXCLUDE took every file of a path that has some: that is no backup of it."""
+    what = "; ".join(f"{name}={path} (e.g. {example})" for name, path, example in emptied)
+    return BackupError(
+        f"{config.prefix}EXCLUDE={','.join(config.exclude)!r} leaves no file of {what}: "
+        "the backup would hold empty directories; narrow the patterns or drop the path from PATHS"
+    )
+
+
 def any_path_exists(config: BackupConfig) -> bool:
     return any(os.path.lexists(p.path) for p in config.paths)
 
@@ -435,13 +444,21 @@ def write_archive(
     """
     t0 = time.monotonic()
     excluded = compile_excludes(config.exclude) if config.exclude else None
-    s = survey(config.paths, should_stop, excluded)
+    s = survey(config.paths, should_stop, excluded, backup_dir=config.backup_dir)
     if not s.tops:
         raise no_data_error(config)
+    if s.emptied:
+        raise emptied_error(config, s.emptied)
     preflight(config, s.source_bytes, expected_ratio)
     lay = config.layout
     tier_dir = lay.tier_dir(tier)
     tier_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    if os.path.islink(tier_dir):
+        raise BackupError(
+            f"{tier_dir} is a symlink: archives are written to (and pruned from) real directories only; "
+            "mount the volume there instead"
+        )
+    skip = backup_dir_ids(config.backup_dir)
     filename, fd = reserve_name(tier_dir, config, tier, created)
     partial = tier_dir / (filename + layout.PARTIAL_SUFFIX)
     final = tier_dir / filename
@@ -461,7 +478,7 @@ def write_archive(
         found = Found()
         progress.begin("backup", s.source_bytes)
         try:
-            for e in walk(s.tops, found, should_stop, excluded):
+            for e in walk(s.tops, found, should_stop, excluded, skip):
                 w.add(e)
         finally:
             progress.end()
