@@ -21,8 +21,8 @@ from gofr_common.backup.writer import write_archive
 @pytest.mark.parametrize("codec", ["gzip", "zstd", "bzip2", "xz", "none"])
 def test_a_full_disk_stops_the_codec_threads_before_the_error_is_raised(
     tmp_path: Path,
-    small_fs: Path,
-    codec: str,  # noqa: F811
+    small_fs: Path,  # noqa: F811
+    codec: str,
 ) -> None:
     data = tmp_path / "data"
     write(data / "s" / "random.bin", os.urandom(24 << 20))  # does not compress: fills the 8 MB tmpfs
