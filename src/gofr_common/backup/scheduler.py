@@ -34,6 +34,7 @@ class Scheduler:
     stop_event: threading.Event
     backup: Callable[[str], Outcome]  # trigger -> outcome of one daily backup
     prune: Callable[[], PruneReport]
+    recover: Callable[[], list[str]] | None = None  # finish a restore that died (swap.py)
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: Any) -> None:
@@ -69,6 +70,17 @@ class Scheduler:
             while not self.stop_event.wait(3600):
                 pass
             return 0
+        if self.recover is not None:
+            try:
+                for line in self.recover():
+                    event("restore.recovered", line, level=logging.WARNING)
+            except (BackupError, OSError) as e:
+                event(
+                    "restore.pending",
+                    f"a restore that died could not be finished here ({e}); run the same restore again "
+                    "(scripts/backup/restore_backup.sh) to finish it",
+                    level=logging.ERROR,
+                )
         if c.cleanup_on_start:
             try:
                 r = self.prune()
