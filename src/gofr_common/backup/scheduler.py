@@ -62,14 +62,7 @@ class Scheduler:
             )
 
         update_state(c, started)
-        if not c.enabled:
-            event(
-                "service.disabled",
-                f"backups are disabled; set {c.prefix}ENABLED=true to turn them on. Idling.",
-            )
-            while not self.stop_event.wait(3600):
-                pass
-            return 0
+        # a restore that died is finished (or undone) first, whether or not backups are enabled
         if self.recover is not None:
             try:
                 for line in self.recover():
@@ -81,6 +74,14 @@ class Scheduler:
                     "(scripts/backup/restore_backup.sh) to finish it",
                     level=logging.ERROR,
                 )
+        if not c.enabled:
+            event(
+                "service.disabled",
+                f"backups are disabled; set {c.prefix}ENABLED=true to turn them on. Idling.",
+            )
+            while not self.stop_event.wait(3600):
+                pass
+            return 0
         if c.cleanup_on_start:
             try:
                 r = self.prune()
