@@ -220,6 +220,12 @@ def test_an_end_marker_that_says_incomplete_is_believed(app: dict[str, Any]) -> 
     before = snapshot(app["data"])
     r = run_cli("restore", a.name, "--only", "storage", "--yes", env=app["env"])
     assert r.returncode == 2 and "ünïcødé – файл.txt" in _one_line(r), r.stderr
+    # even when the manifest says complete
+    doc = json.loads((app["backups"] / "manifest.json").read_text())
+    doc["backups"][0]["complete"] = True
+    (app["backups"] / "manifest.json").write_text(json.dumps(doc))
+    r = run_cli("restore", a.name, "--only", "storage", "--yes", env=app["env"])
+    assert r.returncode == 2 and "incomplete" in _one_line(r), r.stderr
     assert snapshot(app["data"]) == before
     r = run_cli("restore", a.name, "--only", "storage", "--allow-incomplete", "--yes", env=app["env"])
     assert r.returncode == 0, r.stderr
@@ -475,3 +481,106 @@ def test_dry_run_reports_changes_truthfully_and_agrees_with_the_restore(app: dic
     for n, t in plan.items():
         for k in ("created", "replaced", "removed"):
             assert done[n][k] == t[k], (n, k)
+
+
+# -- the hostile pass: what a new user runs into ----------------------------------------------------
+def test_paths_nested_in_each_other_restore_in_place(tmp_path: Path) -> None:
+    # data:. and storage:storage: the inner path's staging goes into the outer one's, one swap
+    data = tmp_path / "app" / "data"
+    write(data / "storage" / "f.txt", "storage file")
+    write(data / "top.txt", "top file")
+    os.symlink("storage/f.txt", data / "link")
+    env = cli_env(data, tmp_path / "b", **{"GOFR_{P}_BACKUP_PATHS": "data:.,storage:storage"})
+    e = _now(env)
+    want = snapshot(data)
+    shutil.rmtree(data / "storage")
+    write(data / "storage" / "g.txt", "new")
+    (data / "top.txt").write_text("changed")
+    dry = json.loads(run_cli("restore", e["filename"], "--dry-run", "--json", env=env).stdout)
+    plan = {t["name"]: t for t in dry["targets"]}
+    assert plan["storage"]["removed"] == ["storage/g.txt"] and plan["storage"]["created"] == ["storage/f.txt"]
+    assert not any(n.startswith("data/storage") for k in ("created", "removed") for n in plan["data"][k])
+    r = run_cli("restore", e["filename"], "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert snapshot(data) == want
+    assert not list(tmp_path.rglob(".gofr-restore-*"))
+
+
+def test_paths_nested_in_a_mount_point(tmp_path: Path) -> None:
+    needs(os.geteuid() == 0, "mounting a tmpfs needs root")
+    data = tmp_path / "app" / "data"
+    data.mkdir(parents=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(data)], capture_output=True)
+    needs(r.returncode == 0, "cannot mount tmpfs here")
+    try:
+        write(data / "storage" / "sub" / "f.txt", "storage file")
+        write(data / "top.txt", "top file")
+        env = cli_env(data, tmp_path / "b", **{"GOFR_{P}_BACKUP_PATHS": "data:.,storage:storage"})
+        e = _now(env)
+        want = snapshot(data)
+        shutil.rmtree(data / "storage" / "sub")
+        write(data / "extra.txt", "not in the backup")
+        r = run_cli("restore", e["filename"], "--yes", env=env)
+        assert r.returncode == 0, r.stderr
+        got = snapshot(data)
+        assert {k: v for k, v in got.items() if k != "."} == {k: v for k, v in want.items() if k != "."}
+        assert not list(data.glob(".gofr-restore-*"))
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def test_a_target_that_is_a_file_is_a_usage_error(app: dict[str, Any]) -> None:
+    e = _now(app["env"])
+    f = write(app["tmp"] / "a-file", "x")
+    r = run_cli("restore", e["filename"], "--target", str(f), "--yes", env=app["env"])
+    assert r.returncode == 2 and "not a directory" in _one_line(r)
+    assert f.read_text() == "x"
+
+
+def test_the_backup_dir_inside_a_restored_path_is_left_alone(tmp_path: Path) -> None:
+    # data:. with the backup dir inside the data dir: a restore used to replace the backup dir by
+    # its old copy in the archive, deleting every archive made since
+    data = tmp_path / "data"
+    write(data / "doc.txt", "v1")
+    backups = data / "backups"
+    env = cli_env(data, backups, **{"GOFR_{P}_BACKUP_PATHS": "data:."})
+    first = _now(env)
+    (data / "doc.txt").write_text("v2")
+    time.sleep(1.1)
+    second = _now(env)
+    before = snapshot(backups)
+    r = run_cli("restore", first["filename"], "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (data / "doc.txt").read_text() == "v1"
+    assert (backups / second["path"]).is_file()
+    after = snapshot(backups)
+    assert {k: v for k, v in after.items() if "manifest" not in k and ".lock" not in k} == {
+        k: v for k, v in before.items() if "manifest" not in k and ".lock" not in k
+    }
+
+
+def test_a_symlink_that_replaced_a_directory_is_not_followed(app: dict[str, Any]) -> None:
+    storage = app["data"] / "storage"
+    e = _now(app["env"])
+    outside = app["tmp"] / "outside"
+    shutil.copytree(storage / "nested", outside)  # the same files, outside the data
+    shutil.rmtree(storage / "nested")
+    os.symlink(str(outside), storage / "nested")
+    before_outside = snapshot(outside)
+    dry = json.loads(
+        run_cli("restore", e["filename"], "--only", "storage", "--dry-run", "--json", env=app["env"]).stdout
+    )
+    t = dry["targets"][0]
+    assert "storage/nested/deep/blob.bin" in t["created"] and "storage/nested" in t["replaced"]
+    r = run_cli("restore", e["filename"], "--only", "storage", "--yes", env=app["env"])
+    assert r.returncode == 0, r.stderr
+    assert (storage / "nested").is_dir() and not (storage / "nested").is_symlink()
+    assert snapshot(outside) == before_outside
+    # a configured path whose parent is a symlink now is refused: the restore would write through it
+    env = {**app["env"], "GOFR_PLOT_BACKUP_PATHS": "deep:storage/nested/deep"}
+    e2 = _now(env)
+    shutil.rmtree(storage / "nested")
+    os.symlink(str(outside), storage / "nested")
+    r = run_cli("restore", e2["filename"], "--yes", env=env)
+    assert r.returncode == 2 and "symlink" in _one_line(r)
+    assert snapshot(outside) == before_outside

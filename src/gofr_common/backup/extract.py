@@ -184,6 +184,7 @@ class Extractor:
         # than the disk has is refused before anything of it is written (writes still get ENOSPC)
         self.room: dict[str, int] = {}
         self.root = os.geteuid() == 0  # owners are restored (and compared) only as root
+        self._live_dirs: dict[str, bool] = {}  # archive dir name -> its live path is a real directory
 
     # -- the checks ----------------------------------------------------------------------------
     def _check(self, m: tarfile.TarInfo, name: str, kind: str) -> None:
@@ -274,6 +275,9 @@ class Extractor:
     def _compare(self, t: Target, name: str, m: tarfile.TarInfo) -> str | None:
         """created, replaced, None (unchanged) or content (a regular file whose type, size, mtime,
         mode and owner match: its content decides)."""
+        parent = name.rpartition("/")[0]
+        if parent and not self._live_dir(t, parent):  # e.g. a symlink now where a directory was
+            return "created"
         live = t.live(name)
         try:
             st = os.lstat(live)
@@ -301,6 +305,20 @@ class Extractor:
             )
             return "content" if same else "replaced"
         return None if same else "replaced"
+
+    def _live_dir(self, t: Target, name: str) -> bool:
+        """The live path of the archive directory ``name`` is a real directory, reached without
+        following a link (so comparing never reads through one). Cached: one lstat per directory."""
+        ok = self._live_dirs.get(name)
+        if ok is None:
+            parent = name.rpartition("/")[0]
+            try:
+                real_dir = stat.S_ISDIR(os.lstat(t.live(name)).st_mode)
+            except OSError:
+                real_dir = False
+            ok = real_dir and (not parent or self._live_dir(t, parent))
+            self._live_dirs[name] = ok
+        return ok
 
     # -- writing the staging -------------------------------------------------------------------
     def _extract(self, tar: tarfile.TarFile, t: Target, name: str, m: tarfile.TarInfo, hasher: Any) -> None:

@@ -99,6 +99,35 @@ def _existing_ancestor(p: Path) -> Path:
     return p
 
 
+def _no_link_on_the_way(root: Path, name: str, dest: Path) -> None:
+    """A configured path below the data dir must still be reached through real directories: if
+    one of them is a symlink now, the restore would write wherever it points."""
+    try:
+        rel = dest.parent.relative_to(root)
+    except ValueError:
+        return
+    p = root
+    for part in rel.parts:
+        p = p / part
+        if p.is_symlink():
+            raise ConfigError(
+                f"{name} -> {dest}: {p} is a symlink now (to {os.readlink(p)}), so a restore would write "
+                "through it; put the directory back, or restore with --target DIR"
+            )
+
+
+def _protected(config: BackupConfig, t: Target) -> list[str]:
+    """The backup dir, when it lies inside a restored path: never removed or replaced by a
+    restore (archive names, like the kept paths of an incomplete archive)."""
+    bk = os.path.realpath(config.backup_dir)
+    real = os.path.realpath(t.dest)
+    if bk == real or _inside(real, bk):
+        raise ConfigError(
+            f"{t.name} -> {t.dest} is the backup directory or inside it: restore it elsewhere with --target"
+        )
+    return [f"{t.name}/{os.path.relpath(bk, real)}"] if _inside(bk, real) else []
+
+
 def resolve_targets(
     config: BackupConfig, meta: dict[str, Any], target_dir: Path | None, only: list[str] | None
 ) -> list[Target]:
@@ -130,7 +159,9 @@ def resolve_targets(
                 f"the archive holds {n!r}, which is not in {config.prefix}PATHS; "
                 "restore it with --target DIR, or add it to PATHS"
             )
-        targets.append(Target(n, dest, mount=is_mount(dest, mps)))
+        if target_dir is None:
+            _no_link_on_the_way(config.data_dir, n, dest)
+        targets.append(Target(n, dest, mount=is_mount(Path(os.path.realpath(dest)), mps)))
     if os.environ.get("GOFR_BACKUP_IN_CONTAINER") == "1":
         for t in targets:
             if _mount_point(t.dest) == Path("/"):
@@ -351,6 +382,7 @@ def restore(
     entry = entry or Entry()
     meta = _read_meta_or_refuse(archive)
     targets = resolve_targets(config, meta, req.target, req.only)
+    protect = {t.name: _protected(config, t) for t in targets}
     if entry.get("complete") is False and not req.allow_incomplete:
         res = verify_archive(archive, expected_sha256, should_stop=should_stop)  # to name what it misses
         if not res.ok:
@@ -385,6 +417,8 @@ def restore(
         if res.note:
             notes.append(res.note)
         incomplete = _apply_incomplete(archive, entry, meta, res.end, targets, req.allow_incomplete)
+        for t in targets:
+            t.keep += protect[t.name]
         if not req.dry_run:
             try:
                 ex.finish()
