@@ -584,3 +584,34 @@ def test_a_symlink_that_replaced_a_directory_is_not_followed(app: dict[str, Any]
     r = run_cli("restore", e2["filename"], "--yes", env=env)
     assert r.returncode == 2 and "symlink" in _one_line(r)
     assert snapshot(outside) == before_outside
+
+
+def test_a_staging_directory_in_an_archive_or_on_disk_is_never_followed(app: dict[str, Any]) -> None:
+    # a restore's staging caught by a backup (or planted) must not become a journal that the next
+    # restore's recovery follows: it is not restored, and a journal reaching elsewhere is refused
+    evil = json.dumps(
+        {"format": 1, "targets": [{"name": "x", "dest": "/etc", "base": "/tmp/y", "entries": [], "keep": []}]}
+    ).encode()
+    a = craft_archive(
+        app["backups"] / "daily" / ARCHIVE,
+        [
+            tinfo("storage", tarfile.DIRTYPE),
+            tinfo("storage/ok.txt", data=b"ok"),
+            tinfo("storage/.gofr-restore-x-1", tarfile.DIRTYPE),
+            tinfo("storage/.gofr-restore-x-1/journal.json", data=evil),
+        ],
+    )
+    target = app["tmp"] / "copy"
+    r = run_cli("restore", a.name, "--target", str(target), "--yes", env=app["env"])
+    assert r.returncode == 0, r.stderr
+    assert (target / "storage" / "ok.txt").exists() and not (
+        target / "storage" / ".gofr-restore-x-1"
+    ).exists()
+    assert "not restored" in r.stderr
+    planted = app["data"] / ".gofr-restore-storage-1"
+    write(planted / "journal.json", evil)
+    (planted / "journal-at").write_text(str(planted / "journal.json"))
+    before = snapshot(app["data"])
+    r = run_cli("restore", a.name, "--only", "storage", "--yes", env=app["env"])
+    assert r.returncode == 1 and "journal" in _one_line(r)
+    assert snapshot(app["data"]) == before

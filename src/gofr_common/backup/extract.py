@@ -176,6 +176,7 @@ class Extractor:
         self.parents: set[str] = set()  # every directory some member lies below
         self.links: dict[str, str] = {}  # symlink members: name -> target (created last)
         self.delayed: list[tarfile.TarInfo] = []
+        self.skipped: list[str] = []  # members below a .gofr-restore-* directory: never restored
         self.dirs: list[tuple[tarfile.TarInfo, str]] = []
         self.changes = {t.name: Change() for t in targets}
         self.live_exists = {t.name: os.path.lexists(t.dest) for t in targets}
@@ -227,6 +228,11 @@ class Extractor:
         name = m.name.rstrip("/")
         if name in self.seen or os.path.normpath(name) != name:
             raise StopVerify(f"member {m.name!r} is duplicated or not in normal form")
+        if f"/{STAGING_PREFIX}" in f"/{name}":  # a restore's staging, caught by a backup: not data
+            self.skipped.append(name)
+            if m.isreg():
+                read_member(tar, m)
+            return
         kind = _kind(m)
         try:
             self._check(m, name, kind)

@@ -31,7 +31,7 @@ from . import layout, sealed
 from .archive_format import read_meta
 from .config import BackupConfig
 from .errors import BackupError, ConfigError, VerifyError
-from .extract import Change, Extractor, Refused, Target
+from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
 from .fsutil import open_dir_nofollow, run_lock
 from .manifest import Entry, Manifest, latest
 from .swap import Staging, commit, pending_journals, recover, roll_forward
@@ -427,6 +427,12 @@ def restore(
         changes = {t.name: ex.finish_changes(t) for t in targets}
         merged = _check_whole(archive, ex, targets)
         outside = [x for t in targets for x in changes[t.name].outside]
+        staged_only = [n for n in ex.skipped if f"/{STAGING_PREFIX}" not in f"/{n.rpartition('/')[0]}"]
+        if staged_only:
+            notes.append(
+                f"not restored: {_show(staged_only, 5)}, a restore's staging that a backup caught "
+                "(.gofr-restore-*: never data)"
+            )
         if outside:
             notes.append(
                 f"{len(outside)} symlink(s) lead outside their path; restored as links, never followed: "

@@ -262,11 +262,33 @@ def _forward_keep(rec: dict[str, Any], k: dict[str, Any]) -> None:
         os.close(dfd)
 
 
+def _load(journal: Path) -> list[dict[str, Any]]:
+    """The journal's records, each confined to its destination and its own staging base (a
+    journal is only ever followed where this restore could have written it)."""
+    if journal.name != JOURNAL or not journal.parent.name.startswith(STAGING_PREFIX):
+        raise BackupError(f"{journal} is not a restore journal; nothing was changed")
+    try:
+        recs: list[dict[str, Any]] = json.loads(journal.read_text(encoding="utf-8"))["targets"]
+        for rec in recs:
+            dest, base = Path(rec["dest"]), Path(rec["base"])
+            ok = (
+                dest.is_absolute()
+                and base.parent in (dest, dest.parent)
+                and base.name.startswith(f"{STAGING_PREFIX}{rec['name']}-")
+                and "/" not in rec["name"]
+                and all(".." not in Path(x["rel"]).parts for x in rec["entries"] + rec["keep"])
+            )
+            if not ok:
+                raise ValueError(f"record {rec.get('name')!r} reaches outside its path")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BackupError(f"cannot use the restore journal {journal}: {e}; nothing was changed") from None
+    return recs
+
+
 def roll_forward(journal: Path) -> list[str]:
     """Do whatever is left of a committed restore, then delete its staging and the journal.
     Returns the names of its targets."""
-    doc = json.loads(journal.read_text(encoding="utf-8"))
-    recs: list[dict[str, Any]] = doc["targets"]
+    recs = _load(journal)
     for rec in recs:
         for e in rec["entries"]:
             _forward_entry(rec, e)
