@@ -15,6 +15,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,22 +82,28 @@ def _staging(m: dict[str, Any]) -> list[Path]:
     return list(m["data"].glob(".gofr-restore-*")) + list(m["logs"].parent.glob(".gofr-restore-*"))
 
 
-def _service_start(env: dict[str, str]) -> str:
-    """Start the real service (backups disabled: it recovers, then idles) and stop it."""
-    p = popen_cli("run", env=env)
-    out = ""
-    t0 = time.monotonic()
-    try:
-        while time.monotonic() - t0 < 60:
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            out += line
-            if "service.disabled" in line or "disabled" in line or not line:
-                break
-    finally:
+def _service_start(env: dict[str, str], logdir: Path) -> str:
+    """Start the real service (backups disabled: it recovers, then idles) and stop it. Its output
+    goes to a file, so that nothing can block on a full pipe."""
+    log = logdir / "service.log"
+    with open(log, "w") as out:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "gofr_common.backup", "run"],
+            env={**env, "GOFR_BACKUP_LOG_FORMAT": "json"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        t0 = time.monotonic()
+        while '"service.disabled"' not in log.read_text() and p.poll() is None and time.monotonic() - t0 < 60:
+            time.sleep(0.05)
         p.send_signal(signal.SIGTERM)
-        rest, err = p.communicate(timeout=30)
-    return out + rest + err
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            return log.read_text() + "\nTIMEOUT: the service did not stop within 30 s of SIGTERM"
+    return log.read_text()
 
 
 def _kill(args: list[str], env: dict[str, str], m: dict[str, Any], rng: random.Random, d: float) -> None:
@@ -116,6 +123,32 @@ def _kill(args: list[str], env: dict[str, str], m: dict[str, Any], rng: random.R
     p.communicate()
 
 
+def _prepare(m: dict[str, Any], env: dict[str, str]) -> tuple[str, dict[str, Any], dict[str, Any], Path]:
+    """A backup, then the live data moves on. Returns (archive, what it holds, the live state, a
+    copy of the live state to go back to)."""
+    r = run_cli("now", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    archive = json.loads(r.stdout)["filename"]
+    new = _state(m)
+    _move_on(m)
+    saved = m["tmp"] / "saved"
+    shutil.copytree(m["data"], saved / "data", symlinks=True)
+    shutil.copytree(m["logs"], saved / "logs", symlinks=True)
+    return archive, new, _state(m), saved
+
+
+def _reset(m: dict[str, Any], saved: Path) -> None:
+    for n in ("data", "logs"):
+        for p in list(m[n].iterdir()):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        shutil.copytree(saved / n, m[n], symlinks=True, dirs_exist_ok=True)
+
+
+def _committed(m: dict[str, Any]) -> bool:
+    return bool(list(m["data"].glob(".gofr-restore-data-*/journal.json")))
+
+
+@pytest.mark.timeout(1200)  # 50 trials, each with a restore, a recovery and a full restore
 @pytest.mark.parametrize("fallback", [False, True], ids=["exchange", "two-renames"])
 def test_sigkill_during_a_restore_into_a_mount_point(mounted: dict[str, Any], fallback: bool) -> None:
     # issue 12 item 5: the old swap deleted the mount point's extra entries first and swapped the
@@ -123,15 +156,7 @@ def test_sigkill_during_a_restore_into_a_mount_point(mounted: dict[str, Any], fa
     # old tree in the staging that the next restore deleted)
     m = mounted
     env = {**m["env"], **({"GOFR_BACKUP_TEST_NO_EXCHANGE": "1"} if fallback else {})}
-    r = run_cli("now", "--json", env=env)
-    assert r.returncode == 0, r.stderr
-    archive = json.loads(r.stdout)["filename"]
-    new = _state(m)  # what the archive holds
-    _move_on(m)
-    saved = m["tmp"] / "saved"
-    shutil.copytree(m["data"], saved / "data", symlinks=True)
-    shutil.copytree(m["logs"], saved / "logs", symlinks=True)
-    old = _state(m)
+    archive, new, old, saved = _prepare(m, env)
     t0 = time.monotonic()
     assert run_cli("restore", archive, "--yes", env=env).returncode == 0
     d = time.monotonic() - t0
@@ -140,14 +165,12 @@ def test_sigkill_during_a_restore_into_a_mount_point(mounted: dict[str, Any], fa
     failures: list[tuple[int, list[str]]] = []
     counts = {"before": 0, "mid-swap": 0, "after": 0}
     for i in range(TRIALS):
-        for n in ("data", "logs"):  # back to the live state
-            for p in list(m[n].iterdir()):
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-            shutil.copytree(saved / n, m[n], symlinks=True, dirs_exist_ok=True)
+        _reset(m, saved)  # back to the live state
         assert _state(m) == old
         _kill(["restore", archive, "--yes"], env, m, rng, d)
         s = _state(m)
         counts["before" if s == old else "after" if s == new else "mid-swap"] += 1
+        committed = _committed(m)
         problems: list[str] = []
         if i % 2:  # what an operator runs next: another restore (of a copy, elsewhere) ...
             r = run_cli("restore", archive, "--only", "logs", "--dry-run", env=env)
@@ -159,12 +182,14 @@ def test_sigkill_during_a_restore_into_a_mount_point(mounted: dict[str, Any], fa
                 problems.append(f"the next restore failed: {r.stderr.strip()}")
             shutil.rmtree(copy, ignore_errors=True)
         else:  # ... or the service's start
-            out = _service_start(env)
-            if "restore.pending" in out:
+            out = _service_start(env, m["tmp"])
+            if '"restore.pending"' in out or "TIMEOUT" in out:
                 problems.append("the service could not recover: " + out[-300:])
-        whole = _state(m) in (old, new)
-        if not whole:
+        after = _state(m)
+        if after not in (old, new):
             problems.append("not wholly old or wholly new after recovery")
+        elif committed and after != new:
+            problems.append("the journal was committed but the restore was rolled back")
         if _staging(m):
             problems.append(f"staging left behind: {_staging(m)}")
         r = run_cli("restore", archive, "--yes", env=env)
@@ -185,3 +210,60 @@ def test_sigkill_during_a_restore_into_a_mount_point(mounted: dict[str, Any], fa
     )
     assert not failures, failures[:3]
     assert counts["mid-swap"] >= TRIALS // 10, f"only {counts['mid-swap']} kills landed mid-swap"
+
+
+@pytest.mark.timeout(1200)
+def test_a_recovery_that_is_killed_is_finished_by_the_next_one(mounted: dict[str, Any]) -> None:
+    # issue 12 item 5: the roll-forward reads what is done from the file system, so it can be
+    # killed and run again any number of times
+    m = mounted
+    env = m["env"]
+    archive, new, old, saved = _prepare(m, env)
+    rng = random.Random(SEED + 7)
+    trials, failures, killed_mid = max(TRIALS // 5, 4), [], 0
+    for i in range(trials):
+        _reset(m, saved)
+        p = popen_cli("restore", archive, "--yes", env=env)
+        journal = m["data"] / f".gofr-restore-data-{p.pid}" / "journal.json"
+        t0 = time.monotonic()
+        while not journal.exists() and p.poll() is None and time.monotonic() - t0 < 60:
+            time.sleep(0.0002)
+        p.send_signal(signal.SIGKILL)
+        p.communicate()
+        if not journal.exists():
+            continue  # finished before the kill: nothing to recover
+        for _ in range(3):  # recoveries killed in turn
+            before = _state(m)
+            names = set(os.listdir(m["data"]))
+            q = popen_cli(
+                "restore", archive, "--only", "logs", "--target", str(m["tmp"] / "copy"), "--yes", env=env
+            )
+            t0 = time.monotonic()  # kill it once it has begun to change the mount point
+            while set(os.listdir(m["data"])) == names and q.poll() is None and time.monotonic() - t0 < 60:
+                time.sleep(0.0002)
+            time.sleep(rng.uniform(0.0, 0.01))
+            q.send_signal(signal.SIGKILL)
+            q.communicate()
+            killed_mid += _state(m) not in (before, new)
+        r = run_cli(
+            "restore", archive, "--only", "logs", "--target", str(m["tmp"] / "copy"), "--yes", env=env
+        )
+        shutil.rmtree(m["tmp"] / "copy", ignore_errors=True)
+        problems = []
+        if r.returncode != 0:
+            problems.append(r.stderr.strip())
+        if _state(m) != new:
+            problems.append("a committed restore did not end wholly new")
+        if _staging(m):
+            problems.append("staging left behind")
+        if problems:
+            failures.append((i, problems))
+    publish(
+        "SIGKILL during the recovery of a restore into a mount point",
+        trials,
+        len(failures),
+        "a restore killed after its commit, whose recoveries are killed in turn, ends wholly new",
+        "tests/test_restore_journal.py::test_a_recovery_that_is_killed_is_finished_by_the_next_one",
+        f"{killed_mid} recoveries were killed halfway through",
+    )
+    assert not failures, failures[:3]

@@ -342,10 +342,7 @@ class Extractor:
             )
             try:
                 read_member(tar, m, fd, hasher)
-                if self.root:
-                    os.fchown(fd, m.uid, m.gid)
-                os.fchmod(fd, m.mode & 0o777)
-                os.utime(fd, (m.mtime, m.mtime))
+                self._attrs(fd, m)
             finally:
                 os.close(fd)
         elif m.issym():  # created after every other member: see finish()
@@ -397,12 +394,16 @@ class Extractor:
         for ti, path in sorted(self.dirs, key=lambda x: x[1].count("/"), reverse=True):
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                if self.root:
-                    os.fchown(fd, ti.uid, ti.gid)
-                os.fchmod(fd, ti.mode & 0o777)
-                os.utime(fd, (ti.mtime, ti.mtime))
+                self._attrs(fd, ti)
             finally:
                 os.close(fd)
+
+    def _attrs(self, fd: int, m: tarfile.TarInfo) -> None:
+        """Owner (as root), mode without setuid/setgid/sticky, mtime: through the descriptor."""
+        if self.root:
+            os.fchown(fd, m.uid, m.gid)
+        os.fchmod(fd, m.mode & 0o777)
+        os.utime(fd, (m.mtime, m.mtime))
 
     # -- after the pass: what the links do, and the full change list ----------------------------
     def blocked(self, name: str, inclusive: bool = False) -> str | None:

@@ -24,11 +24,12 @@ from .errors import BackupError, VerifyError
 from .fsutil import run_lock
 from .manifest import Manifest
 from .offsite import SyncReport, sync_and_record
-from .restore import RestorePlan, RestoreRequest, recover_interrupted, run_restore
+from .restore import RestorePlan, RestoreRequest, recover_interrupted, recovery_dirs, run_restore
 from .retention import PruneReport, prune
 from .run import Outcome, Run
 from .schedule import Clock, now_iso
 from .scheduler import Scheduler
+from .swap import staging_dirs
 from .verify import VerifyResult, verify_archive
 
 __all__ = ["BackupService", "Clock", "Outcome"]
@@ -116,6 +117,8 @@ class BackupService:
 
     def recover_restore(self) -> list[str]:
         """Finish (or undo) a restore that died (see swap.py); the service does it on start."""
+        if not staging_dirs(recovery_dirs(self.config)):
+            return []  # the common case: nothing to do, and no wait for the run lock
         with run_lock(self.config.layout, self.config.lock_timeout, self.should_stop, readonly_ok=True):
             return recover_interrupted(self.config)
 

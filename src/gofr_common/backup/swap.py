@@ -262,7 +262,7 @@ def _forward_keep(rec: dict[str, Any], k: dict[str, Any]) -> None:
         os.close(dfd)
 
 
-def _load(journal: Path) -> list[dict[str, Any]]:
+def load_journal(journal: Path) -> list[dict[str, Any]]:
     """The journal's records, each confined to its destination and its own staging base (a
     journal is only ever followed where this restore could have written it)."""
     if journal.name != JOURNAL or not journal.parent.name.startswith(STAGING_PREFIX):
@@ -288,7 +288,7 @@ def _load(journal: Path) -> list[dict[str, Any]]:
 def roll_forward(journal: Path) -> list[str]:
     """Do whatever is left of a committed restore, then delete its staging and the journal.
     Returns the names of its targets."""
-    recs = _load(journal)
+    recs = load_journal(journal)
     for rec in recs:
         for e in rec["entries"]:
             _forward_entry(rec, e)
@@ -361,6 +361,7 @@ def pending_journals(parents: Iterable[Path]) -> list[Path]:
             if p[0] >= 0:
                 os.close(p[0])
             if p[1] is not None and p[1] not in out:
+                load_journal(p[1])  # one that a recovery would refuse is refused here too
                 out.append(p[1])
     return out
 
