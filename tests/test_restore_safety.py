@@ -615,3 +615,60 @@ def test_a_staging_directory_in_an_archive_or_on_disk_is_never_followed(app: dic
     r = run_cli("restore", a.name, "--only", "storage", "--yes", env=app["env"])
     assert r.returncode == 1 and "journal" in _one_line(r)
     assert snapshot(app["data"]) == before
+
+
+def test_an_incomplete_archive_of_nested_paths_keeps_what_it_never_saved(tmp_path: Path) -> None:
+    # item 1 with item 3's nesting: the inner path's unreadable file is kept by the outer swap
+    data, env, secret, private = _incomplete_setup(tmp_path)
+    env = {**env, "GOFR_PLOT_BACKUP_PATHS": "data:.,s:s"}
+    for p in (secret, private, private / "inner.txt"):
+        os.chown(p, 1000, 1000)
+    e = _backup_without_dac(env)
+    assert e["complete"] is False
+    secret.write_text("the app's secret, v2")
+    (data / "s" / "ok.txt").write_text("changed")
+    before = snapshot(data)
+    r = run_cli("restore", e["filename"], "--allow-incomplete", "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    after = snapshot(data)
+    assert (data / "s" / "ok.txt").read_text() == "fine"
+    for rel in ("s/secret.txt", "s/private", "s/private/inner.txt"):
+        assert after[rel] == before[rel], rel
+    assert not list(tmp_path.rglob(".gofr-restore-*"))
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["exchange", "two-renames"])
+def test_an_incomplete_archive_of_a_mount_point_keeps_what_it_never_saved(
+    tmp_path: Path, fallback: bool
+) -> None:
+    data, env, secret, private = _incomplete_setup(tmp_path)
+    shutil.rmtree(data)
+    data.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(data)], capture_output=True)
+    needs(r.returncode == 0, "cannot mount tmpfs here")
+    try:
+        data2, env, secret, private = _incomplete_setup(tmp_path)
+        env = {
+            **env,
+            "GOFR_PLOT_BACKUP_PATHS": "data:.",
+            **({"GOFR_BACKUP_TEST_NO_EXCHANGE": "1"} if fallback else {}),
+        }
+        write(data / "top-secret.txt", "unreadable at the top", 0o600)
+        for p in (secret, private, private / "inner.txt", data / "top-secret.txt"):
+            os.chown(p, 1000, 1000)
+        e = _backup_without_dac(env)
+        assert e["complete"] is False
+        secret.write_text("v2")
+        (data / "top-secret.txt").write_text("v2 at the top")
+        (data / "s" / "ok.txt").write_text("changed")
+        write(data / "extra.txt", "not in the backup")
+        before = snapshot(data)
+        r = run_cli("restore", e["filename"], "--allow-incomplete", "--yes", env=env)
+        assert r.returncode == 0, r.stderr
+        after = snapshot(data)
+        assert (data / "s" / "ok.txt").read_text() == "fine" and not (data / "extra.txt").exists()
+        for rel in ("s/secret.txt", "s/private", "s/private/inner.txt", "top-secret.txt"):
+            assert after[rel] == before[rel], rel
+        assert not list(data.glob(".gofr-restore-*"))
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)

@@ -19,7 +19,6 @@ A restore that is refused or cancelled changes nothing, not even a parent direct
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -353,6 +352,7 @@ def _merge(a: Target, b: Target) -> None:
         os.close(fd)
     b.merged = True
     a.keep = sorted(set(a.keep) | {f"{a.name}/{rel}{k[len(b.name) :]}" for k in b.keep})
+    b.keep = []  # its old tree goes with a's: a carries them
 
 
 # -- the restore ------------------------------------------------------------------------------------
@@ -458,9 +458,7 @@ def restore(
     except OSError as e:
         if committed:
             raise
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
-            raise BackupError(f"cannot stage the restore: {e}; nothing was changed") from None
-        raise
+        raise BackupError(f"cannot stage the restore: {e}; nothing was changed") from None
     finally:
         staging.close()
         if not committed:
