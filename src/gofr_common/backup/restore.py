@@ -377,6 +377,7 @@ def restore(
     entry: Entry | None = None,
     confirm: Callable[[RestorePlan], bool] = lambda p: True,
     should_stop: Callable[[], bool] = lambda: False,
+    notes: list[str] | None = None,
 ) -> RestorePlan:
     """Plan (``req.dry_run``) or restore ``archive``: the same pass and the same checks either way."""
     entry = entry or Entry()
@@ -388,7 +389,7 @@ def restore(
         if not res.ok:
             raise _refuse(archive, str(res.error))
         _apply_incomplete(archive, entry, meta, res.end, targets, False)
-    notes: list[str] = []
+    notes = list(notes or [])
     if req.dry_run:
         notes += [
             f"a restore that died after its commit ({j}) will be finished first; this plan compares "
@@ -536,8 +537,15 @@ def run_restore(
         _, err = sealed.checksum_error(archive, entry.get("sha256"))
         if err:
             raise BackupError(f"refusing to restore {archive.name}: {err}; nothing was changed")
+        note = []
+        if layout.read_sidecar(archive) is None:
+            note = [
+                f"{layout.sidecar_path(archive).name} is missing: checked against the manifest's checksum"
+            ]
         with open(archive, "rb") as f, sealed.decrypted(f, archive.name, identity) as plain:
-            return _restore_plain(config, plain, entry.get("plain_sha256"), entry, req, confirm, should_stop)
+            return _restore_plain(
+                config, plain, entry.get("plain_sha256"), entry, req, confirm, should_stop, note
+            )
     return _restore_plain(config, archive, entry.get("sha256"), entry, req, confirm, should_stop)
 
 
@@ -549,9 +557,10 @@ def _restore_plain(
     req: RestoreRequest,
     confirm: Callable[[RestorePlan], bool],
     should_stop: Callable[[], bool],
+    notes: list[str] | None = None,
 ) -> RestorePlan:
     if req.dry_run:
-        return restore(config, archive, req, sha, entry, confirm, should_stop)
+        return restore(config, archive, req, sha, entry, confirm, should_stop, notes)
     # the backup volume may be mounted read-only for a restore
     with run_lock(config.layout, config.lock_timeout, should_stop, readonly_ok=True):
-        return restore(config, archive, req, sha, entry, confirm, should_stop)
+        return restore(config, archive, req, sha, entry, confirm, should_stop, notes)

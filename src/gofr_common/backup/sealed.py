@@ -146,9 +146,14 @@ def verify_sealed(
     """The checksum of the sealed file (no key needed); with an identity, the archive inside is
     decrypted to a temp file and verified in full too."""
     sha, err = checksum_error(path, expected_sha256)
+    note = None
+    if layout.read_sidecar(path) is None and expected_sha256:
+        note = f"{layout.sidecar_path(path).name} is missing: checked against the manifest's checksum"
     if err or identity is None:
-        return VerifyResult(path, ok=err is None, error=err, sha256=sha, archive_intact=err is None)
+        return VerifyResult(
+            path, ok=err is None, error=err, sha256=sha, archive_intact=err is None, note=note
+        )
     with open(path, "rb") as f, decrypted(f, path.name, identity) as plain:
         inner = verify_archive(plain, plain_sha256, sidecar=False, should_stop=should_stop)
-    inner.path, inner.sha256 = path, sha
+    inner.path, inner.sha256, inner.note = path, sha, note
     return inner
