@@ -338,7 +338,9 @@ def _build(root: Path, ops: list[tuple[str, str, str]]) -> None:
             os.symlink(detail, p)
 
 
-EXAMPLES = 1000 if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz" else 25
+EXAMPLES = int(
+    os.environ.get("GOFR_TREE_EXAMPLES", "1000" if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz" else "25")
+)
 
 
 @settings(
