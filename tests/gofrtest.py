@@ -168,9 +168,12 @@ def craft_archive(
     members: list[tuple[tarfile.TarInfo, bytes | None]],
     project: str = "plot",
     paths: dict[str, str] | None = None,
+    end: dict[str, Any] | None = None,
+    meta_extra: dict[str, Any] | None = None,
 ) -> Path:
     """A gzip archive in our format (meta first, end marker last, valid .sha256) holding
-    arbitrary, possibly hostile, members: so that restore's refusal cannot come from a checksum."""
+    arbitrary, possibly hostile, members: so that restore's refusal cannot come from a checksum.
+    ``end`` adds to (or overrides) the end marker, ``meta_extra`` the header."""
     buf = io.BytesIO()
     meta = {
         "format": 1,
@@ -182,6 +185,7 @@ def craft_archive(
         "kinds": {},
         "file_count": len(members),
         "source_bytes": 0,
+        **(meta_extra or {}),
     }
     with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
 
@@ -194,7 +198,7 @@ def craft_archive(
         add_json(".gofr-backup.json", meta)
         for ti, data in members:
             tar.addfile(ti, io.BytesIO(data) if data is not None else None)
-        add_json(".gofr-backup-end.json", {"file_count": len(members), "complete": True})
+        add_json(".gofr-backup-end.json", {"file_count": len(members), "complete": True, **(end or {})})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buf.getvalue())
     digest = hashlib.sha256(buf.getvalue()).hexdigest()

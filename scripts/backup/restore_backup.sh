@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Restore a backup into the data volume.
 #   usage: restore_backup.sh (NAME|--latest|--interactive) [--yes] [--only N1,N2] [--dry-run]
-#                            [--stop-services "svc1 svc2"]
+#                            [--allow-incomplete] [--stop-services "svc1 svc2"]
+# --latest is the newest archive that is complete and verified; an incomplete archive (some files
+# could not be read) is restored only by NAME with --allow-incomplete, and what it never saved is
+# left as it is.
 # The backup service mounts the data volume read-only, so this runs a one-shot container of the
 # same image: data volume read-write, backup volume read-only, as root (so that owners and modes
 # come back as they were), no network, a TTY only when stdin is a terminal. It uses the backup
@@ -12,7 +15,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=_common.sh
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/_common.sh"
 
-usage="usage: $(basename "$0") (NAME|--latest|--interactive) [--yes] [--only N1,N2] [--dry-run] [--stop-services \"svc ...\"]"
+usage="usage: $(basename "$0") (NAME|--latest|--interactive) [--yes] [--only N1,N2] [--dry-run] [--allow-incomplete] [--stop-services \"svc ...\"]"
 args=() services="" selector="" dry=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -20,7 +23,7 @@ while [ $# -gt 0 ]; do
         --latest|--interactive) selector="$1"; args+=("$1"); shift ;;
         --only) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; args+=("$1" "$2"); shift 2 ;;
         --dry-run) dry=1; args+=("$1"); shift ;;
-        --yes|-y) args+=("$1"); shift ;;
+        --yes|-y|--allow-incomplete) args+=("$1"); shift ;;
         -h|--help) echo "$usage"; exit 0 ;;
         -*) echo "$(basename "$0"): unknown option '$1'; $usage" >&2; exit 2 ;;
         *) [ -z "$selector" ] || { echo "$usage" >&2; exit 2; }; selector="$1"; args+=("$1"); shift ;;

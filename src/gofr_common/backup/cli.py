@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 PROG = "gofr-backup"
 JSON_HELP = "print the result as JSON on stdout"
 LATEST_HELP = "the newest archive of the project that has not failed verification"
+RESTORE_LATEST_HELP = "the newest archive of the project that is complete and verified"
 
 
 _json_errors = False  # --json was asked for: errors are also printed as JSON on stdout
@@ -93,16 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--remote", action="store_true", help="verify the off-site copies, streamed (no local disk)"
     )
     c.add_argument("--identity", help="age identity file: also check what is inside encrypted archives")
+    c.add_argument(
+        "--repair",
+        action="store_true",
+        help="rewrite NAME's missing or damaged .sha256 from the manifest's checksum, only if the "
+        "archive reads to its end and matches it",
+    )
     c.add_argument("--json", action="store_true", help=JSON_HELP)
 
     c = cmd("restore", "verify an archive and restore it (replaces the configured paths)")
     g = c.add_mutually_exclusive_group(required=True)
     g.add_argument("name", nargs="?", help="archive file name (or path)")
-    g.add_argument("--latest", action="store_true", help=LATEST_HELP)
+    g.add_argument("--latest", action="store_true", help=RESTORE_LATEST_HELP)
     g.add_argument("--interactive", action="store_true", help="choose from a numbered menu")
     c.add_argument("--target", help="restore a copy under DIR/<name> instead of the configured paths")
     c.add_argument("--only", help="comma-separated names to restore (default: all in the archive)")
     c.add_argument("--dry-run", action="store_true", help="show what would change; change nothing")
+    c.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="restore an archive that could not read everything; what it never saved is left as it is",
+    )
     c.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     c.add_argument("--from-remote", action="store_true", help="fetch the archive from REMOTE_URL")
     c.add_argument("--identity", help="age identity file, for encrypted archives (or IDENTITY_FILE)")
@@ -391,6 +403,8 @@ def _print_verify(results: list[dict[str, Any]], as_json: bool) -> int:
                 detail = f"  {r['error']}"
             else:  # remote results say what was checked; local ones how much
                 detail = r["note"] if "note" in r else f"  ({r['file_count']} members)"
+                if r.get("checksum_note"):
+                    detail += f"; {r['checksum_note']}"
             label = "OK    " if r["ok"] else ("FAILED" if r.get("checked", True) else "NOT CHECKED")
             print(f"{label}  {r['filename']}{detail}")
     return EXIT_OK if ok else EXIT_FAILED
@@ -403,6 +417,13 @@ def cmd_verify(config: BackupConfig, args: argparse.Namespace) -> int:
         return _verify_remote(config, args)
     lay = config.layout
     svc = _service(config)
+    if args.repair:
+        if not args.name or args.remote:
+            raise ConfigError("--repair takes one archive NAME (not --latest, --all or --remote)")
+        p = lay.find(args.name)
+        svc.repair_sidecar(p)
+        print(f"REPAIRED  {p.name}  its .sha256 was rewritten from the manifest's checksum")
+        return EXIT_OK
     entries = Manifest(lay.root).load(config.project)
     if args.all:
         from .layout import entry_problem
@@ -431,6 +452,7 @@ def cmd_verify(config: BackupConfig, args: argparse.Namespace) -> int:
                 "error": r.error,
                 "sha256": r.sha256,
                 "file_count": r.file_count,
+                "checksum_note": r.note,
             }
         )
         if not args.json:
@@ -514,37 +536,58 @@ def cmd_restore(config: BackupConfig, args: argparse.Namespace) -> int:
         name=_choose_interactively(config) if args.interactive else args.name,
         latest=args.latest,
         target=Path(os.path.abspath(args.target)) if args.target else None,
-        only=[s.strip() for s in args.only.split(",") if s.strip()] if args.only else None,
+        only=[s.strip() for s in args.only.split(",") if s.strip()] if args.only is not None else None,
         dry_run=args.dry_run,
         from_remote=args.from_remote,
         identity=_identity(config, args),
+        allow_incomplete=args.allow_incomplete,
     )
 
     def confirm(plan: RestorePlan) -> bool:
+        _print_notes(plan)
         if args.yes:
             return True
         for line in plan.summary():
             sys.stderr.write(f"  {line}\n")
+        if plan.incomplete:
+            kept = [k for c in plan.changes.values() for k in c.kept]
+            sys.stderr.write(
+                f"{plan.archive.name} is INCOMPLETE: what it never saved is kept as it is"
+                + (f": {', '.join(kept[:20])}" + (" ..." if len(kept) > 20 else "") if kept else "")
+                + "\n"
+            )
         sys.stderr.write("Files and directories not in the backup will be REMOVED from these paths.\n")
         return _ask(f"Restore {plan.archive.name}? [y/N] ").lower() in ("y", "yes")
 
     plan = _service(config).restore(req, confirm)
+    if args.dry_run:
+        _print_notes(plan)
     _show_plan(plan, args.json, dry_run=args.dry_run)
     return EXIT_OK
 
 
+def _print_notes(plan: RestorePlan) -> None:
+    for n in plan.notes:
+        sys.stderr.write(f"{PROG}: note: {n}\n")
+
+
 def _choose_interactively(config: BackupConfig) -> str:
-    from .manifest import listing
+    from .manifest import latest, listing
+    from .restore import restorable
 
     lst = listing(config.layout)
     usable = [e for e in lst.entries if e["path"] not in lst.missing]
     if not usable:
         raise BackupError(f"no backups of {config.project} in {config.backup_dir}")
+    best = latest(usable, usable=restorable)
     for i, e in enumerate(usable, 1):
+        mark = "  <- newest complete and verified (Enter)" if e is best else ""
         sys.stderr.write(
-            f"  {i:>3}) {e['filename']}  {human_size(e.get('size_bytes'))}  {_verified_text(e)}\n"
+            f"  {i:>3}) {e['filename']}  {human_size(e.get('size_bytes'))}  {_verified_text(e)}{mark}\n"
         )
     ans = _ask(f"Restore which backup? [1-{len(usable)}] ")
+    if ans == "" and best is not None:
+        return best["path"]
     if not ans.isdigit() or not 1 <= int(ans) <= len(usable):
         raise ConfigError(f"{ans!r} is not a number from 1 to {len(usable)}; nothing was changed")
     return usable[int(ans) - 1]["path"]
@@ -555,17 +598,26 @@ def _show_plan(plan: RestorePlan, as_json: bool, dry_run: bool) -> None:
         _print_json({**plan.to_dict(), "dry_run": dry_run})
         return
     head = "Would restore" if dry_run else "Restored"
-    print(f"{head} {plan.archive.name}:")
+    tail = " (INCOMPLETE: what it never saved is kept as it is)" if plan.incomplete else ""
+    print(f"{head} {plan.archive.name}{tail}:")
     for line in plan.summary(done=not dry_run):
         print(f"  {line}")
     if dry_run:
         for t in plan.targets:
             c = plan.changes[t.name]
-            for label, items in (("create", c.created), ("replace", c.replaced), ("remove", c.removed)):
+            for label, items in (
+                ("create", c.created),
+                ("replace", c.replaced),
+                ("remove", c.removed),
+                ("keep", c.kept),
+            ):
                 for p in items[:50]:
                     print(f"    {label:<8} {p}")
                 if len(items) > 50:
                     print(f"    ... and {len(items) - 50} more to {label}")
+        for t in plan.targets:
+            for x in plan.changes[t.name].outside:
+                print(f"    link     {x}  (leads outside {t.name}: restored as a link, never followed)")
 
 
 def cmd_prune(config: BackupConfig, args: argparse.Namespace) -> int:

@@ -1,23 +1,38 @@
-"""Extract: verify and extract an archive in one pass into staging directories.
+"""Extract: verify and extract an archive in one pass into staging directories; or, for a dry run,
+check every member the same way and compare it with the live data, writing nothing.
 
 For each restored name, members are written below ``<parent>/.gofr-restore-<name>-<pid>/<name>``
 (the same file system as the destination, so the swap is a rename) while verify_archive hashes the
-archive and reads it to its end. Every member is checked the way tarfile's ``data`` filter would
-(no absolute names, no ``..``, no links that point outside, no device nodes or FIFOs, nothing
-written through a symlink) and must belong to a selected name. Files are opened with O_NOFOLLOW
-relative to directory descriptors. Owners are restored when running as root; modes without
-setuid/setgid/sticky bits.
+archive and reads it to its end. The dry run and the restore run the same checks, on the member
+names alone (no realpath per member):
+
+- names: relative, no ``..``, in normal form, no duplicates, below a selected path;
+- types: files, directories, hard links and symlinks; device nodes and FIFOs are refused;
+- symlinks are data: any target (absolute, outside the path, dangling, chained) is restored as a
+  link, verbatim. They are created after every other member (GNU tar's delayed links) in a parent
+  reached with O_NOFOLLOW, and nothing is ever written through one: a member below a symlink
+  member, or a symlink whose name is the parent of another member, is refused in either order;
+- hard links point to a regular file restored earlier in the same path.
+
+Files are opened with O_NOFOLLOW relative to directory descriptors (while files are written no
+symlink exists in the staging yet). Owners are restored when running as root; modes without
+setuid/setgid/sticky bits. Where a link leads once every link exists is worked out from the
+archive's own link table (:meth:`Extractor.outside_links`, :meth:`Extractor.blocked`), so the dry
+run reports and refuses exactly what the restore does.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
+import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .fsutil import free_bytes
+from .fsutil import free_bytes, open_dir_nofollow
 from .verify import StopVerify, read_member
 
 STAGING_PREFIX = ".gofr-restore-"
@@ -29,33 +44,105 @@ class Target:
     dest: Path
     mount: bool  # dest is a mount point: swap its children instead of itself
     base: Path = field(default_factory=Path)  # staging base; the staged tree is base/name
+    # archive names ("s/secret.txt") of live paths an incomplete archive never saved: left as they are
+    keep: list[str] = field(default_factory=list)
+    keep_all: bool = False  # incomplete, and it is not known what is missing: remove nothing
+    skip: list[str] = field(default_factory=list)  # children of a mount point left alone (nested mounts)
+    merged: bool = False  # its staged tree was moved into the staged tree of the target it lies in
 
     @property
     def staged(self) -> Path:
         return self.base / self.name
 
+    @property
+    def parent(self) -> Path:
+        """Where the staging base lives: beside dest, or inside it when dest is a mount point."""
+        return self.dest if self.mount else self.dest.parent
+
+    def live(self, name: str) -> str:
+        """The live path of the archive name ``name`` (``<self.name>/...``)."""
+        return str(self.dest) if name == self.name else f"{self.dest}/{name[len(self.name) + 1 :]}"
+
 
 @dataclass
 class Change:
     created: list[str] = field(default_factory=list)
-    replaced: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # type, content, link target, mode or owner differ
     removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # live paths an incomplete archive leaves alone
+    outside: list[str] = field(default_factory=list)  # "name -> target" of links that lead outside
+    unchanged: int = 0
 
 
-def _rel_tree(root: Path, prefix: str, skip: str | None = None) -> dict[str, bool]:
-    """{relative path: is_dir} for everything under root (not following symlinks)."""
+class Refused(Exception):
+    """A member that would escape the target or is not plain data."""
+
+
+def _under(name: str, roots: list[str]) -> bool:
+    return any(name == r or name.startswith(r + "/") for r in roots)
+
+
+def topmost(names: list[str]) -> list[str]:
+    """``names`` without those below another one of them."""
+    out: list[str] = []
+    for n in sorted(names):
+        if not out or not n.startswith(out[-1] + "/"):
+            out.append(n)
+    return out
+
+
+def _kind(m: tarfile.TarInfo) -> str:
+    return "d" if m.isdir() else "f" if m.isreg() else "l" if m.issym() else "h"
+
+
+def resolve_link(links: dict[str, str], name: str) -> list[str] | None:
+    """Where the symlink ``name`` leads once every link of the archive exists, as components from
+    the archive's root; None when it leaves the archive (an absolute target, or more ``..`` than
+    there are parents). A loop resolves to the link itself."""
+    budget = [40]  # ELOOP, as the kernel counts
+
+    def walk(base: list[str], target: str) -> list[str] | None:
+        if target.startswith("/"):
+            return None
+        cur = list(base)
+        for comp in target.split("/"):
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if not cur:
+                    return None
+                cur.pop()
+                continue
+            cur.append(comp)
+            key = "/".join(cur)
+            if key in links:
+                budget[0] -= 1
+                if budget[0] < 0:
+                    return name.split("/")
+                r = walk(cur[:-1], links[key])
+                if r is None:
+                    return None
+                cur = r
+        return cur
+
+    return walk(name.split("/")[:-1], links[name])
+
+
+def _rel_tree(root: str, prefix: str) -> dict[str, bool]:
+    """{archive name: is_dir} for everything under the live ``root`` (not following symlinks, not
+    descending into staging directories)."""
     out: dict[str, bool] = {}
-    if not os.path.lexists(root):
+    try:
+        st = os.lstat(root)
+    except (FileNotFoundError, NotADirectoryError):
         return out
-    if not root.is_dir() or root.is_symlink():
-        out[prefix] = False
+    out[prefix] = stat.S_ISDIR(st.st_mode)
+    if not out[prefix]:
         return out
-    out[prefix] = True
     for dirpath, dirnames, filenames in os.walk(root):
         rel = os.path.relpath(dirpath, root)
         base = prefix if rel == "." else f"{prefix}/{rel}"
-        if skip and rel == ".":
-            dirnames[:] = [d for d in dirnames if not d.startswith(skip)]
+        dirnames[:] = [d for d in dirnames if not d.startswith(STAGING_PREFIX)]
         for d in dirnames:
             out[f"{base}/{d}"] = True
         for f in filenames:
@@ -63,74 +150,72 @@ def _rel_tree(root: Path, prefix: str, skip: str | None = None) -> dict[str, boo
     return out
 
 
-def diff(t: Target, archived: set[str], archived_dirs: set[str]) -> Change:
-    on_disk = _rel_tree(t.dest, t.name, skip=STAGING_PREFIX)
-    c = Change()
-    for p in sorted(archived):
-        if p not in on_disk:
-            c.created.append(p)
-        elif p not in archived_dirs or not on_disk[p]:
-            c.replaced.append(p)
-    c.removed = sorted(p for p in on_disk if p not in archived)
-    return c
-
-
-class Refused(Exception):
-    """A member that would escape the target or is not plain data."""
-
-
-def _inside(path: str, root: str) -> bool:
-    return os.path.commonpath([path, root]) == root
-
-
-def check_member(member: tarfile.TarInfo, dest: str, selected: set[str]) -> tarfile.TarInfo:
-    """The rules of tarfile's ``data`` filter (done here, so they hold on every Python 3.11):
-    no absolute names, no ``..``, nothing written through a symlink, no links pointing outside,
-    only files, directories, symlinks and hard links. Owners and permission bits are kept;
-    setuid, setgid and sticky bits are dropped."""
-    name = member.name
-    parts = name.split("/")
-    if name.startswith("/") or os.path.isabs(name):
-        raise Refused(f"absolute path {name!r}")
-    if ".." in parts:
-        raise Refused(f"'..' in {name!r}")
-    if parts[0] not in selected:
-        raise Refused(f"member {name!r} is outside the selected paths")
-    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-        raise Refused(f"{name!r} is a device node, FIFO or other special file")
-    root = os.path.realpath(dest)
-    target = os.path.realpath(os.path.join(root, name))  # follows links already extracted
-    if not _inside(target, root):
-        raise Refused(f"{name!r} would be written outside the target, to {target}")
-    if member.issym() or member.islnk():
-        if os.path.isabs(member.linkname):
-            raise Refused(f"link {name!r} points to the absolute path {member.linkname!r}")
-        base = os.path.join(root, os.path.dirname(name)) if member.issym() else root
-        if not _inside(os.path.realpath(os.path.join(base, member.linkname)), root):
-            raise Refused(f"link {name!r} -> {member.linkname!r} points outside the target")
-    checked = copy.copy(member)  # (TarInfo.replace is 3.11.4+)
-    if not member.issym():
-        checked.mode = member.mode & 0o777
-    return checked
+def _sha256_file(path: str) -> str | None:
+    h = hashlib.sha256()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        while b := os.read(fd, 1 << 20):
+            h.update(b)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
 
 
 class Extractor:
-    """Extracts selected members into their staging dirs while verify_archive reads the stream."""
+    """Checks every member of the selected paths while verify_archive reads the stream, and
+    extracts it into its staging dir (or, with ``dry``, only compares it with the live data)."""
 
-    def __init__(self, targets: list[Target], declared: set[str]) -> None:
+    def __init__(self, targets: list[Target], declared: set[str], dry: bool = False) -> None:
         self.by_name = {t.name: t for t in targets}
         self.declared = declared  # the names the archive's header lists
-        self.selected = set(self.by_name)
+        self.dry = dry
+        self.seen: dict[str, str] = {}  # name -> d (dir), f (file), h (hard link), l (symlink)
+        self.parents: set[str] = set()  # every directory some member lies below
+        self.links: dict[str, str] = {}  # symlink members: name -> target (created last)
+        self.delayed: list[tarfile.TarInfo] = []
+        self.skipped: list[str] = []  # members below a .gofr-restore-* directory: never restored
         self.dirs: list[tuple[tarfile.TarInfo, str]] = []
-        self.archived: dict[str, set[str]] = {t.name: set() for t in targets}
-        self.archived_dirs: set[str] = set()
-        self.seen: set[str] = set()
-        self.links: set[str] = set()  # symlinks this restore created (never written through)
+        self.changes = {t.name: Change() for t in targets}
+        self.live_exists = {t.name: os.path.lexists(t.dest) for t in targets}
         self._fds: dict[str, int] = {}  # staged directory -> open descriptor (LRU)
         # free space per staging dir, counted down as members are written: a member claiming more
         # than the disk has is refused before anything of it is written (writes still get ENOSPC)
         self.room: dict[str, int] = {}
-        self.root = os.geteuid() == 0  # owners are restored only as root
+        self.root = os.geteuid() == 0  # owners are restored (and compared) only as root
+        self._live_dirs: dict[str, bool] = {}  # archive dir name -> its live path is a real directory
+
+    # -- the checks ----------------------------------------------------------------------------
+    def _check(self, m: tarfile.TarInfo, name: str, kind: str) -> None:
+        parts = name.split("/")
+        if name.startswith("/") or ".." in parts:
+            raise Refused("absolute or '..'")
+        if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
+            raise Refused(f"{name!r} is a device node, FIFO or other special file")
+        if kind != "d" and name in self.parents:
+            what = "symlink" if kind == "l" else "file"
+            raise Refused(f"other members lie below it: they would be written through this {what}")
+        parent = name.rpartition("/")[0]
+        while parent and parent not in self.parents:  # a directory met for the first time
+            k = self.seen.get(parent)
+            if k == "l":
+                raise Refused(f"it would be written through the symlink {parent!r}")
+            if k is not None and k != "d":
+                raise Refused(f"{parent!r} is a file in this archive, not a directory")
+            self.parents.add(parent)
+            parent = parent.rpartition("/")[0]
+        if m.islnk():
+            target = m.linkname.rstrip("/")
+            if (
+                target.split("/", 1)[0] != parts[0]
+                or os.path.normpath(target) != target
+                or self.seen.get(target) not in ("f", "h")
+            ):
+                raise Refused(
+                    f"hard link to {m.linkname!r}, which is not a file restored before it in the same path"
+                )
 
     def __call__(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         top = m.name.split("/", 1)[0]
@@ -143,77 +228,129 @@ class Extractor:
         name = m.name.rstrip("/")
         if name in self.seen or os.path.normpath(name) != name:
             raise StopVerify(f"member {m.name!r} is duplicated or not in normal form")
-        self.seen.add(name)
-        t = self.by_name[top]
-        # the staging dir starts empty, so the only symlinks in it are the ones this restore made:
-        # a member below one of them would be written through it
-        parts = name.split("/")
-        if self.links:
-            for k in range(1, len(parts)):
-                if "/".join(parts[:k]) in self.links:
-                    raise StopVerify(
-                        f"refusing member {m.name!r}: it would be written through the symlink "
-                        f"{'/'.join(parts[:k])!r}"
-                    )
-        if m.issym() or m.islnk() or not (m.isreg() or m.isdir()):
-            try:  # links and anything unusual: the full check, with realpath
-                check_member(m, str(t.base), self.selected)
-            except Refused as e:
-                raise StopVerify(f"refusing member {m.name!r}: {e}") from None
-        elif name.startswith("/") or ".." in parts:
-            raise StopVerify(f"refusing member {m.name!r}: absolute or '..'")
-        dest = f"{t.base}/{name}"
+        if f"/{STAGING_PREFIX}" in f"/{name}":  # a restore's staging, caught by a backup: not data
+            self.skipped.append(name)
+            if m.isreg():
+                read_member(tar, m)
+            return
+        kind = _kind(m)
         try:
-            if m.isdir():
-                os.makedirs(dest, mode=0o700, exist_ok=True)
-                self.dirs.append((m, dest))
-            elif m.isreg():
-                if m.size > 0:
-                    room = self.room.get(t.name, 0)
-                    if m.size > room:  # statvfs only when the estimate runs out
-                        room = free_bytes(t.base)
-                        if m.size > room:
-                            raise StopVerify(
-                                f"member {m.name!r} claims {m.size} bytes, more than the {room} free "
-                                f"where it would be staged ({t.base.parent})"
-                            )
-                    self.room[t.name] = room - m.size
-                parent, _, base = name.rpartition("/")
-                fd = os.open(
-                    base,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                    dir_fd=self._dirfd(t, parent),
-                )
-                try:
-                    read_member(tar, m, fd)
-                    if self.root:
-                        os.fchown(fd, m.uid, m.gid)
-                    os.fchmod(fd, m.mode & 0o777)
-                    os.utime(fd, (m.mtime, m.mtime))
-                finally:
-                    os.close(fd)
-            elif m.issym():
-                os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-                os.symlink(m.linkname, dest)
-                if self.root:
-                    os.lchown(dest, m.uid, m.gid)
-                os.utime(dest, (m.mtime, m.mtime), follow_symlinks=False)
-                self.links.add(name)
-            elif m.islnk():
-                target = m.linkname.rstrip("/")
-                if target.split("/", 1)[0] != top or target not in self.seen or target in self.links:
-                    raise StopVerify(
-                        f"refusing member {m.name!r}: hard link to {m.linkname!r}, which is not "
-                        "a file restored before it in the same path"
-                    )
-                os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-                os.link(f"{t.base}/{target}", dest, follow_symlinks=False)
+            self._check(m, name, kind)
+        except Refused as e:
+            raise StopVerify(f"refusing member {m.name!r}: {e}") from None
+        self.seen[name] = kind
+        t = self.by_name[top]
+        verdict = self._compare(t, name, m) if self.live_exists[top] else "created"
+        hasher = hashlib.sha256() if verdict == "content" else None
+        try:
+            if m.isreg():
+                self._room(t, m)
+            if self.dry:
+                if m.isreg():
+                    read_member(tar, m, hasher=hasher)
+                elif m.issym():
+                    self.links[name] = m.linkname
+            else:
+                self._extract(tar, t, name, m, hasher)
         except OSError as e:
             raise StopVerify(f"cannot extract {m.name!r}: {e}") from None
-        self.archived[top].add(name)
+        if hasher is not None:
+            verdict = None if _sha256_file(t.live(name)) == hasher.hexdigest() else "replaced"
+        c = self.changes[top]
+        if verdict == "created":
+            c.created.append(name)
+        elif verdict == "replaced":
+            c.replaced.append(name)
+        else:
+            c.unchanged += 1
+
+    def _room(self, t: Target, m: tarfile.TarInfo) -> None:
+        if m.size <= 0:
+            return
+        room = self.room.get(t.name, 0)
+        if m.size > room:  # statvfs only when the estimate runs out
+            where = t.parent if self.dry else t.base
+            room = free_bytes(where)
+            if m.size > room:
+                raise StopVerify(
+                    f"member {m.name!r} claims {m.size} bytes, more than the {room} free "
+                    f"where it would be staged ({t.parent})"
+                )
+        self.room[t.name] = room - m.size
+
+    def _compare(self, t: Target, name: str, m: tarfile.TarInfo) -> str | None:
+        """created, replaced, None (unchanged) or content (a regular file whose type, size, mtime,
+        mode and owner match: its content decides)."""
+        parent = name.rpartition("/")[0]
+        if parent and not self._live_dir(t, parent):  # e.g. a symlink now where a directory was
+            return "created"
+        live = t.live(name)
+        try:
+            st = os.lstat(live)
+        except (FileNotFoundError, NotADirectoryError):
+            return "created"
+        same_owner = not self.root or (st.st_uid, st.st_gid) == (m.uid, m.gid)
+        mode_ok = stat.S_IMODE(st.st_mode) == m.mode & 0o777
         if m.isdir():
-            self.archived_dirs.add(name)
+            same = stat.S_ISDIR(st.st_mode) and mode_ok and same_owner
+        elif m.issym():
+            same = stat.S_ISLNK(st.st_mode) and os.readlink(live) == m.linkname and same_owner
+        elif m.islnk():
+            try:
+                st2 = os.lstat(t.live(m.linkname.rstrip("/")))
+            except OSError:
+                return "replaced"
+            same = stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (st2.st_dev, st2.st_ino)
+        else:
+            same = (
+                stat.S_ISREG(st.st_mode)
+                and st.st_size == m.size
+                and int(st.st_mtime) == int(m.mtime)
+                and mode_ok
+                and same_owner
+            )
+            return "content" if same else "replaced"
+        return None if same else "replaced"
+
+    def _live_dir(self, t: Target, name: str) -> bool:
+        """The live path of the archive directory ``name`` is a real directory, reached without
+        following a link (so comparing never reads through one). Cached: one lstat per directory."""
+        ok = self._live_dirs.get(name)
+        if ok is None:
+            parent = name.rpartition("/")[0]
+            try:
+                real_dir = stat.S_ISDIR(os.lstat(t.live(name)).st_mode)
+            except OSError:
+                real_dir = False
+            ok = real_dir and (not parent or self._live_dir(t, parent))
+            self._live_dirs[name] = ok
+        return ok
+
+    # -- writing the staging -------------------------------------------------------------------
+    def _extract(self, tar: tarfile.TarFile, t: Target, name: str, m: tarfile.TarInfo, hasher: Any) -> None:
+        dest = f"{t.base}/{name}"
+        if m.isdir():
+            os.makedirs(dest, mode=0o700, exist_ok=True)
+            self.dirs.append((m, dest))
+        elif m.isreg():
+            parent, _, base = name.rpartition("/")
+            fd = os.open(
+                base,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=self._dirfd(t, parent),
+            )
+            try:
+                read_member(tar, m, fd, hasher)
+                self._attrs(fd, m)
+            finally:
+                os.close(fd)
+        elif m.issym():  # created after every other member: see finish()
+            self.links[name] = m.linkname
+            self.delayed.append(copy.copy(m))
+        else:  # a hard link, checked in _check; no symlink exists in the staging yet
+            os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+            os.link(f"{t.base}/{m.linkname.rstrip('/')}", dest, follow_symlinks=False)
 
     def _dirfd(self, t: Target, rel: str) -> int:
         """A descriptor of the staged directory ``rel`` (created if needed), from a small LRU:
@@ -235,10 +372,80 @@ class Extractor:
             os.close(fd)
         self._fds.clear()
 
-    def finish_dirs(self, tar: tarfile.TarFile) -> None:
-        # deepest first, so setting a parent's mtime is the last thing that touches it
+    def finish(self) -> None:
+        """After the whole archive verified: the delayed symlinks, each in a parent reached
+        without following any link, then the directories' attributes, deepest first, so that
+        setting a parent's mtime is the last thing that touches it (GNU tar's order)."""
+        for m in self.delayed:
+            name = m.name.rstrip("/")
+            t = self.by_name[name.split("/", 1)[0]]
+            parent, _, base = name.rpartition("/")
+            try:
+                fd = open_dir_nofollow(t.base, parent, create=True)
+                try:
+                    os.symlink(m.linkname, base, dir_fd=fd)
+                    if self.root:
+                        os.chown(base, m.uid, m.gid, dir_fd=fd, follow_symlinks=False)
+                    os.utime(base, (m.mtime, m.mtime), dir_fd=fd, follow_symlinks=False)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise Refused(f"cannot create the symlink {name!r}: {e.strerror}") from None
         for ti, path in sorted(self.dirs, key=lambda x: x[1].count("/"), reverse=True):
-            if self.root:
-                os.chown(path, ti.uid, ti.gid)
-            os.chmod(path, ti.mode & 0o777)
-            os.utime(path, (ti.mtime, ti.mtime))
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                self._attrs(fd, ti)
+            finally:
+                os.close(fd)
+
+    def _attrs(self, fd: int, m: tarfile.TarInfo) -> None:
+        """Owner (as root), mode without setuid/setgid/sticky, mtime: through the descriptor."""
+        if self.root:
+            os.fchown(fd, m.uid, m.gid)
+        os.fchmod(fd, m.mode & 0o777)
+        os.utime(fd, (m.mtime, m.mtime))
+
+    # -- after the pass: what the links do, and the full change list ----------------------------
+    def blocked(self, name: str, inclusive: bool = False) -> str | None:
+        """Why the restore could not write at archive name ``name`` without going through a link
+        or a file of this archive (None: every parent of it is a real directory here; with
+        ``inclusive``, ``name`` itself too)."""
+        parent = name if inclusive else name.rpartition("/")[0]
+        while parent:
+            k = self.seen.get(parent)
+            if k == "l":
+                where = resolve_link(self.links, parent)
+                leads = "outside the archive" if where is None else "/".join(where)
+                return f"the archive holds a symlink at {parent!r} (leading to {leads})"
+            if k is not None and k != "d":
+                return f"the archive holds a file at {parent!r}"
+            parent = parent.rpartition("/")[0]
+        return None
+
+    def outside_links(self, t: Target) -> list[str]:
+        """Links of ``t`` that lead outside its path once every link exists (data: restored as
+        they are, and reported)."""
+        out = []
+        for name, target in self.links.items():
+            if name.split("/", 1)[0] != t.name:
+                continue
+            where = resolve_link(self.links, name)
+            if not where or where[0] != t.name:
+                out.append(f"{name} -> {target}")
+        return sorted(out)
+
+    def finish_changes(self, t: Target) -> Change:
+        c = self.changes[t.name]
+        live = _rel_tree(str(t.dest), t.name) if self.live_exists[t.name] else {}
+        gone = topmost([p for p in live if p not in self.seen])
+        if t.keep_all:
+            t.keep = sorted(set(t.keep) | set(gone))
+        keep = topmost([k for k in t.keep if k in live])
+        t.keep = keep
+        c.kept = keep
+        if keep:
+            c.created = [n for n in c.created if not _under(n, keep)]
+            c.replaced = [n for n in c.replaced if not _under(n, keep)]
+        c.removed = sorted(p for p in live if p not in self.seen and not _under(p, keep))
+        c.outside = self.outside_links(t)
+        return c

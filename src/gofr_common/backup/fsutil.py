@@ -29,6 +29,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def open_dir_nofollow(root: Path, rel: str, create: bool = False) -> int:
+    """A descriptor of the directory ``root/rel``, reached one component at a time with
+    O_NOFOLLOW: a symlink anywhere below ``root`` raises OSError (ELOOP or ENOTDIR) instead of
+    being followed. ``create`` makes missing directories (mode 0700) on the way."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in rel.split("/"):
+            if not part:
+                continue
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o700, dir_fd=fd)
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

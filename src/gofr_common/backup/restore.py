@@ -1,11 +1,18 @@
 """Restore: choose an archive, verify and extract it into staging, then swap it into place.
 
 Stages (one module each):
-  1. choose: by name, ``--latest`` (the newest usable archive), or from the remote (offsite.fetched);
-     a sealed ``.age`` archive is checked and decrypted to a temp file first (sealed.decrypted);
-  2. extract.py: verify and extract in one pass into staging directories beside each destination;
-  3. confirm: the caller sees the plan (created / replaced / removed) and may cancel;
-  4. swap.py: make the staged data durable, then swap each path into place atomically.
+  1. choose: by name, ``--latest`` (the newest archive that is complete and verified), or from
+     the remote (offsite.fetched); a sealed ``.age`` archive is checked and decrypted first;
+  2. recover (swap.py): finish a restore that died after its commit, or remove the staging of one
+     that died before it;
+  3. extract.py: verify and extract in one pass into staging directories beside each destination
+     (a dry run makes the same pass and the same checks, and writes nothing);
+  4. the whole: an incomplete archive needs ``allow_incomplete`` and never removes what it did
+     not save; a path restored inside another (``data:.`` and ``storage:storage``) and every kept
+     path must not be reached through a symlink or a file of the archive; no mount point may lie
+     inside a restored path unless it is one of them;
+  5. confirm: the caller sees the plan (created / replaced / removed / kept) and may cancel;
+  6. swap.py: commit a journal, then swap everything into place (all or nothing, even if killed).
 A restore that is refused or cancelled changes nothing, not even a parent directory's mtime.
 """
 
@@ -14,10 +21,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
-import tarfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +30,11 @@ from . import layout, sealed
 from .archive_format import read_meta
 from .config import BackupConfig
 from .errors import BackupError, ConfigError, VerifyError
-from .extract import STAGING_PREFIX, Change, Extractor, Target, diff
-from .fsutil import run_lock
+from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
+from .fsutil import open_dir_nofollow, run_lock
 from .manifest import Entry, Manifest, latest
-from .swap import clean_stale_staging, swap_into_place, sync_file_systems
-from .verify import VerifyResult, verify_archive
+from .swap import Staging, commit, pending_journals, recover, roll_forward
+from .verify import verify_archive
 
 
 @dataclass
@@ -37,26 +42,33 @@ class RestorePlan:
     archive: Path
     targets: list[Target]
     changes: dict[str, Change]
+    incomplete: bool = False  # the archive could not read everything: c.kept are left as they are
+    notes: list[str] = field(default_factory=list)  # what the operator should know (checksum used, ...)
 
     def summary(self, done: bool = False) -> list[str]:
         out = []
         for t in self.targets:
             c = self.changes[t.name]
             if done:
-                out.append(
+                line = (
                     f"{t.name} -> {t.dest}: {len(c.created)} created, {len(c.replaced)} replaced, "
                     f"{len(c.removed)} not in the backup removed"
                 )
             else:
-                out.append(
+                line = (
                     f"{t.name} -> {t.dest}: {len(c.created)} to create, {len(c.replaced)} to replace, "
                     f"{len(c.removed)} not in the backup to remove"
                 )
+            if c.kept:
+                line += f", {len(c.kept)} never saved {'kept' if done else 'to keep'} as they are"
+            out.append(line)
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "archive": self.archive.name,
+            "incomplete": self.incomplete,
+            "notes": self.notes,
             "targets": [
                 {
                     "name": t.name,
@@ -64,25 +76,78 @@ class RestorePlan:
                     "created": self.changes[t.name].created,
                     "replaced": self.changes[t.name].replaced,
                     "removed": self.changes[t.name].removed,
+                    "kept": self.changes[t.name].kept,
+                    "unchanged": self.changes[t.name].unchanged,
+                    "links_leading_outside": self.changes[t.name].outside,
                 }
                 for t in self.targets
             ],
         }
 
 
+def _show(items: list[str], limit: int = 10) -> str:
+    """A list for a one-line message: odd characters escaped, long lists cut."""
+    shown = [repr(p) if any(c in p for c in "\n\r\t") else p for p in items[:limit]]
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(shown) + more
+
+
+def _existing_ancestor(p: Path) -> Path:
+    while not os.path.lexists(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _no_link_on_the_way(root: Path, name: str, dest: Path) -> None:
+    """A configured path below the data dir must still be reached through real directories: if
+    one of them is a symlink now, the restore would write wherever it points."""
+    try:
+        rel = dest.parent.relative_to(root)
+    except ValueError:
+        return
+    p = root
+    for part in rel.parts:
+        p = p / part
+        if p.is_symlink():
+            raise ConfigError(
+                f"{name} -> {dest}: {p} is a symlink now (to {os.readlink(p)}), so a restore would write "
+                "through it; put the directory back, or restore with --target DIR"
+            )
+
+
+def _protected(config: BackupConfig, t: Target) -> list[str]:
+    """The backup dir, when it lies inside a restored path: never removed or replaced by a
+    restore (archive names, like the kept paths of an incomplete archive)."""
+    bk = os.path.realpath(config.backup_dir)
+    real = os.path.realpath(t.dest)
+    if bk == real or _inside(real, bk):
+        raise ConfigError(
+            f"{t.name} -> {t.dest} is the backup directory or inside it: restore it elsewhere with --target"
+        )
+    return [f"{t.name}/{os.path.relpath(bk, real)}"] if _inside(bk, real) else []
+
+
 def resolve_targets(
     config: BackupConfig, meta: dict[str, Any], target_dir: Path | None, only: list[str] | None
 ) -> list[Target]:
     names = list(meta.get("paths") or {})
-    if only:
+    if only is not None:
+        if not only:
+            raise ConfigError(
+                "--only is empty: name the paths to restore, comma-separated "
+                f"(this archive holds: {', '.join(names) or 'nothing'}), or leave --only out for all"
+            )
         unknown = [n for n in only if n not in names]
         if unknown:
             raise ConfigError(
                 f"--only {','.join(unknown)}: not in this archive; it holds: {', '.join(names) or 'nothing'}"
             )
         names = [n for n in names if n in only]
+    if target_dir is not None and os.path.lexists(target_dir) and not target_dir.is_dir():
+        raise ConfigError(f"--target {target_dir} exists and is not a directory: name a directory")
     by_name = {p.name: p.path for p in config.paths}
     targets = []
+    mps = _mount_points()
     for n in names:
         if target_dir is not None:
             dest = target_dir / n
@@ -93,7 +158,9 @@ def resolve_targets(
                 f"the archive holds {n!r}, which is not in {config.prefix}PATHS; "
                 "restore it with --target DIR, or add it to PATHS"
             )
-        targets.append(Target(n, dest, mount=is_mount(dest)))
+        if target_dir is None:
+            _no_link_on_the_way(config.data_dir, n, dest)
+        targets.append(Target(n, dest, mount=is_mount(Path(os.path.realpath(dest)), mps)))
     if os.environ.get("GOFR_BACKUP_IN_CONTAINER") == "1":
         for t in targets:
             if _mount_point(t.dest) == Path("/"):
@@ -101,6 +168,15 @@ def resolve_targets(
                     f"{t.name} -> {t.dest} is not on a mounted volume in this container, so a restore "
                     "there would vanish with the container: mount its volume, or leave it out with --only"
                 )
+    for t in targets:
+        anc = _existing_ancestor(t.parent)
+        if not anc.is_dir():
+            raise ConfigError(f"cannot restore {t.name} to {t.dest}: {anc} is not a directory")
+        if not os.access(anc, os.W_OK):
+            raise ConfigError(
+                f"cannot restore {t.name} to {t.dest}: {anc} is not writable by uid:gid "
+                f"{os.geteuid()}:{os.getegid()} (a read-only mount?)"
+            )
     # parents before children, so nested paths (e.g. data:. and embeddings:embeddings) end up right
     targets.sort(key=lambda t: len(t.dest.parts))
     return targets
@@ -121,8 +197,8 @@ def _mount_points() -> set[str] | None:
     return {unescape(line.split(" ")[4]) for line in lines if len(line.split(" ")) > 4}
 
 
-def is_mount(p: Path) -> bool:
-    mps = _mount_points()
+def is_mount(p: Path, mps: set[str] | None = None) -> bool:
+    mps = mps if mps is not None else _mount_points()
     return str(p) in mps if mps is not None else os.path.ismount(p)
 
 
@@ -142,80 +218,252 @@ def _read_meta_or_refuse(archive: Path) -> dict[str, Any]:
         raise VerifyError(f"refusing to restore {archive.name}: {e}; nothing was changed") from None
 
 
-def plan_restore(
-    config: BackupConfig,
+# -- incomplete archives ---------------------------------------------------------------------------
+def is_incomplete(entry: Entry, end: dict[str, Any] | None) -> bool:
+    """The manifest and the archive's own end marker may disagree (a rebuilt manifest does not
+    know; a hand-edited one may lie): either one saying "incomplete" is enough."""
+    if entry.get("complete") is False:
+        return True
+    return end is not None and (end.get("complete") is False or bool(end.get("unreadable")))
+
+
+def missing_names(meta: dict[str, Any], end: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+    """The end marker's unreadable paths (as the backup saw them) as archive names, through the
+    header's ``resolved_paths``; and those that map to no path."""
+    roots = {n: str(r).rstrip("/") for n, r in (meta.get("resolved_paths") or {}).items()}
+    names: list[str] = []
+    unknown: list[str] = []
+    for raw in (end or {}).get("unreadable") or []:
+        p = str(raw).rstrip("/")
+        hits = [n + p[len(r) :] for n, r in roots.items() if p == r or p.startswith(r + "/")]
+        if hits:
+            names += hits
+        else:
+            unknown.append(str(raw))
+    return sorted(set(names)), unknown
+
+
+def _apply_incomplete(
     archive: Path,
-    target_dir: Path | None,
-    only: list[str] | None,
-    expected_sha256: str | None,
-) -> tuple[RestorePlan, VerifyResult]:
-    """For --dry-run: verify, and say what would change. Touches nothing."""
-    meta = _read_meta_or_refuse(archive)
-    targets = resolve_targets(config, meta, target_dir, only)
-    res = verify_archive(archive, expected_sha256, collect_members=True)
-    if not res.ok:
-        raise VerifyError(f"refusing to restore {archive.name}: {res.error}")
-    changes = {}
+    entry: Entry,
+    meta: dict[str, Any],
+    end: dict[str, Any] | None,
+    targets: list[Target],
+    allow: bool,
+) -> bool:
+    if not is_incomplete(entry, end):
+        return False
+    names, unknown = missing_names(meta, end)
+    if not allow:
+        what = _show(names + unknown) if names or unknown else "files it does not name"
+        raise ConfigError(
+            f"{archive.name} is incomplete: the backup could not read {what}; restoring it would "
+            "remove them from the live data. Pass --allow-incomplete to restore it and leave those "
+            "paths as they are, or restore a complete archive (--latest)"
+        )
     for t in targets:
-        names = {m.name.rstrip("/") for m in res.members if m.name.split("/", 1)[0] == t.name}
-        dirs = {m.name.rstrip("/") for m in res.members if m.type == tarfile.DIRTYPE}
-        changes[t.name] = diff(t, names, dirs)
-    return RestorePlan(archive, targets, changes), res
+        t.keep = [n for n in names if n == t.name or n.startswith(t.name + "/")]
+        t.keep_all = bool(unknown) or not names  # not known what is missing: remove nothing
+    return True
+
+
+# -- checks on the whole restore ---------------------------------------------------------------------
+def _inside(p: str, root: str) -> bool:
+    return p != root and p.startswith(root.rstrip("/") + "/")
+
+
+def _refuse(archive: Path, why: str) -> VerifyError:
+    return VerifyError(f"refusing to restore {archive.name}: {why}; nothing was changed")
+
+
+def _check_whole(archive: Path, ex: Extractor, targets: list[Target]) -> list[tuple[Target, Target]]:
+    """With every link of the archive known: no path the restore still writes after extraction
+    (a nested destination, a kept path) is reached through a symlink or a file of the archive;
+    no mount point lies inside a restored path, except a nested target's own. Returns the
+    (outer, inner) pairs whose inner staged tree goes into the outer one before the swap."""
+    real = {t.name: os.path.realpath(t.dest) for t in targets}
+    mounts = {real[t.name] for t in targets if t.mount}
+    merged: list[tuple[Target, Target]] = []
+    for b in targets:
+        outer = [a for a in targets if a is not b and _inside(real[b.name], real[a.name])]
+        if not outer:
+            continue
+        a = max(outer, key=lambda x: len(real[x.name]))
+        rel = os.path.relpath(real[b.name], real[a.name])
+        inner = f"{a.name}/{rel}"
+        why = ex.blocked(inner, inclusive=True)
+        if why:
+            raise _refuse(
+                archive,
+                f"{b.name} -> {b.dest} lies inside {a.name} -> {a.dest}, and {why}: restoring "
+                f"{b.name} there would go through it. Restore them one at a time (--only) or with --target",
+            )
+        c = ex.changes[a.name]
+        c.created = [n for n in c.created if n != inner and not n.startswith(inner + "/")]
+        c.replaced = [n for n in c.replaced if n != inner and not n.startswith(inner + "/")]
+        c.removed = [n for n in c.removed if n != inner and not n.startswith(inner + "/")]
+        a.keep = [k for k in a.keep if k != inner and not k.startswith(inner + "/")]
+        if b.mount:
+            if not a.mount or "/" in rel:
+                raise _refuse(
+                    archive,
+                    f"{b.dest} is a mount point inside {a.name} -> {a.dest}: restore {b.name} on its own "
+                    "(--only) or unmount it",
+                )
+            a.skip.append(rel)
+            continue
+        if os.stat(_existing_ancestor(a.parent)).st_dev != os.stat(_existing_ancestor(b.parent)).st_dev:
+            raise _refuse(
+                archive,
+                f"{b.name} -> {b.dest} lies inside {a.name} -> {a.dest} but on another file system: "
+                "restore them one at a time (--only)",
+            )
+        merged.append((a, b))
+    for t in targets:
+        for mp in sorted(_mount_points() or ()):
+            if _inside(mp, real[t.name]) and mp not in mounts:
+                raise _refuse(
+                    archive,
+                    f"{mp} is a mount point inside {t.name} -> {t.dest}: a restore would move it with "
+                    f"the old tree; restore {t.name} with --target, or unmount {mp} first",
+                )
+        if t.mount and ex.seen.get(t.name) not in (None, "d"):
+            raise _refuse(archive, f"{t.dest} is a mount point but the archive holds a file for {t.name!r}")
+        for k in t.keep:
+            why = ex.blocked(k)
+            if why:
+                raise _refuse(archive, f"{k} is kept as it is (the archive never saved it), but {why}")
+    return merged
+
+
+def _merge(a: Target, b: Target) -> None:
+    """Put b's staged tree where it belongs in a's (replacing a's copy of it), so that one swap
+    of a brings both; parents reached without following any link."""
+    rel = os.path.relpath(os.path.realpath(b.dest), os.path.realpath(a.dest))
+    parent, _, leaf = rel.rpartition("/")
+    fd = open_dir_nofollow(a.staged, parent, create=True)
+    try:
+        st = os.fstat(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(leaf, a.base / f"nested-{b.name}", src_dir_fd=fd)
+        os.rename(b.staged, leaf, dst_dir_fd=fd)
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+    finally:
+        os.close(fd)
+    b.merged = True
+    a.keep = sorted(set(a.keep) | {f"{a.name}/{rel}{k[len(b.name) :]}" for k in b.keep})
+    b.keep = []  # its old tree goes with a's: a carries them
+
+
+# -- the restore ------------------------------------------------------------------------------------
+def recovery_dirs(config: BackupConfig, targets: Sequence[Target] = ()) -> list[Path]:
+    """Where the staging of a restore that died can be: beside (or inside, for a mount point)
+    every configured path and every path of this restore."""
+    mps = _mount_points()
+    out = [p.path if is_mount(p.path, mps) else p.path.parent for p in config.paths]
+    return list(dict.fromkeys(out + [t.parent for t in targets]))
+
+
+def recover_interrupted(config: BackupConfig, targets: Sequence[Target] = ()) -> list[str]:
+    """Finish (or undo) restores that died; for ``restore`` and the service's start."""
+    return recover(recovery_dirs(config, targets))
 
 
 def restore(
     config: BackupConfig,
     archive: Path,
-    target_dir: Path | None = None,
-    only: list[str] | None = None,
+    req: RestoreRequest,
     expected_sha256: str | None = None,
+    entry: Entry | None = None,
     confirm: Callable[[RestorePlan], bool] = lambda p: True,
     should_stop: Callable[[], bool] = lambda: False,
+    notes: list[str] | None = None,
 ) -> RestorePlan:
+    """Plan (``req.dry_run``) or restore ``archive``: the same pass and the same checks either way."""
+    entry = entry or Entry()
     meta = _read_meta_or_refuse(archive)
-    targets = resolve_targets(config, meta, target_dir, only)
-    clean_stale_staging(targets)
-    pid = os.getpid()
-    # a restore that is refused or cancelled must leave no trace, not even a parent's mtime
+    targets = resolve_targets(config, meta, req.target, req.only)
+    protect = {t.name: _protected(config, t) for t in targets}
+    if entry.get("complete") is False and not req.allow_incomplete:
+        res = verify_archive(archive, expected_sha256, should_stop=should_stop)  # to name what it misses
+        if not res.ok:
+            raise _refuse(archive, str(res.error))
+        _apply_incomplete(archive, entry, meta, res.end, targets, False)
+    notes = list(notes or [])
+    if req.dry_run:
+        notes += [
+            f"a restore that died after its commit ({j}) will be finished first; this plan compares "
+            "with the live data as it is now"
+            for j in pending_journals(recovery_dirs(config, targets))
+        ]
+    else:
+        notes += recover_interrupted(config, targets)
+    staging = Staging(targets)
     parent_times: dict[Path, tuple[int, int]] = {}
-    swapped = False
+    committed = False
     try:
-        for t in targets:
-            parent = t.dest if t.mount else t.dest.parent
-            parent.mkdir(parents=True, exist_ok=True)
-            st = os.stat(parent)
-            parent_times.setdefault(parent, (st.st_atime_ns, st.st_mtime_ns))
-            t.base = parent / f"{STAGING_PREFIX}{t.name}-{pid}"
-            t.base.mkdir(mode=0o700)
-        ex = Extractor(targets, set(meta.get("paths") or {}))
-        holder: dict[str, tarfile.TarFile] = {}
-
-        def visit(tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
-            holder["tar"] = tar
-            ex(tar, m)
-
+        if not req.dry_run:
+            for t in targets:
+                t.parent.mkdir(parents=True, exist_ok=True)
+                st = os.stat(t.parent)
+                parent_times.setdefault(t.parent, (st.st_atime_ns, st.st_mtime_ns))
+            staging.create()
+        ex = Extractor(targets, set(meta.get("paths") or {}), dry=req.dry_run)
         try:
-            res = verify_archive(archive, expected_sha256, visit=visit, should_stop=should_stop)
+            res = verify_archive(archive, expected_sha256, visit=ex, should_stop=should_stop)
         finally:
             ex.close()
         if not res.ok:
-            raise VerifyError(f"refusing to restore {archive.name}: {res.error}; nothing was changed")
-        if "tar" in holder:
-            ex.finish_dirs(holder["tar"])
-        changes = {t.name: diff(t, ex.archived[t.name], ex.archived_dirs) for t in targets}
-        plan = RestorePlan(archive, targets, changes)
+            raise _refuse(archive, str(res.error))
+        if res.note:
+            notes.append(res.note)
+        incomplete = _apply_incomplete(archive, entry, meta, res.end, targets, req.allow_incomplete)
+        for t in targets:
+            t.keep += protect[t.name]
+        if not req.dry_run:
+            try:
+                ex.finish()
+            except Refused as e:
+                raise _refuse(archive, str(e)) from None
+        changes = {t.name: ex.finish_changes(t) for t in targets}
+        merged = _check_whole(archive, ex, targets)
+        outside = [x for t in targets for x in changes[t.name].outside]
+        staged_only = [n for n in ex.skipped if f"/{STAGING_PREFIX}" not in f"/{n.rpartition('/')[0]}"]
+        if staged_only:
+            notes.append(
+                f"not restored: {_show(staged_only, 5)}, a restore's staging that a backup caught "
+                "(.gofr-restore-*: never data)"
+            )
+        if outside:
+            notes.append(
+                f"{len(outside)} symlink(s) lead outside their path; restored as links, never followed: "
+                + _show(outside, 5)
+            )
+        plan = RestorePlan(archive, targets, changes, incomplete, notes)
+        if req.dry_run:
+            return plan
         if not confirm(plan):
             raise BackupError("restore cancelled; nothing was changed")
-        sync_file_systems([t.base for t in targets])  # the staged data is durable before any swap
-        swapped = True
-        for t in targets:
-            swap_into_place(t)
+        for a, b in merged:
+            _merge(a, b)
+        journal = commit(staging, archive.name)
+        committed = True
+        try:
+            roll_forward(journal)
+        except (OSError, BackupError) as e:
+            raise BackupError(
+                f"the restore stopped while swapping paths into place ({e}); run the same restore again "
+                f"to finish it (its journal is {journal})"
+            ) from None
         return plan
+    except OSError as e:
+        if committed:
+            raise
+        raise BackupError(f"cannot stage the restore: {e}; nothing was changed") from None
     finally:
-        for t in targets:
-            if t.base != Path() and t.base.exists():
-                shutil.rmtree(t.base, ignore_errors=True)
-        if not swapped:
+        staging.close()
+        if not committed:
+            staging.remove()
             for parent, (atime, mtime) in parent_times.items():
                 with contextlib.suppress(OSError):
                     os.utime(parent, ns=(atime, mtime))
@@ -225,15 +473,21 @@ def restore(
 @dataclass
 class RestoreRequest:
     """What to restore and where. ``name``: an archive file name or path (see
-    BackupLayout.find); ``latest``: the newest usable archive instead."""
+    BackupLayout.find); ``latest``: the newest archive that is complete and verified instead."""
 
     name: str | None = None
     latest: bool = False
     target: Path | None = None  # restore copies under target/<name> instead of the configured paths
-    only: list[str] | None = None
+    only: list[str] | None = None  # None: every path; [] is an error
     dry_run: bool = False
     from_remote: bool = False
     identity: Path | None = None  # age identity, for sealed archives
+    allow_incomplete: bool = False  # restore an incomplete archive (what it never saved is kept)
+
+
+def restorable(e: Entry) -> bool:
+    """What ``--latest`` may choose: complete and verified."""
+    return e.get("complete") is True and e.get("verified") is True
 
 
 def run_restore(
@@ -259,19 +513,26 @@ def run_restore(
                 f"no off-site storage configured: set {config.prefix}REMOTE_URL (s3://bucket/prefix)"
             )
         rentries = remote.read_manifest()
-        rentry = latest(rentries) if req.latest else find_remote(rentries, req.name or "")
+        rentry = (
+            latest(rentries, usable=lambda e: e.get("complete") is not False)
+            if req.latest
+            else find_remote(rentries, req.name or "")
+        )
         if rentry is None:
             if req.latest:
-                raise BackupError(f"no off-site backups of {config.project} in {config.remote.url}")
+                raise BackupError(f"no complete off-site backup of {config.project} in {config.remote.url}")
             raise ConfigError(f"{req.name!r} is not in {config.remote.url} (see 'gofr-backup list --remote')")
         with fetched(remote, rentry, identity) as plain:
-            return _restore_plain(config, plain, None, req, confirm, should_stop)
+            return _restore_plain(config, plain, None, rentry, req, confirm, should_stop)
     lay = config.layout
     entries = Manifest(lay.root).load(config.project)
     if req.latest:
-        chosen = latest(entries, usable=lambda e: lay.archive(e["path"]).is_file())
+        chosen = latest(entries, usable=lambda e: restorable(e) and lay.archive(e["path"]).is_file())
         if chosen is None:
-            raise BackupError(f"no usable backup of {config.project} in {config.backup_dir}")
+            raise BackupError(
+                f"no complete, verified backup of {config.project} in {config.backup_dir}: see "
+                "'gofr-backup list'; 'gofr-backup verify --all' checks them again, and NAME restores one"
+            )
         archive = lay.archive(chosen["path"])
     else:
         archive = lay.find(req.name or "")
@@ -280,21 +541,30 @@ def run_restore(
         _, err = sealed.checksum_error(archive, entry.get("sha256"))
         if err:
             raise BackupError(f"refusing to restore {archive.name}: {err}; nothing was changed")
+        note = []
+        if layout.read_sidecar(archive) is None:
+            note = [
+                f"{layout.sidecar_path(archive).name} is missing: checked against the manifest's checksum"
+            ]
         with open(archive, "rb") as f, sealed.decrypted(f, archive.name, identity) as plain:
-            return _restore_plain(config, plain, entry.get("plain_sha256"), req, confirm, should_stop)
-    return _restore_plain(config, archive, entry.get("sha256"), req, confirm, should_stop)
+            return _restore_plain(
+                config, plain, entry.get("plain_sha256"), entry, req, confirm, should_stop, note
+            )
+    return _restore_plain(config, archive, entry.get("sha256"), entry, req, confirm, should_stop)
 
 
 def _restore_plain(
     config: BackupConfig,
     archive: Path,
     sha: str | None,
+    entry: Entry,
     req: RestoreRequest,
     confirm: Callable[[RestorePlan], bool],
     should_stop: Callable[[], bool],
+    notes: list[str] | None = None,
 ) -> RestorePlan:
     if req.dry_run:
-        return plan_restore(config, archive, req.target, req.only, sha)[0]
+        return restore(config, archive, req, sha, entry, confirm, should_stop, notes)
     # the backup volume may be mounted read-only for a restore
     with run_lock(config.layout, config.lock_timeout, should_stop, readonly_ok=True):
-        return restore(config, archive, req.target, req.only, sha, confirm=confirm, should_stop=should_stop)
+        return restore(config, archive, req, sha, entry, confirm, should_stop, notes)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .config import BackupConfig
+from .errors import BackupError
 from .log import event
 from .manifest import Manifest, has_valid_time
 from .observe import Observer
@@ -36,6 +37,7 @@ class Scheduler:
     backup: Callable[[str], Outcome]  # trigger -> outcome of one daily backup
     prune: Callable[[], PruneReport]
     observer: Observer | None = None  # metrics listener on start; wakes up to notice stale backups
+    recover: Callable[[], list[str]] | None = None  # finish a restore that died (swap.py)
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: Any) -> None:
@@ -65,6 +67,9 @@ class Scheduler:
         self.keep_going("record the start in the state file", lambda: update_state(c, started))
         if self.observer is not None:
             self.observer.service_started()
+        # a restore that died is finished (or undone) first, whether or not backups are enabled
+        if self.recover is not None:
+            self.keep_going("finish a restore that died", self.finish_restores)
         if not c.enabled:
             event(
                 "service.disabled",
@@ -108,6 +113,19 @@ class Scheduler:
             event("service.error", f"could not {what}: {failure_text(e)}", level=logging.ERROR)
             event("service.traceback", traceback.format_exc(), level=logging.DEBUG)
             return None
+
+    def finish_restores(self) -> None:
+        assert self.recover is not None
+        try:
+            for line in self.recover():
+                event("restore.recovered", line, level=logging.WARNING)
+        except (BackupError, OSError) as e:
+            event(
+                "restore.pending",
+                f"a restore that died could not be finished here ({e}); run the same restore again "
+                "(scripts/backup/restore_backup.sh) to finish it",
+                level=logging.ERROR,
+            )
 
     def prune_on_start(self) -> None:
         r = self.prune()

@@ -107,6 +107,8 @@ def checksum_error(path: Path, expected: str | None) -> tuple[str | None, str | 
         return None, f"archive not found: {path}"
     sha = sha256_file(path)
     side = layout.read_sidecar(path)
+    if side is None and expected:  # the manifest still holds the checksum (see verify_archive)
+        side = expected
     if not side:
         kind = "missing" if side is None else "malformed"
         return sha, f"checksum file {kind}: {layout.sidecar_path(path).name}"
@@ -147,9 +149,14 @@ def verify_sealed(
         sha, err = checksum_error(path, expected_sha256)
     except (OSError, MemoryError) as e:  # could not read it: nothing is known about it
         return could_not_check(VerifyResult(path, ok=False), e)
+    note = None
+    if layout.read_sidecar(path) is None and expected_sha256:
+        note = f"{layout.sidecar_path(path).name} is missing: checked against the manifest's checksum"
     if err or identity is None:
-        return VerifyResult(path, ok=err is None, error=err, sha256=sha, archive_intact=err is None)
+        return VerifyResult(
+            path, ok=err is None, error=err, sha256=sha, archive_intact=err is None, note=note
+        )
     with open(path, "rb") as f, decrypted(f, path.name, identity) as plain:
         inner = verify_archive(plain, plain_sha256, sidecar=False, should_stop=should_stop)
-    inner.path, inner.sha256 = path, sha
+    inner.path, inner.sha256, inner.note = path, sha, note
     return inner

@@ -20,16 +20,18 @@ from pathlib import Path
 
 from . import layout, sealed
 from .config import BackupConfig
+from .errors import BackupError, VerifyError
 from .fsutil import run_lock
 from .manifest import Manifest
 from .observe import Observer
 from .offsite import SyncReport, sync_and_record
-from .restore import RestorePlan, RestoreRequest, run_restore
+from .restore import RestorePlan, RestoreRequest, recover_interrupted, recovery_dirs, run_restore
 from .retention import PruneReport, prune
 from .run import Outcome, Run
 from .schedule import Clock, now_iso
 from .scheduler import Scheduler
 from .scrub import verdict_fields
+from .swap import staging_dirs
 from .verify import VerifyResult, verify_archive
 
 __all__ = ["BackupService", "Clock", "Outcome"]
@@ -90,6 +92,39 @@ class BackupService:
             self.observer.verified(res.ok)
         return res
 
+    def repair_sidecar(self, path: Path) -> None:
+        """Rewrite ``path``'s missing or damaged ``.sha256`` from the manifest's checksum, only if
+        the archive reads to its end and matches it. Raises BackupError otherwise."""
+        lay = self.config.layout
+        rel = lay.rel(path if path.is_absolute() else path.resolve())
+        entry = next((e for e in self.manifest.read() if e["path"] == rel), None)
+        expected = entry.get("sha256") if entry else None
+        side = layout.sidecar_path(path).name
+        if not expected:
+            raise BackupError(
+                f"cannot repair {side}: the manifest holds no checksum for {path.name}, so there is "
+                "nothing to check the archive against"
+            )
+        if layout.is_sealed(path.name):
+            sha = sealed.sha256_file(path)
+            error = None if sha == expected else "it does not match the manifest's checksum"
+        else:
+            res = verify_archive(path, expected, sidecar=False, should_stop=self.should_stop)
+            error = res.error
+        if error:
+            raise VerifyError(f"not repairing {side}: {path.name} is not sound: {error}")
+        layout.write_sidecar(path, expected)
+        self.manifest.set_fields(
+            rel, verified=True, verified_at=now_iso(self.clock.now()), verify_error=None, archive_intact=True
+        )
+
+    def recover_restore(self) -> list[str]:
+        """Finish (or undo) a restore that died (see swap.py); the service does it on start."""
+        if not staging_dirs(recovery_dirs(self.config)):
+            return []  # the common case: nothing to do, and no wait for the run lock
+        with run_lock(self.config.layout, self.config.lock_timeout, self.should_stop, readonly_ok=True):
+            return recover_interrupted(self.config)
+
     # -- restore, prune, off-site ----------------------------------------------------------------
     def restore(
         self, req: RestoreRequest, confirm: Callable[[RestorePlan], bool] = lambda p: True
@@ -115,6 +150,7 @@ class BackupService:
             backup=lambda trigger: self.run_backup("daily", trigger=trigger),
             prune=self.prune,
             observer=self.observer,
+            recover=self.recover_restore,
         )
 
     def install_signal_handlers(self) -> None:

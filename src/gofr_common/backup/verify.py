@@ -92,15 +92,18 @@ class HashingReader(io.RawIOBase):
             pass
 
 
-def read_member(tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int | None = None) -> None:
-    """Read a member's data to its end (writing it to ``fd`` if given), and stop at once if it is
-    short: tarfile would otherwise "skip" the missing bytes 10 KB at a time, which for a hostile
-    claim of 1 TiB takes minutes. Raises ValueError (a damaged stream)."""
+def read_member(tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int | None = None, hasher: Any = None) -> None:
+    """Read a member's data to its end (writing it to ``fd`` if given, hashing it into ``hasher``
+    if given), and stop at once if it is short: tarfile would otherwise "skip" the missing bytes
+    10 KB at a time, which for a hostile claim of 1 TiB takes minutes. Raises ValueError (a
+    damaged stream)."""
     src = tar.extractfile(m)
     assert src is not None
     got = 0
     while b := src.read(CHUNK):
         got += len(b)
+        if hasher is not None:
+            hasher.update(b)
         if fd is not None:
             view = memoryview(b)
             while view:
@@ -131,6 +134,7 @@ class VerifyResult:
     # checksum, or there is none) even if ok is False because its .sha256 file is damaged:
     # retention never deletes such an archive
     archive_intact: bool = False
+    note: str | None = None  # e.g. the .sha256 file is missing and the manifest's checksum was used
     meta: dict[str, Any] | None = None
     end: dict[str, Any] | None = None
     members: list[Member] = field(default_factory=list)
@@ -161,6 +165,8 @@ def verify_archive(
     side_error = None
     if not sidecar:
         pass  # the caller checks the checksum another way (a remote manifest, a decrypted temp file)
+    elif side is None and expected_sha256:  # the manifest still holds the checksum: use it, and say so
+        res.note = f"{sidecar_path(path).name} is missing: checked against the manifest's checksum"
     elif side is None:
         side_error = f"checksum file missing: {sidecar_path(path).name}"
     elif side == "":
@@ -240,10 +246,10 @@ def verify_archive(
     res.archive_intact = manifest_ok and not stream_error and not count_error
     if side_error:
         res.error = side_error
-    elif sidecar and digest != side:
+    elif sidecar and side is not None and digest != side:
         res.error = (
             f"checksum mismatch: {path.name} has sha256 {digest[:16]}…, "
-            f"{sidecar_path(path).name} says {side[:16]}…"  # type: ignore[index]
+            f"{sidecar_path(path).name} says {side[:16]}…"
         )
     elif not manifest_ok:
         res.error = (

@@ -207,8 +207,8 @@ class ArchiveWriter:
             resolved = os.path.normpath(os.path.join(os.path.dirname(e.arcname), target))
             if os.path.isabs(target) or not (resolved == top or resolved.startswith(top + "/")):
                 self.warnings.append(
-                    f"{e.path} is a symlink to {target!r}, outside its path: it is archived as a link, "
-                    "but restore refuses links that point outside (make it relative and inside)"
+                    f"{e.path} is a symlink to {target!r}, outside its path: it is archived and restored "
+                    "as a link, never followed (what it points at is not in this backup)"
                 )
             ti = self._info(e.arcname, e.st)
             ti.type = tarfile.SYMTYPE
