@@ -673,3 +673,27 @@ def test_an_incomplete_archive_of_a_mount_point_keeps_what_it_never_saved(
         assert not list(data.glob(".gofr-restore-*"))
     finally:
         subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def test_a_followed_paths_link_is_restored_through_not_replaced(tmp_path: Path) -> None:
+    # issue 12 item 7, restore side: a PATHS entry that is a symlink is followed by the backup; an
+    # in-place restore used to replace the link by a directory and leave what it points at stale
+    data = tmp_path / "data"
+    write(data / "real" / "f.txt", "one")
+    os.symlink("real", data / "linkdir")
+    env = cli_env(data, tmp_path / "backups", **{"GOFR_{P}_BACKUP_PATHS": "ld:linkdir"})
+    assert run_cli("now", env=env).returncode == 0
+    write(data / "real" / "f.txt", "two")
+    write(data / "real" / "extra.txt", "not in the backup")
+    r = run_cli("restore", "--latest", "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert os.readlink(data / "linkdir") == "real"  # the link is kept
+    assert (data / "real" / "f.txt").read_text() == "one" and not (data / "real" / "extra.txt").exists()
+    # pointed elsewhere since the backup: refused, nothing written through it
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.unlink(data / "linkdir")
+    os.symlink(elsewhere, data / "linkdir")
+    r = run_cli("restore", "--latest", "--yes", env=env)
+    assert r.returncode == 2 and "symlink to" in r.stderr and "followed it to" in r.stderr, r.stderr
+    assert list(elsewhere.iterdir()) == []

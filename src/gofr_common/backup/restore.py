@@ -115,6 +115,22 @@ def _no_link_on_the_way(root: Path, name: str, dest: Path) -> None:
             )
 
 
+def _through_followed_link(name: str, dest: Path, followed: Any) -> Path:
+    """A configured path that is a symlink was followed by the backup (``followed`` in the archive's
+    header): restore into what it points at, and keep the link, but only while it still points
+    where the backup followed it. Anywhere else, a restore would write wherever it points now."""
+    if not dest.is_symlink():
+        return dest  # the link is gone (or never was): the path itself is restored
+    now = os.path.realpath(dest)
+    if not isinstance(followed, str) or now != followed:
+        raise ConfigError(
+            f"{name} -> {dest} is a symlink to {now} now, but the backup "
+            + (f"followed it to {followed}" if isinstance(followed, str) else "saved it as a link")
+            + ": put the link back, or restore with --target DIR"
+        )
+    return Path(now)
+
+
 def _protected(config: BackupConfig, t: Target) -> list[str]:
     """The backup dir, when it lies inside a restored path: never removed or replaced by a
     restore (archive names, like the kept paths of an incomplete archive)."""
@@ -160,6 +176,7 @@ def resolve_targets(
             )
         if target_dir is None:
             _no_link_on_the_way(config.data_dir, n, dest)
+            dest = _through_followed_link(n, dest, (meta.get("followed") or {}).get(n))
         targets.append(Target(n, dest, mount=is_mount(Path(os.path.realpath(dest)), mps)))
     if os.environ.get("GOFR_BACKUP_IN_CONTAINER") == "1":
         for t in targets:
