@@ -267,3 +267,37 @@ def test_a_recovery_that_is_killed_is_finished_by_the_next_one(mounted: dict[str
         f"{killed_mid} recoveries were killed halfway through",
     )
     assert not failures, failures[:3]
+
+
+def test_a_restore_the_service_cannot_finish_makes_status_unhealthy(mounted: dict[str, Any]) -> None:
+    # a committed restore that died, on a data volume the service mounts read-only: the service
+    # cannot finish it, so `status` must say so (it said HEALTHY while the data was half restored)
+    m, env = mounted, mounted["env"]
+    archive, new, _, _ = _prepare(m, env)
+    rng = random.Random(SEED)
+    for _ in range(40):  # kill just after the journal is committed, until one lands there
+        p = popen_cli("restore", archive, "--yes", env=env)
+        journal_glob = f".gofr-restore-data-{p.pid}/journal.json"
+        t0 = time.monotonic()
+        while not list(m["data"].glob(journal_glob)) and p.poll() is None and time.monotonic() - t0 < 60:
+            time.sleep(0.0002)
+        time.sleep(rng.uniform(0.0, 0.002))
+        p.send_signal(signal.SIGKILL)
+        p.communicate()
+        if _committed(m):
+            break
+    needs(_committed(m), "no kill landed after the journal's commit in 40 tries")
+    subprocess.run(["mount", "-o", "remount,ro", str(m["data"])], check=True)
+    try:
+        (m["tmp"] / "backups").mkdir(exist_ok=True)
+        out = _service_start(env, m["tmp"])
+        assert '"restore.pending"' in out, out[-500:]
+        st = run_cli("status", "--json", env=env)
+        doc = json.loads(st.stdout)
+        assert st.returncode == 1 and any("a restore that died" in r for r in doc["reasons"]), doc
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(m["data"])], check=True)
+    out = _service_start(env, m["tmp"])  # writable again: finished, and status no longer says so
+    assert _state(m) == new and not _staging(m)
+    doc = json.loads(run_cli("status", "--json", env=env).stdout)
+    assert not any("a restore that died" in r for r in doc["reasons"]), doc

@@ -89,6 +89,8 @@ def health(config: BackupConfig, now: datetime) -> Health:
     }
     if st.get("corrupt"):
         reasons.append(st["corrupt"])
+    if st.get("restore_pending"):  # the data may be half restored: louder than any backup news
+        reasons.append(str(st["restore_pending"].get("error")))
     if not enabled:
         report["disabled_hint"] = f"set {config.prefix}ENABLED=true to turn backups on"
         return Health(not reasons, reasons, report)

@@ -115,17 +115,22 @@ class Scheduler:
             return None
 
     def finish_restores(self) -> None:
+        """A restore that died is finished (or undone). When that cannot be done here (a read-only
+        data volume), it is recorded so that `status` says so until it is done."""
         assert self.recover is not None
         try:
             for line in self.recover():
                 event("restore.recovered", line, level=logging.WARNING)
         except (BackupError, OSError) as e:
-            event(
-                "restore.pending",
+            msg = (
                 f"a restore that died could not be finished here ({e}); run the same restore again "
-                "(scripts/backup/restore_backup.sh) to finish it",
-                level=logging.ERROR,
+                "(scripts/backup/restore_backup.sh) to finish it"
             )
+            event("restore.pending", msg, level=logging.ERROR)
+            t = now_iso(self.clock.now())
+            update_state(self.config, lambda st: st.update(restore_pending={"time": t, "error": msg}))
+            return
+        update_state(self.config, lambda st: st.pop("restore_pending", None))
 
     def prune_on_start(self) -> None:
         r = self.prune()
