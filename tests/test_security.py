@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gofrtest import cli_env, craft_archive, make_app, manifest, needs, publish, run_cli, tinfo
+from gofrtest import (
+    Evidence,
+    cli_env,
+    craft_archive,
+    make_app,
+    manifest,
+    needs,
+    reliability,
+    run_cli,
+    tinfo,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -72,24 +82,30 @@ def test_member_claiming_a_huge_size_is_refused_without_filling_the_disk(app: di
     assert staged == [], "nothing of the claimed 1 TiB was written"
 
 
-def test_hundreds_of_thousands_of_members_use_bounded_memory(tmp_path: Path) -> None:
+@reliability(
+    "Archive with 200,000 members",
+    "verify's peak RSS stays under 120 MB (tarfile's member list is not kept); restore completes",
+)
+def test_hundreds_of_thousands_of_members_use_bounded_memory(tmp_path: Path, evidence: Evidence) -> None:
     n = 200_000
-    data = tmp_path / "data"
-    d = data / "many"
-    d.mkdir(parents=True)
-    for i in range(n):
-        (d / f"f{i:06d}").touch()
-    env = cli_env(data, tmp_path / "b", **{"GOFR_{P}_BACKUP_PATHS": "many:many"})
-    r = run_cli("now", "--json", env=env, timeout=600)
-    assert r.returncode == 0, r.stderr
-    entry = json.loads(r.stdout)
-    assert entry["file_count"] == n + 1
-    t0 = time.monotonic()
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            f"""
+    note = ""
+    with evidence.trial():
+        data = tmp_path / "data"
+        d = data / "many"
+        d.mkdir(parents=True)
+        for i in range(n):
+            (d / f"f{i:06d}").touch()
+        env = cli_env(data, tmp_path / "b", **{"GOFR_{P}_BACKUP_PATHS": "many:many"})
+        r = run_cli("now", "--json", env=env, timeout=600)
+        assert r.returncode == 0, r.stderr
+        entry = json.loads(r.stdout)
+        assert entry["file_count"] == n + 1
+        t0 = time.monotonic()
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"""
 import sys
 from pathlib import Path
 from gofr_common.backup.verify import verify_archive
@@ -98,26 +114,23 @@ r = verify_archive(Path({str(tmp_path / "b" / entry["path"])!r}))
 hwm = next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")).split()[1]
 print(r.ok, r.file_count, hwm)
 """,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    ok, count, rss_kb = p.stdout.split()
-    assert (ok, int(count)) == ("True", n + 1), p.stderr
-    assert int(rss_kb) < 120_000, f"verify of {n} members peaked at {int(rss_kb) // 1024} MB"
-    r = run_cli("restore", entry["filename"], "--target", str(tmp_path / "t"), "--yes", env=env, timeout=900)
-    assert r.returncode == 0, r.stderr
-    assert len(os.listdir(tmp_path / "t" / "many")) == n
-    publish(
-        "Archive with 200,000 members",
-        1,
-        0,
-        f"verify peaks at {int(rss_kb) // 1024} MB RSS (tarfile's member list is not kept); restore completes",
-        "tests/test_security.py::test_hundreds_of_thousands_of_members_use_bounded_memory",
-        f"verify and restore took {time.monotonic() - t0:.0f}s",
-    )
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        ok, count, rss_kb = p.stdout.split()
+        note = f"verify peaked at {int(rss_kb) // 1024} MB RSS"
+        assert (ok, int(count)) == ("True", n + 1), p.stderr
+        assert int(rss_kb) < 120_000, f"verify of {n} members peaked at {int(rss_kb) // 1024} MB"
+        r = run_cli(
+            "restore", entry["filename"], "--target", str(tmp_path / "t"), "--yes", env=env, timeout=900
+        )
+        assert r.returncode == 0, r.stderr
+        assert len(os.listdir(tmp_path / "t" / "many")) == n
+        note += f"; verify and restore took {time.monotonic() - t0:.0f}s"
+    evidence.publish(note)
 
 
 def test_symlink_to_etc_shadow_is_archived_as_a_link_never_followed(app: dict[str, Any]) -> None:
@@ -294,39 +307,40 @@ def test_two_projects_in_one_backup_dir_never_touch_each_other(tmp_path: Path) -
     }
 
 
-def test_readers_always_see_a_consistent_manifest_while_backups_and_prunes_run(app: dict[str, Any]) -> None:
+@reliability(
+    "Readers during backups and prunes",
+    "manifest.json is replaced atomically: every read (one trial each) parses and is complete",
+)
+def test_readers_always_see_a_consistent_manifest_while_backups_and_prunes_run(
+    app: dict[str, Any], evidence: Evidence
+) -> None:
     env = {**app["env"], "GOFR_PLOT_BACKUP_MAX_COUNT": "3", "GOFR_PLOT_BACKUP_PATHS": "auth:auth"}
     assert run_cli("now", env=env).returncode == 0
     stop = threading.Event()
-    reads, bad = [0], []
 
     def reader() -> None:
         while not stop.is_set():
             try:
                 doc = json.loads((app["backups"] / "manifest.json").read_bytes())
-                assert all(
+                complete = all(
                     {"filename", "path", "tier", "created", "sha256"} <= set(e) for e in doc["backups"]
                 )
-                reads[0] += 1
+                evidence.count(complete, "an entry lacks a field")
             except Exception as e:  # noqa: BLE001 - anything here is a torn read
-                bad.append(repr(e))
+                evidence.count(False, repr(e))
 
     t = threading.Thread(target=reader)
     t.start()
+    writes = 0
     try:
         for i in range(12):
-            assert run_cli("prune" if i % 3 == 2 else "now", env=env).returncode == 0
+            writes += run_cli("prune" if i % 3 == 2 else "now", env=env).returncode == 0
             st = run_cli("status", "--json", env=env)
             json.loads(st.stdout)
             assert json.loads(run_cli("list", "--json", env=env).stdout)["summary"]["count"] >= 1
     finally:
         stop.set()
         t.join()
-    assert bad == [] and reads[0] > 100
-    publish(
-        "Readers during backups and prunes",
-        reads[0],
-        len(bad),
-        "manifest.json is replaced atomically: every read parses and is complete",
-        "tests/test_security.py::test_readers_always_see_a_consistent_manifest_while_backups_and_prunes_run",
-    )
+    evidence.require(writes == 12, f"only {writes} of 12 backups and prunes succeeded")
+    evidence.require(evidence.trials > 100, f"only {evidence.trials} reads: too few to tell")
+    evidence.publish()
