@@ -240,8 +240,9 @@ def chdir_tmp(tmp_path: Path) -> Iterator[Path]:
 
 
 # -- docs/RELIABILITY.md: the fault tests publish what they measured ---------------------------------
-RELIABILITY_JSON = REPO / "docs" / "reliability.json"
-RELIABILITY_MD = REPO / "docs" / "RELIABILITY.md"
+# (GOFR_RELIABILITY_JSON points elsewhere: the test of this machinery writes a table of its own)
+RELIABILITY_JSON = Path(os.environ.get("GOFR_RELIABILITY_JSON") or REPO / "docs" / "reliability.json")
+RELIABILITY_MD = RELIABILITY_JSON.with_name("RELIABILITY.md")
 # the generated files themselves do not make the tree "dirty": they are the output, not the input
 GENERATED = ("docs/RELIABILITY.md", "docs/reliability.json")
 
@@ -375,6 +376,28 @@ def report_unpublished(item: pytest.Item, outcome: str, reason: str) -> None:
             "note": "",
         },
     )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """(A hook; tests/conftest.py installs it.) A reliability test that was skipped writes
+    "not run (reason)" in its row, one that failed before it published writes "error", one that
+    passed without publishing writes "error" too; none keeps the figure of an earlier run."""
+    outcome = yield
+    rep: pytest.TestReport = outcome.get_result()
+    if rep.skipped:
+        report_unpublished(item, "not run", skip_reason(rep))
+    elif rep.failed and rep.when in ("setup", "call"):
+        why = call.excinfo.exconly().strip().splitlines() if call.excinfo is not None else []
+        report_unpublished(item, "error", why[0] if why else "failed")
+    elif rep.passed and rep.when == "call":
+        report_unpublished(item, "error", "the test passed without publishing its figures")
+
+
+def skip_reason(rep: pytest.TestReport) -> str:
+    longrepr = rep.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
 
 
 def write_row(scenario: str, row: dict[str, Any]) -> None:
