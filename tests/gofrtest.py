@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -392,6 +393,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report_unpublished(item, "error", why[0] if why else "failed")
     elif rep.passed and rep.when == "call":
         report_unpublished(item, "error", "the test passed without publishing its figures")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """(A hook; tests/conftest.py installs it.) One line that says how many guarantees this run
+    did not exercise, and why (CI, with GOFR_REQUIRE_ALL=1, fails them instead)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons: Counter[str] = Counter()
+    for rep in skipped:
+        reasons[skip_reason(rep)] += 1
+    why = "; ".join(f"{n} x {r}" for r, n in reasons.most_common())
+    terminalreporter.write_line(
+        f"gofr-backup: {len(skipped)} guarantee test(s) NOT exercised on this machine: {why}"
+    )
 
 
 def skip_reason(rep: pytest.TestReport) -> str:

@@ -18,7 +18,7 @@ TESTS = Path(__file__).resolve().parent
 
 SAMPLE = """
 import pytest
-from gofrtest import Evidence, reliability
+from gofrtest import Evidence, needs, reliability
 
 
 @reliability("counted", "every trial is counted")
@@ -34,7 +34,7 @@ def test_counted(evidence: Evidence) -> None:
 
 @reliability("skipped", "needs what this machine lacks")
 def test_skipped(evidence: Evidence) -> None:
-    pytest.skip("needs a unicorn")
+    needs(False, "needs a unicorn")
 
 
 @reliability("broken", "dies before it publishes")
@@ -69,7 +69,7 @@ def test_good(evidence: Evidence, n: int) -> None:
 
 def test_failures_skips_and_errors_reach_the_table(tmp_path: Path) -> None:
     (tmp_path / "conftest.py").write_text(
-        "from gofrtest import evidence, pytest_runtest_makereport  # noqa: F401\n\n\n"
+        "from gofrtest import evidence, pytest_runtest_makereport, pytest_terminal_summary  # noqa\n\n\n"
         "def pytest_configure(config):\n"
         "    config.addinivalue_line('markers', 'reliability(scenario, guarantee): a row')\n"
     )
@@ -130,6 +130,48 @@ def test_failures_skips_and_errors_reach_the_table(tmp_path: Path) -> None:
     assert problems({"good 1": g}, "0000000", {g["test"]})
     assert problems({"good 1": g}, version, set())
     assert problems({"good 1": g}, version, {g["test"], "test_sample.py::test_new"})
+
+
+def _pytest(tmp_path: Path, table: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        env={
+            **{k: v for k, v in os.environ.items() if k != "GOFR_REQUIRE_ALL"},
+            "GOFR_RELIABILITY_JSON": str(table),
+            "PYTHONPATH": os.pathsep.join([str(TESTS), str(SRC)]),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_in_ci_a_guarantee_that_cannot_be_exercised_fails(tmp_path: Path) -> None:
+    (tmp_path / "conftest.py").write_text(
+        "from gofrtest import evidence, pytest_runtest_makereport, pytest_terminal_summary  # noqa\n"
+    )
+    (tmp_path / "test_sample.py").write_text(
+        "from gofrtest import Evidence, needs, reliability\n\n\n"
+        "@reliability('rooted', 'needs root')\n"
+        "def test_rooted(evidence: Evidence) -> None:\n"
+        "    needs(False, 'needs root')\n"
+    )
+    table = tmp_path / "reliability.json"
+    r = _pytest(tmp_path, table, GOFR_REQUIRE_ALL="1")
+    assert r.returncode == 1 and "NOT exercised" not in r.stdout, r.stdout
+    row = json.loads(table.read_text())["rooted"]
+    assert row["status"] == "error" and "not exercised: needs root" in row["reason"]
 
 
 def test_code_version_names_the_commit() -> None:
