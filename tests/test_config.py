@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from gofrtest import cli_env, run_cli
+from gofrtest import cli_env, run_cli, snapshot
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -137,3 +139,45 @@ def test_schedule_parser_never_crashes(value: str) -> None:
         assert "GOFR_PLOT_BACKUP_SCHEDULE" in str(e)
     else:
         assert len(c.schedule.split()) == 5
+
+
+# -- values refused at config load by every command: exit 2, one line, nothing written ------------
+def _refused(tmp_path: Path, command: str, var: str, value: str, allowed: str) -> None:
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    (data / "storage").mkdir(parents=True)
+    env = cli_env(data, backups, **{var: value})
+    before = snapshot(tmp_path)
+    r = run_cli(command, env=env, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith(f"gofr-backup: {var}={value!r} is not valid: "), lines[0]
+    assert allowed in lines[0], lines[0]
+    assert not backups.exists() and snapshot(tmp_path) == before, "something was written"
+
+
+TZ_BAD = [
+    ("TZ", "Mars/Olympus", "an IANA time zone name such as Europe/Berlin or UTC"),
+    ("TZ", ":Mars/Olympus", "an IANA time zone name"),
+    ("TZ", "../../../etc/passwd", "an IANA time zone name"),
+    ("TZ", "/etc/hostname", "an IANA time zone name"),  # a file, not a zoneinfo file
+]
+
+
+@pytest.mark.parametrize("command", ["config", "now", "status", "run"])
+@pytest.mark.parametrize("var,value,allowed", TZ_BAD, ids=[v for _, v, _ in TZ_BAD])
+def test_an_unknown_time_zone_is_refused(
+    tmp_path: Path, command: str, var: str, value: str, allowed: str
+) -> None:
+    """It used to fall back to the system zone without a word: archive names, `created` and the
+    schedule in another zone than the operator asked for."""
+    _refused(tmp_path, command, var, value, allowed)
+
+
+@pytest.mark.parametrize("tz", ["Asia/Kolkata", ":Asia/Kolkata", "/usr/share/zoneinfo/Asia/Kolkata"])
+def test_the_time_zone_is_honoured_in_each_spelling(app: dict[str, Any], tz: str) -> None:
+    if tz.startswith("/") and not Path(tz).is_file():
+        pytest.skip(f"{tz} is not installed here")
+    r = run_cli("now", "--json", env={**app["env"], "TZ": tz})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["created"].endswith("+05:30")  # India: no DST, half-hour offset

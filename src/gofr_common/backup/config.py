@@ -16,6 +16,7 @@ from typing import Any
 
 from .codecs import CODECS, default_level
 from .errors import ConfigError
+from .schedule import zone_from_tz
 
 PROJECT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -416,6 +417,7 @@ def load(
 
     ddir = path_of("DATA_DIR", data_dir)
     bdir = path_of("DIR", backup_dir)
+    zone_from_tz(env.get("TZ"))  # refuses a TZ that names no zone (the zone of names and schedule)
 
     comp_var, comp = get("COMPRESSION")
     comp = comp.strip().lower()

@@ -14,7 +14,7 @@ import shutil
 import signal
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,49 +26,11 @@ from .errors import BackupError, Interrupted
 from .fsutil import ensure_writable_dir, file_lock, remove_quietly
 from .hooks import run_hook
 from .housekeeping import Entry, Manifest, PruneReport, housekeeping
+from .schedule import Clock, local_tz  # noqa: F401  (local_tz, Clock: imported from here)
 from .status import next_run, now_iso, prev_run, update_state
 from .verify import VerifyResult, verify_archive
 
 event = glog.event
-
-
-def local_tz() -> tzinfo:
-    """The local zone with its DST rules (TZ honoured), not just today's UTC offset."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    tz = os.environ.get("TZ", "").lstrip(":")
-    if tz:
-        try:
-            return ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    try:
-        with open("/etc/localtime", "rb") as f:
-            return ZoneInfo.from_file(f, key="localtime")
-    except OSError:
-        return datetime.now().astimezone().tzinfo  # type: ignore[return-value]
-
-
-class Clock:
-    """Real time. Tests substitute one that jumps."""
-
-    def __init__(self) -> None:
-        self.tz = local_tz()
-
-    def now(self) -> datetime:
-        return datetime.now(self.tz)
-
-    def wait_until(self, when: datetime, stop: threading.Event) -> bool:
-        """Sleep until ``when``; True if ``stop`` was set first. Re-reads the clock each minute,
-        so suspend/resume or clock steps do not make it oversleep."""
-        while True:
-            # in UTC: aware datetimes of one zone compare by wall time and ignore `fold`, which
-            # would fire the second 02:30 of a DST fall-back night an hour early
-            left = (when.astimezone(UTC) - self.now().astimezone(UTC)).total_seconds()
-            if left <= 0:
-                return stop.is_set()
-            if stop.wait(min(left, 60.0)):
-                return True
 
 
 @dataclass
