@@ -181,3 +181,20 @@ def test_the_time_zone_is_honoured_in_each_spelling(app: dict[str, Any], tz: str
     r = run_cli("now", "--json", env={**app["env"], "TZ": tz})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["created"].endswith("+05:30")  # India: no DST, half-hour offset
+
+
+NEVER = ["0 0 30 2 *", "0 0 31 4,6,9,11 *", "15 3 31 2 *"]
+
+
+@pytest.mark.parametrize("command", ["config", "now", "status", "run"])
+@pytest.mark.parametrize("schedule", NEVER)
+def test_a_schedule_that_never_fires_is_refused(tmp_path: Path, command: str, schedule: str) -> None:
+    """`0 0 30 2 *` parses, but no day matches: `config` used to accept it, then `status` and `run`
+    crashed (and the container restarted for ever)."""
+    _refused(tmp_path, command, "GOFR_PLOT_BACKUP_SCHEDULE", schedule, "never fires")
+
+
+@pytest.mark.parametrize("schedule", ["0 0 29 2 *", "0 0 30 2 1", "0 0 L 2 *"])
+def test_a_rare_schedule_that_does_fire_is_accepted(tmp_path: Path, schedule: str) -> None:
+    c = BackupConfig.from_env(env={"GOFR_PROJECT": "plot", "GOFR_PLOT_BACKUP_SCHEDULE": schedule})
+    assert c.schedule == schedule  # Feb 29 (every 4 years); Mondays in February; Feb's last day

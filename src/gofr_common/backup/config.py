@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -206,8 +207,8 @@ def parse_duration(var: str, value: str) -> float:
     return n
 
 
-def parse_schedule(var: str, value: str) -> str:
-    from croniter import croniter
+def parse_schedule(var: str, value: str, zone: tzinfo = UTC) -> str:
+    from croniter import CroniterError, croniter
 
     expr = " ".join(value.split())
     fields = expr.split(" ") if expr else []
@@ -221,6 +222,17 @@ def parse_schedule(var: str, value: str) -> str:
         ok = False
     if not ok:
         raise _bad(var, value, "not a valid cron expression (minute hour day month weekday)")
+    # `0 0 30 2 *` parses but no day matches: the service needs the next and the previous run
+    now = datetime.now(zone)
+    try:
+        croniter(expr, now).get_next(datetime)
+        croniter(expr, now).get_prev(datetime)
+    except CroniterError:
+        raise _bad(
+            var,
+            value,
+            "it never fires (no date matches it, like 30 February); expected a schedule that runs",
+        ) from None
     return expr
 
 
@@ -417,7 +429,7 @@ def load(
 
     ddir = path_of("DATA_DIR", data_dir)
     bdir = path_of("DIR", backup_dir)
-    zone_from_tz(env.get("TZ"))  # refuses a TZ that names no zone (the zone of names and schedule)
+    zone = zone_from_tz(env.get("TZ"))  # the zone of archive names, `created` and the schedule
 
     comp_var, comp = get("COMPRESSION")
     comp = comp.strip().lower()
@@ -439,7 +451,7 @@ def load(
         backup_dir=bdir,
         paths=parse_paths(*get("PATHS"), ddir),
         enabled=parse_bool(*get("ENABLED")),
-        schedule=parse_schedule(*get("SCHEDULE")),
+        schedule=parse_schedule(*get("SCHEDULE"), zone),
         retention_days=parse_int(*get("RETENTION_DAYS"), 1),
         max_count=parse_int(*get("MAX_COUNT"), 1),
         compression=comp,
