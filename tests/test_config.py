@@ -22,10 +22,10 @@ BAD = [
     ("GOFR_PLOT_BACKUP_SCHEDULE", "0 2 * * * *", "exactly 5 cron fields"),
     ("GOFR_PLOT_BACKUP_SCHEDULE", "61 2 * * *", "not a valid cron"),
     ("GOFR_PLOT_BACKUP_SCHEDULE", "every day", "exactly 5"),
-    ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "0", ">= 1"),
-    ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "-3", ">= 1"),
-    ("GOFR_PLOT_BACKUP_MAX_COUNT", "0", ">= 1"),
-    ("GOFR_PLOT_BACKUP_WEEKLY_RETENTION_WEEKS", "0", ">= 1"),
+    ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "0", "from 1 to 36500"),
+    ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "-3", "from 1 to 36500"),
+    ("GOFR_PLOT_BACKUP_MAX_COUNT", "0", "from 1 to 100000"),
+    ("GOFR_PLOT_BACKUP_WEEKLY_RETENTION_WEEKS", "0", "from 1 to 5200"),
     ("GOFR_PLOT_BACKUP_MONTHLY_RETENTION_MONTHS", "x", "whole number"),
     ("GOFR_PLOT_BACKUP_PATHS", "storage", "not name:path"),
     ("GOFR_PLOT_BACKUP_PATHS", "storage:storage,storage:other", "used twice"),
@@ -142,10 +142,10 @@ def test_schedule_parser_never_crashes(value: str) -> None:
 
 
 # -- values refused at config load by every command: exit 2, one line, nothing written ------------
-def _refused(tmp_path: Path, command: str, var: str, value: str, allowed: str) -> None:
+def _refused(tmp_path: Path, command: str, var: str, value: str, allowed: str, **other: str) -> None:
     data, backups = tmp_path / "data", tmp_path / "backups"
     (data / "storage").mkdir(parents=True)
-    env = cli_env(data, backups, **{var: value})
+    env = cli_env(data, backups, **{**other, var: value})
     before = snapshot(tmp_path)
     r = run_cli(command, env=env, timeout=60)
     lines = r.stderr.strip().splitlines()
@@ -198,3 +198,58 @@ def test_a_schedule_that_never_fires_is_refused(tmp_path: Path, command: str, sc
 def test_a_rare_schedule_that_does_fire_is_accepted(tmp_path: Path, schedule: str) -> None:
     c = BackupConfig.from_env(env={"GOFR_PROJECT": "plot", "GOFR_PLOT_BACKUP_SCHEDULE": schedule})
     assert c.schedule == schedule  # Feb 29 (every 4 years); Mondays in February; Feb's last day
+
+
+# (an endpoint on 127.0.0.1 where nothing listens: whatever happens, nothing leaves this machine)
+REMOTE = {
+    "GOFR_PLOT_BACKUP_REMOTE_URL": "s3://bucket/prefix",
+    "GOFR_PLOT_BACKUP_REMOTE_ENDPOINT": "http://127.0.0.1:9",
+}
+OUT_OF_RANGE = [
+    # variable, value, what the line must say is allowed, other variables needed
+    ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "1000000000", "from 1 to 36500", {}),
+    ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "36501", "from 1 to 36500", {}),
+    ("GOFR_PLOT_BACKUP_MAX_COUNT", "100001", "from 1 to 100000", {}),
+    ("GOFR_PLOT_BACKUP_WEEKLY_RETENTION_WEEKS", "5201", "from 1 to 5200", {}),
+    ("GOFR_PLOT_BACKUP_MONTHLY_RETENTION_MONTHS", "1201", "from 1 to 1200", {}),
+    ("GOFR_PLOT_BACKUP_LOCK_TIMEOUT", "25h", "at most 24h", {}),
+    ("GOFR_PLOT_BACKUP_LOCK_TIMEOUT", "99999999999999999999", "at most 24h", {}),
+    ("GOFR_PLOT_BACKUP_HOOK_TIMEOUT", "86401", "at most 24h", {}),
+    ("GOFR_PLOT_BACKUP_REMOTE_MAX_LAG", "1001", "from 1 to 1000", REMOTE),
+    ("GOFR_PLOT_BACKUP_REMOTE_RETENTION_DAYS", "1000000000", "from 1 to 36500", REMOTE),
+    ("GOFR_PLOT_BACKUP_REMOTE_MAX_COUNT", "100001", "from 1 to 100000", REMOTE),
+    ("GOFR_PLOT_BACKUP_REMOTE_WEEKLY_RETENTION_WEEKS", "5201", "from 1 to 5200", REMOTE),
+    ("GOFR_PLOT_BACKUP_REMOTE_MONTHLY_RETENTION_MONTHS", "1201", "from 1 to 1200", REMOTE),
+]
+
+
+@pytest.mark.parametrize("command", ["config", "now"])
+@pytest.mark.parametrize(
+    "var,value,allowed,other",
+    OUT_OF_RANGE,
+    ids=[f"{v.split('BACKUP_')[1]}={x}" for v, x, _, _ in OUT_OF_RANGE],
+)
+def test_a_number_beyond_its_bound_is_refused(
+    tmp_path: Path, command: str, var: str, value: str, allowed: str, other: dict[str, str]
+) -> None:
+    """RETENTION_DAYS=1000000000 used to pass config; the first prune then overflowed datetime."""
+    _refused(tmp_path, command, var, value, allowed, **other)
+
+
+@pytest.mark.parametrize(
+    "var,value",
+    [
+        ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "36500"),
+        ("GOFR_PLOT_BACKUP_MAX_COUNT", "100000"),
+        ("GOFR_PLOT_BACKUP_WEEKLY_RETENTION_WEEKS", "5200"),
+        ("GOFR_PLOT_BACKUP_MONTHLY_RETENTION_MONTHS", "1200"),
+        ("GOFR_PLOT_BACKUP_LOCK_TIMEOUT", "24h"),
+        ("GOFR_PLOT_BACKUP_HOOK_TIMEOUT", "86400"),
+    ],
+)
+def test_the_bounds_themselves_work_end_to_end(app: dict[str, Any], var: str, value: str) -> None:
+    """The largest allowed values take a backup and a prune (no overflow anywhere)."""
+    env = {**app["env"], var: value}
+    assert run_cli("now", env=env).returncode == 0
+    r = run_cli("prune", env=env)
+    assert r.returncode == 0, r.stderr

@@ -25,6 +25,14 @@ TIERS = ("daily", "weekly", "monthly")
 TRUE_WORDS = {"true", "1", "yes", "y", "on"}
 FALSE_WORDS = {"false", "0", "no", "n", "off"}
 RESERVED_NAME_PREFIX = ".gofr"
+# upper bounds of the numbers (README, Configuration): far beyond any real use, and small enough
+# that dates and timeouts computed from them cannot overflow
+MAX_DAYS = 36_500  # 100 years
+MAX_WEEKS = 5_200
+MAX_MONTHS = 1_200
+MAX_ARCHIVES = 100_000
+MAX_LAG = 1_000  # schedule intervals
+MAX_WAIT = 86_400.0  # seconds: LOCK_TIMEOUT, HOOK_TIMEOUT
 
 # name -> (default, description). The README's variable table is checked against this.
 VARIABLES: dict[str, tuple[str, str]] = {
@@ -184,12 +192,12 @@ def _raise(exc: Exception) -> Any:
 
 
 def parse_int(var: str, value: str, lo: int, hi: int | None = None) -> int:
+    rng = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
     try:
         n = int(value.strip(), 10)
     except ValueError:
-        raise _bad(var, value, f"expected a whole number >= {lo}") from None
+        raise _bad(var, value, f"expected a whole number {rng}") from None
     if n < lo or (hi is not None and n > hi):
-        rng = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
         raise _bad(var, value, f"expected a whole number {rng}")
     return n
 
@@ -204,6 +212,8 @@ def parse_duration(var: str, value: str) -> float:
     n = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
     if n <= 0:
         raise _bad(var, value, "expected a duration greater than 0")
+    if n > MAX_WAIT:
+        raise _bad(var, value, f"expected a duration of at most 24h ({MAX_WAIT:.0f} seconds)")
     return n
 
 
@@ -348,9 +358,9 @@ def parse_remote(env: Mapping[str, str], get: Callable[[str], tuple[str, str]]) 
             "set both the access key id and the secret access key, or neither (standard AWS chain)",
         )
 
-    def inherit(name: str, local: str, lo: int = 1) -> int:
+    def inherit(name: str, local: str, hi: int) -> int:
         v, raw = get(name)
-        return parse_int(v, raw, lo) if raw.strip() else parse_int(*get(local), lo)
+        return parse_int(v, raw, 1, hi) if raw.strip() else parse_int(*get(local), 1, hi)
 
     return RemoteConfig(
         bucket=m.group(1),
@@ -359,11 +369,11 @@ def parse_remote(env: Mapping[str, str], get: Callable[[str], tuple[str, str]]) 
         region=get("REMOTE_REGION")[1].strip() or "us-east-1",
         access_key_id=key,
         secret_access_key=secret,
-        max_lag=parse_int(*get("REMOTE_MAX_LAG"), 1),
-        retention_days=inherit("REMOTE_RETENTION_DAYS", "RETENTION_DAYS"),
-        max_count=inherit("REMOTE_MAX_COUNT", "MAX_COUNT"),
-        weekly_weeks=inherit("REMOTE_WEEKLY_RETENTION_WEEKS", "WEEKLY_RETENTION_WEEKS"),
-        monthly_months=inherit("REMOTE_MONTHLY_RETENTION_MONTHS", "MONTHLY_RETENTION_MONTHS"),
+        max_lag=parse_int(*get("REMOTE_MAX_LAG"), 1, MAX_LAG),
+        retention_days=inherit("REMOTE_RETENTION_DAYS", "RETENTION_DAYS", MAX_DAYS),
+        max_count=inherit("REMOTE_MAX_COUNT", "MAX_COUNT", MAX_ARCHIVES),
+        weekly_weeks=inherit("REMOTE_WEEKLY_RETENTION_WEEKS", "WEEKLY_RETENTION_WEEKS", MAX_WEEKS),
+        monthly_months=inherit("REMOTE_MONTHLY_RETENTION_MONTHS", "MONTHLY_RETENTION_MONTHS", MAX_MONTHS),
     )
 
 
@@ -452,16 +462,16 @@ def load(
         paths=parse_paths(*get("PATHS"), ddir),
         enabled=parse_bool(*get("ENABLED")),
         schedule=parse_schedule(*get("SCHEDULE"), zone),
-        retention_days=parse_int(*get("RETENTION_DAYS"), 1),
-        max_count=parse_int(*get("MAX_COUNT"), 1),
+        retention_days=parse_int(*get("RETENTION_DAYS"), 1, MAX_DAYS),
+        max_count=parse_int(*get("MAX_COUNT"), 1, MAX_ARCHIVES),
         compression=comp,
         compression_level=level,
         cleanup_on_start=parse_bool(*get("CLEANUP_ON_START")),
         verify_after_backup=parse_bool(*get("VERIFY_AFTER_BACKUP")),
         enable_weekly=parse_bool(*get("ENABLE_WEEKLY")),
-        weekly_retention_weeks=parse_int(*get("WEEKLY_RETENTION_WEEKS"), 1),
+        weekly_retention_weeks=parse_int(*get("WEEKLY_RETENTION_WEEKS"), 1, MAX_WEEKS),
         enable_monthly=parse_bool(*get("ENABLE_MONTHLY")),
-        monthly_retention_months=parse_int(*get("MONTHLY_RETENTION_MONTHS"), 1),
+        monthly_retention_months=parse_int(*get("MONTHLY_RETENTION_MONTHS"), 1, MAX_MONTHS),
         lock_timeout=parse_duration(*get("LOCK_TIMEOUT")),
         sqlite_snapshot=parse_bool(*get("SQLITE_SNAPSHOT")),
         exclude=parse_excludes(*get("EXCLUDE")),
