@@ -253,3 +253,36 @@ def test_the_bounds_themselves_work_end_to_end(app: dict[str, Any], var: str, va
     assert run_cli("now", env=env).returncode == 0
     r = run_cli("prune", env=env)
     assert r.returncode == 0, r.stderr
+
+
+PROCESS_BAD = [
+    ("GOFR_BACKUP_PROGRESS_SECONDS", "abc", "a number of seconds more than 0 and at most 3600"),
+    ("GOFR_BACKUP_PROGRESS_SECONDS", "0", "more than 0 and at most 3600"),
+    ("GOFR_BACKUP_PROGRESS_SECONDS", "-5", "more than 0 and at most 3600"),
+    ("GOFR_BACKUP_PROGRESS_SECONDS", "nan", "more than 0 and at most 3600"),
+    ("GOFR_BACKUP_PROGRESS_SECONDS", "inf", "more than 0 and at most 3600"),
+    ("GOFR_BACKUP_PROGRESS_SECONDS", "3601", "more than 0 and at most 3600"),
+    ("GOFR_BACKUP_LOG_FORMAT", "xml", "expected text or json"),
+    ("GOFR_BACKUP_LOG_FORMAT", "jsonl", "expected text or json"),
+]
+
+
+@pytest.mark.parametrize("command", ["config", "now", "status"])
+@pytest.mark.parametrize("var,value,allowed", PROCESS_BAD, ids=[f"{v}={x}" for v, x, _ in PROCESS_BAD])
+def test_bad_progress_interval_or_log_format_is_refused(
+    tmp_path: Path, command: str, var: str, value: str, allowed: str
+) -> None:
+    """PROGRESS_SECONDS=abc used to crash `now` with a traceback; LOG_FORMAT=xml was ignored."""
+    _refused(tmp_path, command, var, value, allowed)
+
+
+@pytest.mark.parametrize("fmt,progress", [(" JSON ", "0.5"), ("text", ""), ("", "3600")])
+def test_accepted_progress_interval_and_log_format(app: dict[str, Any], fmt: str, progress: str) -> None:
+    env = {**app["env"], "GOFR_BACKUP_LOG_FORMAT": fmt, "GOFR_BACKUP_PROGRESS_SECONDS": progress}
+    r = run_cli("now", env=env)
+    assert r.returncode == 0, r.stderr
+    first = r.stderr.splitlines()[0]
+    if fmt.strip().lower() == "json":
+        assert json.loads(first)["event"] == "backup.start"
+    else:
+        assert " INFO " in first and "backup started" in first and not first.startswith("{")

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
+from . import log, progress
 from .codecs import CODECS, default_level
 from .errors import ConfigError
 from .schedule import zone_from_tz
@@ -440,6 +441,9 @@ def load(
     ddir = path_of("DATA_DIR", data_dir)
     bdir = path_of("DIR", backup_dir)
     zone = zone_from_tz(env.get("TZ"))  # the zone of archive names, `created` and the schedule
+    # read by log.py and progress.py, checked here so that a bad value stops every command
+    log.log_format(env.get(log.FORMAT_VAR))
+    progress.interval(env.get(progress.SECONDS_VAR), tty=False)
 
     comp_var, comp = get("COMPRESSION")
     comp = comp.strip().lower()
