@@ -286,3 +286,20 @@ def test_accepted_progress_interval_and_log_format(app: dict[str, Any], fmt: str
         assert json.loads(first)["event"] == "backup.start"
     else:
         assert " INFO " in first and "backup started" in first and not first.startswith("{")
+
+
+@pytest.mark.parametrize("command", ["config", "now", "status"])
+@pytest.mark.parametrize("which", ["missing", "directory"])
+def test_an_identity_file_that_is_not_a_file_is_refused(tmp_path: Path, command: str, which: str) -> None:
+    """It used to be accepted, and only a restore or a full verify of an encrypted archive, perhaps
+    months later, found out."""
+    target = {"missing": "/nonexistent/age-key.txt", "directory": str(tmp_path)}[which]
+    allowed = {"missing": "no such file", "directory": "is a directory"}[which]
+    _refused(tmp_path, command, "GOFR_PLOT_BACKUP_IDENTITY_FILE", target, allowed)
+
+
+def test_an_existing_identity_file_is_accepted(tmp_path: Path) -> None:
+    key = tmp_path / "age-key.txt"
+    key.write_text("# an identity file; its content is read when it is needed\n")
+    env = {"GOFR_PROJECT": "plot", "GOFR_PLOT_BACKUP_IDENTITY_FILE": f" {key} "}
+    assert BackupConfig.from_env(env=env).identity_file == key

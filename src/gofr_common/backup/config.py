@@ -405,6 +405,23 @@ def parse_recipients(var: str, value: str) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def parse_identity(var: str, value: str) -> Path | None:
+    """The age identity file: it must exist and be a file. Its content is read only when it is
+    needed (restore, full verify), by whoever runs those; a service that may not read it is fine."""
+    v = value.strip()
+    if not v:
+        return None
+    p = Path(v)
+    try:
+        if p.is_dir():
+            raise _bad(var, value, "it is a directory; expected the path of an age identity file")
+        if not p.exists():
+            raise _bad(var, value, "no such file; expected the path of an age identity file")
+    except PermissionError:  # a directory on the way cannot be searched: leave it to the user
+        pass
+    return p
+
+
 def parse_project(source: str, value: str | None) -> str:
     if value is None or not value.strip():
         raise ConfigError(
@@ -487,7 +504,7 @@ def load(
         remote=parse_remote(env, get),
         encrypt_recipients=parse_recipients(*get("ENCRYPT_RECIPIENTS")),
         encrypt_local=parse_bool(*get("ENCRYPT_LOCAL")),
-        identity_file=Path(get("IDENTITY_FILE")[1]) if get("IDENTITY_FILE")[1].strip() else None,
+        identity_file=parse_identity(*get("IDENTITY_FILE")),
         unknown_variables=unknown,
     )
     if cfg.encrypt_local and not cfg.encrypt_recipients:
