@@ -241,23 +241,57 @@ def test_fuzz_manifest_parser(tmp_path: Path, doc: Any) -> None:
     assert isinstance(entries, list)
 
 
-@FUZZ
-@given(
-    st.dictionaries(
-        st.sampled_from([f"GOFR_PLOT_BACKUP_{k}" for k in VARIABLES] + ["GOFR_PROJECT"]),
-        st.text(max_size=30),
-        max_size=8,
-    )
+# values a config may hold: any text, numbers of every size, and the edge cases of each parser
+CONFIG_VALUES = st.one_of(
+    st.text(max_size=30),
+    st.integers(-(10**12), 10**12).map(str),
+    st.sampled_from(
+        ["0", "1", " 7 ", "36500", "36501", "1000000000", "nan", "inf", "-inf", "1e9", "24h", "25h", "0.5"]
+        + ["s3://bucket/prefix", "http://127.0.0.1:9", "0 0 30 2 *", "0 0 29 2 *", "*/5 * * * *"]
+        + ["UTC", ":Europe/Berlin", "Mars/Olympus", "/etc/hostname", "json", "xml", "JSON"]
+    ),
 )
+CONFIG_KEYS = [f"GOFR_PLOT_BACKUP_{k}" for k in VARIABLES] + [
+    "GOFR_PROJECT",
+    "TZ",
+    "GOFR_BACKUP_PROGRESS_SECONDS",
+    "GOFR_BACKUP_LOG_FORMAT",
+]
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(CONFIG_KEYS), CONFIG_VALUES, max_size=8))
 def test_fuzz_config_parser(env: dict[str, str]) -> None:
+    """Either one clean line (ConfigError), or a configuration that every part of the program can
+    use: its retention limits, schedule, zone, progress interval and log format all compute."""
+    from datetime import datetime
+
+    from gofr_common.backup import log, progress
+    from gofr_common.backup.housekeeping import Policy, age_cutoff
+    from gofr_common.backup.schedule import zone_from_tz
+    from gofr_common.backup.status import interval, next_run, prev_run
+
     env = {k: v for k, v in env.items() if "\x00" not in v}
     env.setdefault("GOFR_PROJECT", "plot")
     try:
         c = BackupConfig.from_env(env=env)
     except ConfigError as e:
         assert str(e) and "\n" not in str(e).strip()
-    else:
-        assert c.project == env["GOFR_PROJECT"].strip()
+        return
+    assert c.project == env["GOFR_PROJECT"].strip()
+    now = datetime.now(zone_from_tz(env.get("TZ")))
+    policies = [Policy.of(c)]
+    if c.remote is not None:
+        r = c.remote
+        policies.append(Policy(r.retention_days, r.max_count, r.weekly_weeks, r.monthly_months))
+    for p in policies:
+        for tier in ("daily", "weekly", "monthly"):
+            assert age_cutoff(tier, now, p) < now
+    assert prev_run(c.schedule, now) <= now < next_run(c.schedule, now)
+    assert interval(c.schedule, now).total_seconds() > 0
+    assert 0 < progress.interval(env.get("GOFR_BACKUP_PROGRESS_SECONDS"), tty=False) <= 3600
+    assert log.log_format(env.get("GOFR_BACKUP_LOG_FORMAT")) in ("text", "json")
+    assert 0 < c.lock_timeout <= 86400 and 0 < c.hook_timeout <= 86400
 
 
 # -- permissions and isolation ------------------------------------------------------------------------
