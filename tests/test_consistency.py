@@ -83,6 +83,7 @@ def extract_member(archive: Path, name: str, dst: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 20 backups of two live 100 MB databases: minutes, more on a busy machine
 @reliability(
     "Backups of live databases through a read-only mount",
     "while writers commit, each backup's databases (WAL and rollback journal) pass integrity_check and "

@@ -309,7 +309,8 @@ def test_sigkill_during_restore(tmp_path: Path, evidence: Evidence) -> None:
             if i % 3 == 0:
                 _kill_at(args, env, rng.uniform(0.0, duration), data)
             else:
-                _kill_in_window(args, env, changed, rng.uniform(0, window))
+                # (the swaps take well under a millisecond: aim at the first half of the window)
+                _kill_in_window(args, env, changed, rng.uniform(0, window / 2))
             states = []
             for n, p in targets.items():
                 s = snapshot(p)
@@ -361,9 +362,10 @@ DISK_FULL_TRIALS = 5
 
 @reliability(
     "Disk full during a backup (8 MB tmpfs)",
-    "one-line error and exit 1 within 60 s; partial removed; older archives intact and verified; status "
+    "one-line error and exit 1 within 30 s; partial removed; older archives intact and verified; status "
     "unhealthy; nothing deleted to make room",
 )
+@pytest.mark.timeout(DISK_FULL_TRIALS * 120)
 def test_disk_full_during_a_backup(tmp_path: Path, small_fs: Path, evidence: Evidence) -> None:
     data = tmp_path / "data"
     write(data / "s" / "text.log", "the same line again and again\n" * 100_000)  # 3 MB -> ~KB
@@ -378,7 +380,7 @@ def test_disk_full_during_a_backup(tmp_path: Path, small_fs: Path, evidence: Evi
             good = manifest(small_fs)
             # 20 MB that does not compress: the estimate from the last ratio passes, the disk fills up
             write(data / "s" / "random.bin", os.urandom(20 << 20))
-            r = run_cli("now", env=env, timeout=60)  # a clean failure takes about a second
+            r = run_cli("now", env=env, timeout=30)  # a clean failure takes about a second
             assert r.returncode == 1
             last = r.stderr.strip().splitlines()[-1]  # (the lines before it are the run's log)
             assert last.startswith("gofr-backup: cannot write archive"), r.stderr
