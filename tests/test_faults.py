@@ -262,6 +262,12 @@ def test_sigkill_during_restore(tmp_path: Path, evidence: Evidence) -> None:
     data, backups, env = _setup(tmp_path)
     logs = data.parent / "logs"
     targets = {"storage": data / "storage", "auth": data / "auth", "cfg": data / "config.json", "logs": logs}
+    # eight more paths (single files), so that the swaps take a few milliseconds, not a fraction of one
+    extra = {f"c{i}": data / "conf" / f"c{i}.json" for i in range(8)}
+    for p in extra.values():
+        write(p, "as archived")
+    targets.update(extra)
+    env = {**env, "GOFR_PLOT_BACKUP_PATHS": PATHS + "".join(f",{n}:conf/{n}.json" for n in extra)}
     old = {n: snapshot(p) for n, p in targets.items()}  # what the archive holds ("old" live state)
     r = run_cli("now", "--json", env=env)
     archive = json.loads(r.stdout)["filename"]
@@ -270,6 +276,8 @@ def test_sigkill_during_restore(tmp_path: Path, evidence: Evidence) -> None:
     write(data / "storage" / "new.txt", "new")
     write(data / "config.json", "changed")
     write(logs / "app.log", "rotated\n")
+    for p in extra.values():
+        write(p, "changed since")
     saved = tmp_path / "saved"
     for n, p in targets.items():
         if p.is_dir():
@@ -310,8 +318,7 @@ def test_sigkill_during_restore(tmp_path: Path, evidence: Evidence) -> None:
             if i % 3 == 0:
                 _kill_at(args, env, rng.uniform(0.0, duration), data)
             else:
-                # (the swaps take well under a millisecond: aim at the first half of the window)
-                _kill_in_window(args, env, changed, rng.uniform(0, window / 2))
+                _kill_in_window(args, env, changed, rng.uniform(0, window))
             states = []
             for n, p in targets.items():
                 s = snapshot(p)
