@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from check_reliability import problems
+from check_reliability import problems, same_code
 from gofrtest import REPO, SRC, code_version, render_markdown
 
 TESTS = Path(__file__).resolve().parent
@@ -160,3 +160,37 @@ def test_code_version_names_the_commit() -> None:
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
     assert code_version() in (head, head + "-dirty")
+
+
+def test_a_commit_that_only_adds_the_table_keeps_its_rows_current(tmp_path: Path) -> None:
+    """A real repository: code at one commit, the table added by the next, code changed by a third."""
+    import check_reliability
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.invalid")
+    git("config", "user.name", "t")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "code")
+    measured = git("rev-parse", "--short", "HEAD").strip()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "reliability.json").write_text("{}\n")
+    (tmp_path / "docs" / "RELIABILITY.md").write_text("# Reliability\n")
+    git("add", ".")
+    git("commit", "-qm", "the table")
+    table_added = git("rev-parse", "--short", "HEAD").strip()
+    (tmp_path / "code.py").write_text("x = 2\n")
+    git("commit", "-qam", "more code")
+    changed = git("rev-parse", "--short", "HEAD").strip()
+    repo = check_reliability.REPO
+    check_reliability.REPO = tmp_path  # (the module-level repository the git commands run in)
+    try:
+        assert same_code(measured, measured)
+        assert same_code(measured, table_added)
+        assert not same_code(measured, changed)
+        assert not same_code(measured + "-dirty", table_added)
+    finally:
+        check_reliability.REPO = repo
