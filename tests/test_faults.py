@@ -128,19 +128,50 @@ def _manifest_sound(backups: Path) -> list[str]:
     return problems
 
 
+def _writing(backups: Path) -> bool:
+    """Is an archive being written (a .partial file in daily/) right now?"""
+    try:
+        return any(n.endswith(".partial") for n in os.listdir(backups / "daily"))
+    except OSError:
+        return False
+
+
 @reliability(
     "SIGKILL during `now`",
     "every archive in the manifest verifies; no partial is listed; the next run succeeds and removes "
     "what the dead process left",
 )
 def test_sigkill_during_now(tmp_path: Path, evidence: Evidence) -> None:
+    """A third of the kills land at a random time of the whole run; the others wait until the
+    archive's .partial file appears and land a random fraction of the measured write later."""
     data, backups, env = _setup(tmp_path)
-    d = _timed("now", env=env)
+    # one undisturbed run: how long it takes, and how long its .partial file exists
+    t0 = time.monotonic()
+    p = popen_cli("now", env=env)
+    appeared = gone = None
+    while p.poll() is None:
+        writing = _writing(backups)
+        if writing and appeared is None:
+            appeared = time.monotonic()
+        elif not writing and appeared is not None and gone is None:
+            gone = time.monotonic()
+    p.communicate()
+    assert p.returncode == 0 and appeared is not None and gone is not None, (appeared, gone)
+    d, write_time = time.monotonic() - t0, gone - appeared
     rng = random.Random(SEED)
     in_flight = 0
-    for _ in range(TRIALS):
+    for i in range(TRIALS):
         with evidence.trial() as problems:
-            in_flight += _kill_at(["now"], env, rng.uniform(0.0, d), backups)
+            if i % 3 == 0:
+                in_flight += _kill_at(["now"], env, rng.uniform(0.0, d), backups)
+            else:
+                p = popen_cli("now", env=env)
+                while p.poll() is None and not _writing(backups):
+                    pass
+                _spin(rng.uniform(0, write_time))
+                in_flight += _writing(backups)
+                p.send_signal(signal.SIGKILL)
+                p.communicate()
             problems += _manifest_sound(backups)
             r = run_cli("now", "--json", env=env)  # the next run succeeds ...
             if r.returncode != 0:
