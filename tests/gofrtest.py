@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -10,8 +11,9 @@ import stat
 import subprocess
 import sys
 import tarfile
+from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -243,8 +245,6 @@ class SimClock:
 
 
 def utc(t: datetime) -> datetime:
-    from datetime import UTC
-
     return t.astimezone(UTC)
 
 
@@ -259,34 +259,225 @@ def chdir_tmp(tmp_path: Path) -> Iterator[Path]:
 
 
 # -- docs/RELIABILITY.md: the fault tests publish what they measured ---------------------------------
-RELIABILITY_JSON = REPO / "docs" / "reliability.json"
-RELIABILITY_MD = REPO / "docs" / "RELIABILITY.md"
+# (GOFR_RELIABILITY_JSON points elsewhere: the test of this machinery writes a table of its own)
+RELIABILITY_JSON = Path(os.environ.get("GOFR_RELIABILITY_JSON") or REPO / "docs" / "reliability.json")
+RELIABILITY_MD = RELIABILITY_JSON.with_name("RELIABILITY.md")
+# the generated files themselves do not make the tree "dirty": they are the output, not the input
+GENERATED = ("docs/RELIABILITY.md", "docs/reliability.json")
 
 
-def publish(scenario: str, trials: int, failures: int, guarantee: str, test: str, note: str = "") -> None:
-    """Record one row of docs/RELIABILITY.md (rows of tests that did not run are kept as they were)."""
+def reliability(scenario: str, guarantee: str) -> pytest.MarkDecorator:
+    """Mark a test as the source of one row of docs/RELIABILITY.md. ``scenario`` may name the
+    test's parameters (``"Corruption: {where}"``). The test takes the ``evidence`` fixture, counts
+    its trials with it and publishes them; tests/conftest.py writes the row of a test that was
+    skipped ("not run") or that failed before it published ("error"), so no old figure survives."""
+    return pytest.mark.reliability(scenario=scenario, guarantee=guarantee)
+
+
+def _git(*args: str) -> str:
+    r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr.strip())
+    return r.stdout
+
+
+_VERSION: list[str] = []
+
+
+def code_version() -> str:
+    """The commit the code under test is at (``git rev-parse --short HEAD``), with ``-dirty`` when
+    the work tree differs from it (the generated reliability files aside); computed once per run."""
+    if not _VERSION:
+        try:
+            head = _git("rev-parse", "--short", "HEAD").strip()
+            excl = [f":(exclude){g}" for g in GENERATED]
+            dirty = _git("status", "--porcelain", "--", ".", *excl).strip()
+            _VERSION.append(head + ("-dirty" if dirty else ""))
+        except (OSError, RuntimeError):
+            _VERSION.append("unknown")
+    return _VERSION[0]
+
+
+def scenario_of(item: pytest.Item) -> tuple[str, str] | None:
+    """(scenario, guarantee) of a test marked with ``reliability``, or None."""
+    mark = item.get_closest_marker("reliability")
+    if mark is None:
+        return None
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return mark.kwargs["scenario"].format(**params), mark.kwargs["guarantee"]
+
+
+class Evidence:
+    """The trials of one reliability test, counted as they run: a trial that fails is counted and
+    the loop goes on; ``publish`` writes the real counts and only then fails the test."""
+
+    def __init__(self, scenario: str, guarantee: str, test: str) -> None:
+        self.scenario, self.guarantee, self.test = scenario, guarantee, test
+        self.trials = 0
+        self.failures: list[tuple[int, list[str]]] = []
+        self.shortfalls: list[str] = []  # the trials did not exercise what they had to
+        self.published = False
+
+    @contextlib.contextmanager
+    def trial(self) -> Iterator[list[str]]:
+        """One trial. It fails if it appends to the yielded list of problems or raises (an
+        assertion or anything else); either way the failure is counted and the loop goes on."""
+        i = self.trials
+        self.trials += 1
+        problems: list[str] = []
+        try:
+            yield problems
+        except Exception as e:  # noqa: BLE001 - a crashing trial is a failed trial, counted
+            problems.append(f"{type(e).__name__}: {str(e).strip()[:500]}")
+        if problems:
+            self.failures.append((i, problems))
+
+    def count(self, ok: bool, problem: str = "") -> None:
+        """A trial whose outcome is already known (e.g. one read by a reader thread)."""
+        i = self.trials
+        self.trials += 1
+        if not ok:
+            self.failures.append((i, [problem]))
+
+    def require(self, ok: bool, shortfall: str) -> None:
+        """A condition on the trials as a whole (did enough of them hit the critical window?)."""
+        if not ok:
+            self.shortfalls.append(shortfall)
+
+    def publish(self, note: str = "") -> None:
+        """Write the row with the real counts, then fail the test if anything failed."""
+        failed = len(self.failures)
+        write_row(
+            self.scenario,
+            {
+                "status": "measured" if not self.shortfalls else "insufficient",
+                "trials": self.trials,
+                "failures": failed,
+                "guarantee": self.guarantee,
+                "test": self.test,
+                "note": "; ".join([note, *self.shortfalls] if note else self.shortfalls),
+            },
+        )
+        self.published = True
+        assert not self.failures, f"{failed} of {self.trials} trial(s) failed; first: {self.failures[:3]}"
+        assert not self.shortfalls, self.shortfalls
+
+
+EVIDENCE = pytest.StashKey[Evidence]()
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest) -> Evidence:
+    sc = scenario_of(request.node)
+    assert sc is not None, "a test that takes `evidence` must be marked with gofrtest.reliability(...)"
+    ev = Evidence(sc[0], sc[1], request.node.nodeid)
+    request.node.stash[EVIDENCE] = ev
+    return ev
+
+
+def report_unpublished(item: pytest.Item, outcome: str, reason: str) -> None:
+    """The row of a marked test that did not publish: skipped (``not run``), or stopped by an
+    error before it published (with the trials it had counted). Never keeps an old figure."""
+    sc = scenario_of(item)
+    ev = item.stash.get(EVIDENCE, None)
+    if sc is None or (ev is not None and ev.published):
+        return
+    failures = len(ev.failures) if ev is not None else 0
+    write_row(
+        sc[0],
+        {
+            "status": outcome,
+            "reason": " ".join(reason.split())[:300],
+            "trials": ev.trials if ev is not None else 0,
+            "failures": failures,
+            "guarantee": sc[1],
+            "test": item.nodeid,
+            "note": "",
+        },
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """(A hook; tests/conftest.py installs it.) A reliability test that was skipped writes
+    "not run (reason)" in its row, one that failed before it published writes "error", one that
+    passed without publishing writes "error" too; none keeps the figure of an earlier run."""
+    outcome = yield
+    rep: pytest.TestReport = outcome.get_result()
+    if rep.skipped:
+        report_unpublished(item, "not run", skip_reason(rep))
+    elif rep.failed and rep.when in ("setup", "call"):
+        why = call.excinfo.exconly().strip().splitlines() if call.excinfo is not None else []
+        report_unpublished(item, "error", why[0] if why else "failed")
+    elif rep.passed and rep.when == "call":
+        report_unpublished(item, "error", "the test passed without publishing its figures")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """(A hook; tests/conftest.py installs it.) One line that says how many guarantees this run
+    did not exercise, and why (CI, with GOFR_REQUIRE_ALL=1, fails them instead)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons: Counter[str] = Counter()
+    for rep in skipped:
+        reasons[skip_reason(rep)] += 1
+    why = "; ".join(f"{n} x {r}" for r, n in reasons.most_common())
+    terminalreporter.write_line(
+        f"gofr-backup: {len(skipped)} guarantee test(s) NOT exercised on this machine: {why}"
+    )
+
+
+def skip_reason(rep: pytest.TestReport) -> str:
+    longrepr = rep.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def write_row(scenario: str, row: dict[str, Any]) -> None:
+    """Record one row of docs/reliability.json and regenerate docs/RELIABILITY.md from it."""
     rows = json.loads(RELIABILITY_JSON.read_text()) if RELIABILITY_JSON.exists() else {}
-    rows[scenario] = {
-        "trials": trials,
-        "failures": failures,
-        "guarantee": guarantee,
-        "test": test,
-        "note": note,
-    }
+    row["commit"] = code_version()
+    row["date"] = datetime.now(UTC).date().isoformat()
+    rows[scenario] = row
     RELIABILITY_JSON.parent.mkdir(exist_ok=True)
     RELIABILITY_JSON.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+    RELIABILITY_MD.write_text(render_markdown(rows))
+
+
+def failures_cell(r: dict[str, Any]) -> str:
+    status = r.get("status", "measured")
+    if status == "not run":
+        return f"not run ({r.get('reason', '')})"
+    if status == "error":
+        return f"{r['failures']} + error before publishing ({r.get('reason', '')})"
+    if status == "insufficient":
+        return f"{r['failures']}, too few trials hit the critical window"
+    return str(r["failures"])
+
+
+def render_markdown(rows: dict[str, dict[str, Any]]) -> str:
     lines = [
         "# Reliability",
         "",
-        "Generated by the test suite (`tests/test_faults.py`, `tests/test_security.py`) from what the",
-        "tests measured; do not edit by hand. Faults are injected for real: SIGKILL to real processes,",
-        "a real full file system (tmpfs), real corruption of files on disk, real read-only mounts.",
-        "Trials are seeded (`GOFR_FAULT_SEED`, default 1), so a failure can be replayed.",
+        "Generated by the test suite (each row by the test named in it, marked `reliability`) from what",
+        "the tests measured; do not edit by hand. Faults are injected for real: SIGKILL to real",
+        "processes, a real full file system (tmpfs), real corruption of files on disk, real read-only",
+        "mounts. Trials are seeded (`GOFR_FAULT_SEED`, default 1), so a failure can be replayed. A",
+        "failing trial is counted, not asserted away: the row is written with the real counts before",
+        'the test fails. A test that did not run says "not run" and why; no figure is carried over',
+        "from an earlier run. *Measured* is the commit (`-dirty`: with uncommitted changes) and the UTC",
+        "date of the run that wrote the row. `tests/check_reliability.py` (run by `.ci/run`) fails on",
+        "any failure, any row not run, and any row measured on other code than the commit checked.",
         "",
-        "| Scenario | Trials | Failures | What is guaranteed | Test |",
-        "|---|---|---|---|---|",
+        "| Scenario | Trials | Failures | What is guaranteed | Measured | Test |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in sorted(rows.items()):
-        g = r["guarantee"] + (f" ({r['note']})" if r["note"] else "")
-        lines.append(f"| {name} | {r['trials']} | {r['failures']} | {g} | `{r['test']}` |")
-    RELIABILITY_MD.write_text("\n".join(lines) + "\n")
+        g = r["guarantee"] + (f" ({r['note']})" if r.get("note") else "")
+        trials = r["trials"] if r.get("status", "measured") != "not run" else "-"
+        lines.append(
+            f"| {name} | {trials} | {failures_cell(r)} | {g} | {r.get('commit', '?')}, "
+            f"{r.get('date', '?')} | `{r['test']}` |"
+        )
+    return "\n".join(lines) + "\n"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from gofrtest import cli_env, run_cli
+from gofrtest import cli_env, run_cli, snapshot
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,10 +22,10 @@ BAD = [
     ("GOFR_PLOT_BACKUP_SCHEDULE", "0 2 * * * *", "exactly 5 cron fields"),
     ("GOFR_PLOT_BACKUP_SCHEDULE", "61 2 * * *", "not a valid cron"),
     ("GOFR_PLOT_BACKUP_SCHEDULE", "every day", "exactly 5"),
-    ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "0", ">= 1"),
-    ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "-3", ">= 1"),
-    ("GOFR_PLOT_BACKUP_MAX_COUNT", "0", ">= 1"),
-    ("GOFR_PLOT_BACKUP_WEEKLY_RETENTION_WEEKS", "0", ">= 1"),
+    ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "0", "from 1 to 36500"),
+    ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "-3", "from 1 to 36500"),
+    ("GOFR_PLOT_BACKUP_MAX_COUNT", "0", "from 1 to 100000"),
+    ("GOFR_PLOT_BACKUP_WEEKLY_RETENTION_WEEKS", "0", "from 1 to 5200"),
     ("GOFR_PLOT_BACKUP_MONTHLY_RETENTION_MONTHS", "x", "whole number"),
     ("GOFR_PLOT_BACKUP_PATHS", "storage", "not name:path"),
     ("GOFR_PLOT_BACKUP_PATHS", "storage:storage,storage:other", "used twice"),
@@ -137,3 +139,167 @@ def test_schedule_parser_never_crashes(value: str) -> None:
         assert "GOFR_PLOT_BACKUP_SCHEDULE" in str(e)
     else:
         assert len(c.schedule.split()) == 5
+
+
+# -- values refused at config load by every command: exit 2, one line, nothing written ------------
+def _refused(tmp_path: Path, command: str, var: str, value: str, allowed: str, **other: str) -> None:
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    (data / "storage").mkdir(parents=True)
+    env = cli_env(data, backups, **{**other, var: value})
+    before = snapshot(tmp_path)
+    r = run_cli(command, env=env, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith(f"gofr-backup: {var}={value!r} is not valid: "), lines[0]
+    assert allowed in lines[0], lines[0]
+    assert not backups.exists() and snapshot(tmp_path) == before, "something was written"
+
+
+TZ_BAD = [
+    ("TZ", "Mars/Olympus", "an IANA time zone name such as Europe/Berlin or UTC"),
+    ("TZ", ":Mars/Olympus", "an IANA time zone name"),
+    ("TZ", "../../../etc/passwd", "an IANA time zone name"),
+    ("TZ", "/etc/hostname", "an IANA time zone name"),  # a file, not a zoneinfo file
+]
+
+
+@pytest.mark.parametrize("command", ["config", "now", "status", "run"])
+@pytest.mark.parametrize("var,value,allowed", TZ_BAD, ids=[v for _, v, _ in TZ_BAD])
+def test_an_unknown_time_zone_is_refused(
+    tmp_path: Path, command: str, var: str, value: str, allowed: str
+) -> None:
+    """It used to fall back to the system zone without a word: archive names, `created` and the
+    schedule in another zone than the operator asked for."""
+    _refused(tmp_path, command, var, value, allowed)
+
+
+@pytest.mark.parametrize("tz", ["Asia/Kolkata", ":Asia/Kolkata", "/usr/share/zoneinfo/Asia/Kolkata"])
+def test_the_time_zone_is_honoured_in_each_spelling(app: dict[str, Any], tz: str) -> None:
+    if tz.startswith("/") and not Path(tz).is_file():
+        pytest.skip(f"{tz} is not installed here")
+    r = run_cli("now", "--json", env={**app["env"], "TZ": tz})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["created"].endswith("+05:30")  # India: no DST, half-hour offset
+
+
+NEVER = ["0 0 30 2 *", "0 0 31 4,6,9,11 *", "15 3 31 2 *"]
+
+
+@pytest.mark.parametrize("command", ["config", "now", "status", "run"])
+@pytest.mark.parametrize("schedule", NEVER)
+def test_a_schedule_that_never_fires_is_refused(tmp_path: Path, command: str, schedule: str) -> None:
+    """`0 0 30 2 *` parses, but no day matches: `config` used to accept it, then `status` and `run`
+    crashed (and the container restarted for ever)."""
+    _refused(tmp_path, command, "GOFR_PLOT_BACKUP_SCHEDULE", schedule, "never fires")
+
+
+@pytest.mark.parametrize("schedule", ["0 0 29 2 *", "0 0 30 2 1", "0 0 L 2 *"])
+def test_a_rare_schedule_that_does_fire_is_accepted(tmp_path: Path, schedule: str) -> None:
+    c = BackupConfig.from_env(env={"GOFR_PROJECT": "plot", "GOFR_PLOT_BACKUP_SCHEDULE": schedule})
+    assert c.schedule == schedule  # Feb 29 (every 4 years); Mondays in February; Feb's last day
+
+
+# (an endpoint on 127.0.0.1 where nothing listens: whatever happens, nothing leaves this machine)
+REMOTE = {
+    "GOFR_PLOT_BACKUP_REMOTE_URL": "s3://bucket/prefix",
+    "GOFR_PLOT_BACKUP_REMOTE_ENDPOINT": "http://127.0.0.1:9",
+}
+OUT_OF_RANGE = [
+    # variable, value, what the line must say is allowed, other variables needed
+    ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "1000000000", "from 1 to 36500", {}),
+    ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "36501", "from 1 to 36500", {}),
+    ("GOFR_PLOT_BACKUP_MAX_COUNT", "100001", "from 1 to 100000", {}),
+    ("GOFR_PLOT_BACKUP_WEEKLY_RETENTION_WEEKS", "5201", "from 1 to 5200", {}),
+    ("GOFR_PLOT_BACKUP_MONTHLY_RETENTION_MONTHS", "1201", "from 1 to 1200", {}),
+    ("GOFR_PLOT_BACKUP_LOCK_TIMEOUT", "25h", "at most 24h", {}),
+    ("GOFR_PLOT_BACKUP_LOCK_TIMEOUT", "99999999999999999999", "at most 24h", {}),
+    ("GOFR_PLOT_BACKUP_HOOK_TIMEOUT", "86401", "at most 24h", {}),
+    ("GOFR_PLOT_BACKUP_REMOTE_MAX_LAG", "1001", "from 1 to 1000", REMOTE),
+    ("GOFR_PLOT_BACKUP_REMOTE_RETENTION_DAYS", "1000000000", "from 1 to 36500", REMOTE),
+    ("GOFR_PLOT_BACKUP_REMOTE_MAX_COUNT", "100001", "from 1 to 100000", REMOTE),
+    ("GOFR_PLOT_BACKUP_REMOTE_WEEKLY_RETENTION_WEEKS", "5201", "from 1 to 5200", REMOTE),
+    ("GOFR_PLOT_BACKUP_REMOTE_MONTHLY_RETENTION_MONTHS", "1201", "from 1 to 1200", REMOTE),
+]
+
+
+@pytest.mark.parametrize("command", ["config", "now"])
+@pytest.mark.parametrize(
+    "var,value,allowed,other",
+    OUT_OF_RANGE,
+    ids=[f"{v.split('BACKUP_')[1]}={x}" for v, x, _, _ in OUT_OF_RANGE],
+)
+def test_a_number_beyond_its_bound_is_refused(
+    tmp_path: Path, command: str, var: str, value: str, allowed: str, other: dict[str, str]
+) -> None:
+    """RETENTION_DAYS=1000000000 used to pass config; the first prune then overflowed datetime."""
+    _refused(tmp_path, command, var, value, allowed, **other)
+
+
+@pytest.mark.parametrize(
+    "var,value",
+    [
+        ("GOFR_PLOT_BACKUP_RETENTION_DAYS", "36500"),
+        ("GOFR_PLOT_BACKUP_MAX_COUNT", "100000"),
+        ("GOFR_PLOT_BACKUP_WEEKLY_RETENTION_WEEKS", "5200"),
+        ("GOFR_PLOT_BACKUP_MONTHLY_RETENTION_MONTHS", "1200"),
+        ("GOFR_PLOT_BACKUP_LOCK_TIMEOUT", "24h"),
+        ("GOFR_PLOT_BACKUP_HOOK_TIMEOUT", "86400"),
+    ],
+)
+def test_the_bounds_themselves_work_end_to_end(app: dict[str, Any], var: str, value: str) -> None:
+    """The largest allowed values take a backup and a prune (no overflow anywhere)."""
+    env = {**app["env"], var: value}
+    assert run_cli("now", env=env).returncode == 0
+    r = run_cli("prune", env=env)
+    assert r.returncode == 0, r.stderr
+
+
+PROCESS_BAD = [
+    ("GOFR_BACKUP_PROGRESS_SECONDS", "abc", "a number of seconds more than 0 and at most 3600"),
+    ("GOFR_BACKUP_PROGRESS_SECONDS", "0", "more than 0 and at most 3600"),
+    ("GOFR_BACKUP_PROGRESS_SECONDS", "-5", "more than 0 and at most 3600"),
+    ("GOFR_BACKUP_PROGRESS_SECONDS", "nan", "more than 0 and at most 3600"),
+    ("GOFR_BACKUP_PROGRESS_SECONDS", "inf", "more than 0 and at most 3600"),
+    ("GOFR_BACKUP_PROGRESS_SECONDS", "3601", "more than 0 and at most 3600"),
+    ("GOFR_BACKUP_LOG_FORMAT", "xml", "expected text or json"),
+    ("GOFR_BACKUP_LOG_FORMAT", "jsonl", "expected text or json"),
+]
+
+
+@pytest.mark.parametrize("command", ["config", "now", "status"])
+@pytest.mark.parametrize("var,value,allowed", PROCESS_BAD, ids=[f"{v}={x}" for v, x, _ in PROCESS_BAD])
+def test_bad_progress_interval_or_log_format_is_refused(
+    tmp_path: Path, command: str, var: str, value: str, allowed: str
+) -> None:
+    """PROGRESS_SECONDS=abc used to crash `now` with a traceback; LOG_FORMAT=xml was ignored."""
+    _refused(tmp_path, command, var, value, allowed)
+
+
+@pytest.mark.parametrize("fmt,progress", [(" JSON ", "0.5"), ("text", ""), ("", "3600")])
+def test_accepted_progress_interval_and_log_format(app: dict[str, Any], fmt: str, progress: str) -> None:
+    env = {**app["env"], "GOFR_BACKUP_LOG_FORMAT": fmt, "GOFR_BACKUP_PROGRESS_SECONDS": progress}
+    r = run_cli("now", env=env)
+    assert r.returncode == 0, r.stderr
+    first = r.stderr.splitlines()[0]
+    if fmt.strip().lower() == "json":
+        assert json.loads(first)["event"] == "backup.start"
+    else:
+        assert " INFO " in first and "backup started" in first and not first.startswith("{")
+
+
+@pytest.mark.parametrize("command", ["config", "now", "status"])
+@pytest.mark.parametrize("which", ["missing", "directory"])
+def test_an_identity_file_that_is_not_a_file_is_refused(tmp_path: Path, command: str, which: str) -> None:
+    """It used to be accepted, and only a restore or a full verify of an encrypted archive, perhaps
+    months later, found out."""
+    target = {"missing": "/nonexistent/age-key.txt", "directory": str(tmp_path)}[which]
+    allowed = {"missing": "no such file", "directory": "is a directory"}[which]
+    _refused(tmp_path, command, "GOFR_PLOT_BACKUP_IDENTITY_FILE", target, allowed)
+
+
+def test_an_existing_identity_file_is_accepted(tmp_path: Path) -> None:
+    key = tmp_path / "age-key.txt"
+    key.write_text("# an identity file; its content is read when it is needed\n")
+    env = {"GOFR_PROJECT": "plot", "GOFR_PLOT_BACKUP_IDENTITY_FILE": f" {key} "}
+    assert BackupConfig.from_env(env=env).identity_file == key

@@ -3,7 +3,8 @@
 - 20 backups of a WAL-mode and a rollback-journal-mode database (100 MB each) while writers
   commit numbered transactions, a log is appended and files are rewritten, truncated and deleted;
   every restored database passes integrity_check and holds exactly a committed prefix.
-- The naive byte copy of the same live database is shown to come out torn.
+- The naive byte copy of the same live database is shown to come out torn (in at least 3 of 10
+  runs per journal mode), while every snapshot taken alongside it is sound.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gofrtest import cli_env, needs, run_cli, write
+from gofrtest import Evidence, cli_env, needs, reliability, run_cli, write
 from helpers.sqlite_writer import check, live_last
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -82,7 +83,13 @@ def extract_member(archive: Path, name: str, dst: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_20_backups_of_live_databases_through_a_read_only_mount(tmp_path: Path) -> None:
+@pytest.mark.timeout(1800)  # 20 backups of two live 100 MB databases: minutes, more on a busy machine
+@reliability(
+    "Backups of live databases through a read-only mount",
+    "while writers commit, each backup's databases (WAL and rollback journal) pass integrity_check and "
+    "hold exactly a committed prefix; changing files are reported and never fail a backup",
+)
+def test_20_backups_of_live_databases_through_a_read_only_mount(tmp_path: Path, evidence: Evidence) -> None:
     data = tmp_path / "app" / "data"
     (data / "db").mkdir(parents=True)
     (data / "logs").mkdir()
@@ -102,35 +109,39 @@ def test_20_backups_of_live_databases_through_a_read_only_mount(tmp_path: Path) 
                 },
             )
             for i in range(20):
-                r = run_cli("now", "--json", env=env, timeout=300)
-                assert r.returncode == 0, r.stderr
-                entry = json.loads(r.stdout)
-                archive = tmp_path / "backups" / entry["path"]
-                row: dict[str, Any] = {"run": i, "warnings": entry["warnings"]}
-                for m in ("wal", "delete"):
-                    out = tmp_path / f"restored-{m}.db"
-                    names = extract_member(archive, f"db/{m}.db", out)
-                    ok, why, n = check(str(out))
-                    live = live_last(str(data / "db" / f"{m}.db"))  # the writer has moved on since
-                    row[m] = {"ok": ok, "why": why, "n": n, "live_n_after": live}
-                    assert ok, (i, m, why)
-                    assert 1 <= n <= live, (i, m, n, live)
-                    out.unlink()
-                assert not [n for n in names if n.endswith(("-wal", "-shm", "-journal"))], names
-                results.append(row)
-                archive.unlink()  # keep the disk small; verification already ran in `now`
+                with evidence.trial():
+                    r = run_cli("now", "--json", env=env, timeout=300)
+                    assert r.returncode == 0, r.stderr
+                    entry = json.loads(r.stdout)
+                    archive = tmp_path / "backups" / entry["path"]
+                    row: dict[str, Any] = {"run": i, "warnings": entry["warnings"]}
+                    for m in ("wal", "delete"):
+                        out = tmp_path / f"restored-{m}.db"
+                        names = extract_member(archive, f"db/{m}.db", out)
+                        ok, why, n = check(str(out))
+                        live = live_last(str(data / "db" / f"{m}.db"))  # the writer has moved on since
+                        row[m] = {"ok": ok, "why": why, "n": n, "live_n_after": live}
+                        assert ok, (i, m, why)
+                        assert 1 <= n <= live, (i, m, n, live)
+                        out.unlink()
+                    assert not [n for n in names if n.endswith(("-wal", "-shm", "-journal"))], names
+                    results.append(row)
+                    archive.unlink()  # keep the disk small; verification already ran in `now`
     finally:
         stats = {m: w.stop() for m, w in writers.items()}
         for p in others:
             p.send_signal(signal.SIGTERM)
             p.wait(30)
-    assert len(results) == 20
     # the writers kept committing all the way through
     for m in ("wal", "delete"):
-        assert stats[m]["count"] > results[-1][m]["n"]
+        evidence.require(
+            bool(results) and stats[m]["count"] > results[-1][m]["n"], f"the {m} writer stopped committing"
+        )
     # files that changed, shrank or vanished while read were reported, and never failed a backup
     warned = [r for r in results if r["warnings"]]
-    assert warned, "the churning files never produced a warning: the test did not exercise them"
+    evidence.require(
+        bool(warned), "the churning files never produced a warning: the test did not exercise them"
+    )
     (tmp_path.parent / "consistency-results.json").write_text(
         json.dumps(
             {
@@ -140,9 +151,10 @@ def test_20_backups_of_live_databases_through_a_read_only_mount(tmp_path: Path) 
             indent=1,
         )
     )
+    evidence.publish(f"{DB_MB} MB databases; {len(warned)} backups reported changing files")
 
 
-def naive_copy(src: Path, dst: Path, chunk: int = 1 << 20, pause: float = 0.002) -> None:
+def naive_copy(src: Path, dst: Path, chunk: int = 1 << 20, pause: float = 0.005) -> None:
     """What `cp` or a plain tar does: read the bytes of the live files, front to back."""
     for suffix in ("", "-wal"):
         s = Path(str(src) + suffix)
@@ -153,36 +165,54 @@ def naive_copy(src: Path, dst: Path, chunk: int = 1 << 20, pause: float = 0.002)
                     time.sleep(pause)
 
 
+NAIVE_RUNS = 10
+NAIVE_TORN_AT_LEAST = 3  # what the README claims
+
+
 @pytest.mark.slow
+@reliability(
+    "Snapshot of a live SQLite database ({mode} journal)",
+    "the snapshot passes integrity_check and holds exactly a committed prefix, while a writer commits",
+)
 @pytest.mark.parametrize("mode", ["delete", "wal"])
-def test_a_naive_byte_copy_of_a_live_database_comes_out_torn(tmp_path: Path, mode: str) -> None:
-    """The problem the snapshot guards against is real: show it, do not assume it."""
+def test_a_naive_byte_copy_of_a_live_database_comes_out_torn(
+    tmp_path: Path, mode: str, evidence: Evidence
+) -> None:
+    """The problem the snapshot guards against is real: show it, do not assume it. Each trial takes
+    a naive byte copy and a snapshot of the same live database; the snapshot must be sound, and at
+    least 3 of the 10 naive copies must come out torn (or the demonstration failed). In WAL mode a
+    copy tears only if a checkpoint falls inside it, so the copy is paced (like a busy disk) to give
+    the writer's checkpoints a chance: 4 to 10 of 10 here, depending on the machine's load."""
     from gofr_common.backup.sqlite_snapshot import snapshot
 
     db = tmp_path / f"live-{mode}.db"
     w = Writer(db, mode, DB_MB)
-    naive, ours = [], []
+    torn = []
     try:
-        for i in range(10):
-            dst = tmp_path / f"naive{i}.db"
-            naive_copy(db, dst)
-            naive.append(check(str(dst)))
-            for p in tmp_path.glob(f"naive{i}.db*"):
-                p.unlink()
-            dst = tmp_path / f"snap{i}.db"
-            snapshot(db, dst)
-            ours.append(check(str(dst)))
-            dst.unlink()
+        for i in range(NAIVE_RUNS):
+            with evidence.trial() as problems:
+                dst = tmp_path / f"naive{i}.db"
+                naive_copy(db, dst)
+                ok, why, _ = check(str(dst))
+                if not ok:
+                    torn.append(why)
+                for p in tmp_path.glob(f"naive{i}.db*"):
+                    p.unlink()
+                dst = tmp_path / f"snap{i}.db"
+                snapshot(db, dst)
+                ok, why, _ = check(str(dst))
+                if not ok:
+                    problems.append(f"the snapshot is torn: {why}")
+                dst.unlink()
     finally:
         w.stop()
-    torn = [why for ok, why, _ in naive if not ok]
-    record = {
-        "mode": mode,
-        "runs": 10,
-        "naive_torn": len(torn),
-        "naive_reasons": torn,
-        "snapshot_torn": sum(1 for ok, _, _ in ours if not ok),
-    }
-    (tmp_path.parent / f"torn-{mode}.json").write_text(json.dumps(record, indent=1))
-    assert torn, f"no naive copy came out torn in 10 runs ({mode}); the demonstration failed"
-    assert all(ok for ok, _, _ in ours), ours
+    (tmp_path.parent / f"torn-{mode}.json").write_text(
+        json.dumps(
+            {"mode": mode, "runs": NAIVE_RUNS, "naive_torn": len(torn), "naive_reasons": torn}, indent=1
+        )
+    )
+    evidence.require(
+        len(torn) >= NAIVE_TORN_AT_LEAST,
+        f"only {len(torn)} of {NAIVE_RUNS} naive copies came out torn: the demonstration failed",
+    )
+    evidence.publish(f"a naive byte copy taken alongside came out torn in {len(torn)} of {NAIVE_RUNS}")

@@ -104,6 +104,9 @@ def test_two_concurrent_nows_never_write_at_the_same_time(app: dict[str, Any]) -
     assert tb >= ta + timedelta(seconds=ea["duration_s"]), "b started writing before a finished"
 
 
+WAITED = "another gofr-backup run holds the lock; waiting"
+
+
 def test_lock_timeout_gives_a_clear_error(app: dict[str, Any]) -> None:
     _big(app["data"], 16)
     env = {**app["env"], "GOFR_PLOT_BACKUP_COMPRESSION": "xz"}
@@ -114,10 +117,14 @@ def test_lock_timeout_gives_a_clear_error(app: dict[str, Any]) -> None:
     a.communicate()
     assert r.returncode == 1
     assert "another gofr-backup process" in r.stderr and "LOCK_TIMEOUT" in r.stderr
-    # the lock died with its (killed) holder: the next run gets it at once
+    assert WAITED in r.stderr  # (so that its absence below means something)
+    # the lock died with its (killed) holder: the next run gets it at once, without waiting
     t0 = time.monotonic()
     ok = run_cli("now", env={**app["env"], "GOFR_PLOT_BACKUP_LOCK_TIMEOUT": "1"})
-    assert ok.returncode == 0, ok.stderr and time.monotonic() - t0 < 30
+    elapsed = time.monotonic() - t0
+    assert ok.returncode == 0, ok.stderr
+    assert WAITED not in ok.stderr, ok.stderr
+    assert elapsed < 30, f"the backup after the holder died took {elapsed:.0f}s"
 
 
 def test_status_flips_unhealthy_on_failure_and_back(app: dict[str, Any]) -> None:

@@ -11,19 +11,29 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
-from . import observe_config
+from . import log, observe_config, progress
 from .codecs import CODECS, default_level
 from .errors import ConfigError
 from .layout import BackupLayout
+from .schedule import zone_from_tz
 
 PROJECT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TRUE_WORDS = {"true", "1", "yes", "y", "on"}
 FALSE_WORDS = {"false", "0", "no", "n", "off"}
 RESERVED_NAME_PREFIX = ".gofr"
+# upper bounds of the numbers (README, Configuration): far beyond any real use, and small enough
+# that dates and timeouts computed from them cannot overflow
+MAX_DAYS = 36_500  # 100 years
+MAX_WEEKS = 5_200
+MAX_MONTHS = 1_200
+MAX_ARCHIVES = 100_000
+MAX_LAG = 1_000  # schedule intervals
+MAX_WAIT = 86_400.0  # seconds: LOCK_TIMEOUT, HOOK_TIMEOUT
 
 # name -> (default, description). The README's variable table is checked against this.
 VARIABLES: dict[str, tuple[str, str]] = {
@@ -232,12 +242,12 @@ def _raise(exc: Exception) -> Any:
 
 
 def parse_int(var: str, value: str, lo: int, hi: int | None = None) -> int:
+    rng = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
     try:
         n = int(value.strip(), 10)
     except ValueError:
-        raise _bad(var, value, f"expected a whole number >= {lo}") from None
+        raise _bad(var, value, f"expected a whole number {rng}") from None
     if n < lo or (hi is not None and n > hi):
-        rng = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
         raise _bad(var, value, f"expected a whole number {rng}")
     return n
 
@@ -269,11 +279,13 @@ def parse_duration(var: str, value: str) -> float:
     n = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
     if n <= 0:
         raise _bad(var, value, "expected a duration greater than 0")
+    if n > MAX_WAIT:
+        raise _bad(var, value, f"expected a duration of at most 24h ({MAX_WAIT:.0f} seconds)")
     return n
 
 
-def parse_schedule(var: str, value: str) -> str:
-    from croniter import croniter
+def parse_schedule(var: str, value: str, zone: tzinfo = UTC) -> str:
+    from croniter import CroniterError, croniter
 
     expr = " ".join(value.split())
     fields = expr.split(" ") if expr else []
@@ -287,6 +299,17 @@ def parse_schedule(var: str, value: str) -> str:
         ok = False
     if not ok:
         raise _bad(var, value, "not a valid cron expression (minute hour day month weekday)")
+    # `0 0 30 2 *` parses but no day matches: the service needs the next and the previous run
+    now = datetime.now(zone)
+    try:
+        croniter(expr, now).get_next(datetime)
+        croniter(expr, now).get_prev(datetime)
+    except CroniterError:
+        raise _bad(
+            var,
+            value,
+            "it never fires (no date matches it, like 30 February); expected a schedule that runs",
+        ) from None
     return expr
 
 
@@ -424,9 +447,9 @@ def parse_remote(env: Mapping[str, str], get: Callable[[str], tuple[str, str]]) 
             "set both the access key id and the secret access key, or neither (standard AWS chain)",
         )
 
-    def inherit(name: str, local: str, lo: int = 1) -> int:
+    def inherit(name: str, local: str, hi: int) -> int:
         v, raw = get(name)
-        return parse_int(v, raw, lo) if raw.strip() else parse_int(*get(local), lo)
+        return parse_int(v, raw, 1, hi) if raw.strip() else parse_int(*get(local), 1, hi)
 
     return RemoteConfig(
         bucket=m.group(1),
@@ -435,11 +458,11 @@ def parse_remote(env: Mapping[str, str], get: Callable[[str], tuple[str, str]]) 
         region=get("REMOTE_REGION")[1].strip() or "us-east-1",
         access_key_id=key,
         secret_access_key=secret,
-        max_lag=parse_int(*get("REMOTE_MAX_LAG"), 1),
-        retention_days=inherit("REMOTE_RETENTION_DAYS", "RETENTION_DAYS"),
-        max_count=inherit("REMOTE_MAX_COUNT", "MAX_COUNT"),
-        weekly_weeks=inherit("REMOTE_WEEKLY_RETENTION_WEEKS", "WEEKLY_RETENTION_WEEKS"),
-        monthly_months=inherit("REMOTE_MONTHLY_RETENTION_MONTHS", "MONTHLY_RETENTION_MONTHS"),
+        max_lag=parse_int(*get("REMOTE_MAX_LAG"), 1, MAX_LAG),
+        retention_days=inherit("REMOTE_RETENTION_DAYS", "RETENTION_DAYS", MAX_DAYS),
+        max_count=inherit("REMOTE_MAX_COUNT", "MAX_COUNT", MAX_ARCHIVES),
+        weekly_weeks=inherit("REMOTE_WEEKLY_RETENTION_WEEKS", "WEEKLY_RETENTION_WEEKS", MAX_WEEKS),
+        monthly_months=inherit("REMOTE_MONTHLY_RETENTION_MONTHS", "MONTHLY_RETENTION_MONTHS", MAX_MONTHS),
     )
 
 
@@ -468,6 +491,23 @@ def parse_recipients(var: str, value: str) -> tuple[str, ...]:
         except Exception:  # noqa: BLE001 - pyrage raises its own types
             raise _bad(var, value, f"{k[:24]!r} is not an age public key (age1...)") from None
     return tuple(keys)
+
+
+def parse_identity(var: str, value: str) -> Path | None:
+    """The age identity file: it must exist and be a file. Its content is read only when it is
+    needed (restore, full verify), by whoever runs those; a service that may not read it is fine."""
+    v = value.strip()
+    if not v:
+        return None
+    p = Path(v)
+    try:
+        if p.is_dir():
+            raise _bad(var, value, "it is a directory; expected the path of an age identity file")
+        if not p.exists():
+            raise _bad(var, value, "no such file; expected the path of an age identity file")
+    except PermissionError:  # a directory on the way cannot be searched: leave it to the user
+        pass
+    return p
 
 
 def parse_project(source: str, value: str | None) -> str:
@@ -508,6 +548,10 @@ def load(
 
     ddir = path_of("DATA_DIR", data_dir)
     bdir = path_of("DIR", backup_dir)
+    zone = zone_from_tz(env.get("TZ"))  # the zone of archive names, `created` and the schedule
+    # read by log.py and progress.py, checked here so that a bad value stops every command
+    log.log_format(env.get(log.FORMAT_VAR))
+    progress.interval(env.get(progress.SECONDS_VAR), tty=False)
 
     comp_var, comp = get("COMPRESSION")
     comp = comp.strip().lower()
@@ -529,18 +573,18 @@ def load(
         backup_dir=bdir,
         paths=parse_paths(*get("PATHS"), ddir),
         enabled=parse_bool(*get("ENABLED")),
-        schedule=parse_schedule(*get("SCHEDULE")),
-        retention_days=parse_int(*get("RETENTION_DAYS"), 1),
-        max_count=parse_int(*get("MAX_COUNT"), 1),
+        schedule=parse_schedule(*get("SCHEDULE"), zone),
+        retention_days=parse_int(*get("RETENTION_DAYS"), 1, MAX_DAYS),
+        max_count=parse_int(*get("MAX_COUNT"), 1, MAX_ARCHIVES),
         compression=comp,
         compression_level=level,
         cleanup_on_start=parse_bool(*get("CLEANUP_ON_START")),
         verify_after_backup=parse_bool(*get("VERIFY_AFTER_BACKUP")),
         scrub_max_bytes=parse_size(*get("SCRUB_MAX_BYTES")),
         enable_weekly=parse_bool(*get("ENABLE_WEEKLY")),
-        weekly_retention_weeks=parse_int(*get("WEEKLY_RETENTION_WEEKS"), 1),
+        weekly_retention_weeks=parse_int(*get("WEEKLY_RETENTION_WEEKS"), 1, MAX_WEEKS),
         enable_monthly=parse_bool(*get("ENABLE_MONTHLY")),
-        monthly_retention_months=parse_int(*get("MONTHLY_RETENTION_MONTHS"), 1),
+        monthly_retention_months=parse_int(*get("MONTHLY_RETENTION_MONTHS"), 1, MAX_MONTHS),
         lock_timeout=parse_duration(*get("LOCK_TIMEOUT")),
         sqlite_snapshot=parse_bool(*get("SQLITE_SNAPSHOT")),
         exclude=parse_excludes(*get("EXCLUDE")),
@@ -552,7 +596,7 @@ def load(
         remote=parse_remote(env, get),
         encrypt_recipients=parse_recipients(*get("ENCRYPT_RECIPIENTS")),
         encrypt_local=parse_bool(*get("ENCRYPT_LOCAL")),
-        identity_file=Path(get("IDENTITY_FILE")[1]) if get("IDENTITY_FILE")[1].strip() else None,
+        identity_file=parse_identity(*get("IDENTITY_FILE")),
         **observe_config.parse(get, lambda name: _secret(get, name), bdir),
         unknown_variables=unknown,
     )

@@ -46,8 +46,22 @@ def _fmt(v: Any) -> str:
     return json.dumps(s, ensure_ascii=False) if (" " in s or not s) else s
 
 
+FORMAT_VAR = "GOFR_BACKUP_LOG_FORMAT"
+
+
+def log_format(value: str | None) -> str:
+    """``text`` (unset or empty too) or ``json``, any case; anything else raises ConfigError
+    (configuration loading calls this, so a bad value stops every command with exit 2)."""
+    from .errors import ConfigError
+
+    fmt = (value or "text").strip().lower() or "text"
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"{FORMAT_VAR}={value!r} is not valid: expected text or json")
+    return fmt
+
+
 def setup(stream: TextIO | None = None, level: int = logging.INFO) -> None:
-    fmt = os.environ.get("GOFR_BACKUP_LOG_FORMAT", "text").strip().lower()
+    fmt = log_format(os.environ.get(FORMAT_VAR))
     h = logging.StreamHandler(stream or sys.stdout)
     h.setFormatter(_Json() if fmt == "json" else _Human())
     log.handlers[:] = [h]

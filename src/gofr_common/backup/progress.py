@@ -43,6 +43,30 @@ class Progress:
             event("progress", text, operation=self.label, done_bytes=self.done, total_bytes=self.total)
 
 
+SECONDS_VAR = "GOFR_BACKUP_PROGRESS_SECONDS"
+MAX_SECONDS = 3600.0
+
+
+def interval(value: str | None, tty: bool) -> float:
+    """Seconds between progress reports: ``value`` (a number more than 0 and at most 3600), or
+    0.2 on a terminal and 5 otherwise when it is unset or empty. Anything else raises ConfigError
+    (configuration loading calls this, so a bad value stops every command with exit 2)."""
+    from .errors import ConfigError
+
+    if value is None or not value.strip():
+        return 0.2 if tty else 5.0
+    try:
+        n = float(value)
+    except ValueError:
+        n = float("nan")
+    if not 0 < n <= MAX_SECONDS:  # (also refuses nan)
+        raise ConfigError(
+            f"{SECONDS_VAR}={value!r} is not valid: expected a number of seconds more than 0 and at most "
+            f"{MAX_SECONDS:.0f}"
+        )
+    return n
+
+
 def enable(on: bool = True) -> None:
     global _enabled
     _enabled = on
@@ -52,7 +76,7 @@ def begin(label: str, total: int) -> None:
     global _active
     if _enabled:
         tty = sys.stderr.isatty()
-        every = float(os.environ.get("GOFR_BACKUP_PROGRESS_SECONDS") or (0.2 if tty else 5.0))
+        every = interval(os.environ.get(SECONDS_VAR), tty)
         _active = Progress(label, total, tty, every)
 
 

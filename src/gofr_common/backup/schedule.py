@@ -1,7 +1,9 @@
-"""Time: the local zone, an injectable clock, and cron arithmetic.
+"""Time: the zone that ``TZ`` names, an injectable clock, and cron arithmetic.
 
 Kept apart from the service so that ``gofr-backup status`` (the container's HEALTHCHECK, every
-60 s) can do its schedule maths without loading the service.
+60 s) can do its schedule maths without loading the service. The zone logic lives here only:
+configuration loading calls :func:`zone_from_tz` to refuse a ``TZ`` that names no zone (it used to
+fall back to the system zone without a word), and the clock uses the same function.
 """
 
 from __future__ import annotations
@@ -10,22 +12,45 @@ import os
 import threading
 from datetime import UTC, datetime, timedelta, tzinfo
 
+from .errors import ConfigError
 
-def local_tz() -> tzinfo:
-    """The local zone with its DST rules (TZ honoured), not just today's UTC offset."""
+TZ_ALLOWED = (
+    "expected an IANA time zone name such as Europe/Berlin or UTC (a leading ':' is allowed), "
+    "or the absolute path of a zoneinfo file"
+)
+
+
+def zone_from_tz(value: str | None) -> tzinfo:
+    """The zone ``TZ`` names, with its DST rules (not just today's UTC offset): an IANA name,
+    optionally ``:``-prefixed, or the absolute path of a zoneinfo (TZif) file. Unset or empty:
+    the system zone (``/etc/localtime``). Anything else raises ConfigError (exit 2)."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    tz = os.environ.get("TZ", "").lstrip(":")
-    if tz:
-        try:
-            return ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
+    name = (value or "").strip().removeprefix(":")
+    if not name:
+        return system_tz()
+    try:
+        if name.startswith("/"):
+            with open(name, "rb") as f:
+                return ZoneInfo.from_file(f, key=name)
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(f"TZ={value!r} is not valid: {TZ_ALLOWED}") from None
+
+
+def system_tz() -> tzinfo:
+    from zoneinfo import ZoneInfo
+
     try:
         with open("/etc/localtime", "rb") as f:
             return ZoneInfo.from_file(f, key="localtime")
-    except OSError:
+    except (OSError, ValueError):
         return datetime.now().astimezone().tzinfo  # type: ignore[return-value]
+
+
+def local_tz() -> tzinfo:
+    """The zone of this process's ``TZ`` (see :func:`zone_from_tz`)."""
+    return zone_from_tz(os.environ.get("TZ"))
 
 
 class Clock:
