@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import sys
 import tarfile
 from collections.abc import Iterator
 from datetime import datetime
@@ -40,6 +41,7 @@ INDEX_NAME = ".gofr-backup-files.b3"
 INDEX_HASH = "blake3"
 FORMAT_VERSION = 2  # 2: the per-file hash index; format 1 archives have none
 _HEX64 = re.compile(rb"[0-9a-f]{64}")
+_FS_ENCODING = sys.getfilesystemencoding()  # os.fsencode's, without its cost per call
 _MAX_LINE = 1 << 16  # a name is at most 4096 bytes (PATH_MAX), escaped at most twice that
 
 
@@ -47,11 +49,10 @@ def index_line(name: str, digest: str) -> bytes:
     """One line of the index, as ``b3sum`` writes it: ``<hex>  <name>``; a name holding a backslash
     or a newline is escaped (``\\\\``, ``\\n``) and its line starts with a backslash. Names are
     their bytes on disk (not valid UTF-8 is kept as is: ``b3sum -c`` cannot check those)."""
-    raw = os.fsencode(name)
-    if b"\\" in raw or b"\n" in raw:
-        raw = raw.replace(b"\\", b"\\\\").replace(b"\n", b"\\n")
-        return b"\\" + digest.encode() + b"  " + raw + b"\n"
-    return digest.encode() + b"  " + raw + b"\n"
+    if "\\" in name or "\n" in name:
+        name = name.replace("\\", "\\\\").replace("\n", "\\n")
+        return f"\\{digest}  {name}\n".encode(_FS_ENCODING, "surrogateescape")
+    return f"{digest}  {name}\n".encode(_FS_ENCODING, "surrogateescape")
 
 
 def parse_index_line(line: bytes) -> tuple[str, str]:

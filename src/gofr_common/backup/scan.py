@@ -65,6 +65,16 @@ def survey(
 ) -> Survey:
     """Find the configured paths that exist, then count what :func:`walk` will yield under them.
     Warnings about the paths themselves are kept; those met inside are left to the second walk."""
+    result = find_tops(paths)
+    for e in walk(result.tops, Found(), should_stop, excluded):
+        result.file_count += 1
+        if stat.S_ISREG(e.st.st_mode):
+            result.source_bytes += e.st.st_size
+    return result
+
+
+def find_tops(paths: tuple[PathSpec, ...]) -> Survey:
+    """Which configured paths exist, and what each is (no walk below them)."""
     result = Survey()
     for spec in paths:
         try:
@@ -81,10 +91,6 @@ def survey(
             result.warnings.append(f"{spec.path} is not a file, directory or symlink; skipped")
             continue
         result.tops.append((spec.name, str(spec.path), kind))
-    for e in walk(result.tops, Found(), should_stop, excluded):
-        result.file_count += 1
-        if stat.S_ISREG(e.st.st_mode):
-            result.source_bytes += e.st.st_size
     return result
 
 
