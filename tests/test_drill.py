@@ -492,3 +492,26 @@ def test_the_service_drills_on_its_own_schedule(tmp_path: Path) -> None:
         assert all(e["drill"]["ok"] for e in es if "drill" in e)
         assert state(backups)["last_drill"]["at"] == want[-1]
         assert len([e for e in es if e["tier"] == "daily"]) == days + 1  # catch-up, then one a day
+
+
+def test_sigterm_stops_a_drill_cleanly(tmp_path: Path) -> None:
+    mark = tmp_path / "probe.pid"
+    data, backups, env = setup_app(
+        tmp_path, **{"GOFR_{P}_BACKUP_DRILL_COMMAND": f"echo $$ > {mark}.tmp; mv {mark}.tmp {mark}; sleep 120"}
+    )
+    p = popen_cli("drill", env=env)
+    deadline = time.monotonic() + 60
+    while not mark.exists():
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and "interrupted" in err and "Traceback" not in err, err
+    assert time.monotonic() - t0 < 10
+    assert _gone(int(mark.read_text()))
+    assert not (backups / ".gofr-plot.drill").exists()
+    st = state(backups)
+    assert "last_drill" not in st and "drill_running" not in st  # nothing recorded, nothing pending
+    assert run_cli("status", env=env).returncode == 0

@@ -605,7 +605,8 @@ def cmd_drill(config: BackupConfig, args: argparse.Namespace) -> int:
     if res.restore_seconds is not None:
         print(
             f"  restored {res.files} entries, {human_size(res.bytes)} in {res.restore_seconds:.2f} s "
-            f"(time to a usable copy); the whole drill took {res.seconds or 0:.2f} s"
+            f"(time to a usable copy); the whole drill took {res.seconds or 0:.2f} s, of which removing "
+            f"the copy {res.cleanup_seconds or 0:.2f} s"
         )
     ch = res.checks
     done = []

@@ -61,7 +61,8 @@ class DrillResult:
     ok: bool = False
     error: str | None = None
     restore_seconds: float | None = None  # the restore itself: time to a usable copy
-    seconds: float | None = None  # the whole drill, checks and probe included
+    seconds: float | None = None  # the whole drill, checks, probe and cleanup included
+    cleanup_seconds: float | None = None  # removing the copy (on a disk, as long as rm -rf takes)
     files: int | None = None  # entries restored (files, directories, links)
     bytes: int | None = None  # bytes of regular files restored
     checks: dict[str, Any] = field(default_factory=dict)
@@ -244,10 +245,12 @@ def drill(
 
             res.error = failure_text(e)
         finally:
+            t1 = time.monotonic()
             try:
                 remove_tree(scratch_dir(config))
             except OSError as e:
                 res.notes.append(f"could not remove {scratch_dir(config)}: {e}; the next drill removes it")
+            res.cleanup_seconds = round(time.monotonic() - t1, 3)
         res.seconds = round(time.monotonic() - t0, 3)
         res.ok = res.error is None
         record(config, res, rel, clear_running=True)
@@ -478,7 +481,7 @@ def _check_copy(
             for rel, digest in read_index(index):
                 if should_stop():
                     raise Interrupted("interrupted while hashing the restored copy")
-                got = _hash(scratch / rel, rel, wants_json, look)
+                got = _hash(f"{scratch}/{rel}", rel, wants_json, look)
                 hashed += 1
                 if got is None:
                     n_absent += 1
@@ -517,7 +520,7 @@ def _check_copy(
         )
         for rel, st in _walk(scratch, names, should_stop):
             if stat.S_ISREG(st.st_mode) and (st.st_size >= 512 or json_match is not None):
-                _hash(scratch / rel, rel, wants_json, look, head_only=True)
+                _hash(f"{scratch}/{rel}", rel, wants_json, look, head_only=True)
 
     res.checks["sqlite"] = len(dbs)
     for rel in dbs:
@@ -541,8 +544,11 @@ def _check_copy(
         raise _Failed("; ".join(problems))
 
 
+_BUF = bytearray(CHUNK)  # one read buffer for every file a drill hashes (not 1 MiB per file)
+
+
 def _hash(
-    path: Path,
+    path: str,
     rel: str,
     wants_json: Callable[[str, int], bool],
     look: Callable[[str, bytes, bytes | None], None],
@@ -551,8 +557,8 @@ def _hash(
     """The BLAKE3 of a restored regular file (None: not there, or not a regular file), looking at
     its head (SQLite) and, when DRILL_JSON_GLOB wants it, its body (JSON) on the way."""
     try:
-        fd = _open(str(path))
-    except (FileNotFoundError, NotADirectoryError, OSError):
+        fd = _open(path)
+    except OSError:
         return None
     try:
         st = os.fstat(fd)
@@ -561,9 +567,8 @@ def _hash(
         body: bytearray | None = bytearray() if wants_json(rel, st.st_size) else None
         h = blake3()
         head = b""
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        while n := os.readv(fd, [buf]):
+        view = memoryview(_BUF)
+        while n := os.readv(fd, [_BUF]):
             chunk = view[:n]
             if not head:
                 head = bytes(chunk[:16])

@@ -91,7 +91,7 @@ class Listing:
         self.kinds = bytearray()
 
     def __call__(self, m: tarfile.TarInfo) -> None:
-        self.keys.append(hash(m.name.rstrip("/")) & _MASK)  # this process's hash: built and used here
+        self.keys.append(_key(m.name.rstrip("/")))
         self.sizes.append(max(m.size, 0))
         self.mtimes.append(int(m.mtime))
         self.kinds.append(_KINDS.get(m.type, 0))
@@ -106,7 +106,7 @@ class Listing:
 
     def get(self, name: str) -> tuple[int, int, int] | None:
         """(type, size, mtime) of the member ``name``, or None."""
-        k = hash(name) & _MASK
+        k = _key(name)
         i = bisect_left(self.keys, k)
         if i == len(self.keys) or self.keys[i] != k:
             return None
@@ -169,7 +169,7 @@ def _open_source(path: str) -> int:
         return os.open(path, flags)
 
 
-def _hash_source(path: str, throttle: _Throttle) -> tuple[str | None, int]:
+def _hash_source(path: str, throttle: _Throttle) -> tuple[bytes | None, int]:
     """(BLAKE3 of a source file, bytes read); None when it changed while read, is gone, or is a
     SQLite database (archived as a snapshot, which is not its bytes)."""
     try:
@@ -181,8 +181,9 @@ def _hash_source(path: str, throttle: _Throttle) -> tuple[str | None, int]:
         h = blake3()
         got = 0
         first = True
+        want = min(CHUNK, before.st_size + 1)  # os.read allocates what it is asked for
         while True:
-            b = os.read(fd, CHUNK)
+            b = os.read(fd, want)
             if not b:
                 break
             if first and is_sqlite(b[:16]):
@@ -197,7 +198,7 @@ def _hash_source(path: str, throttle: _Throttle) -> tuple[str | None, int]:
             after.st_size,
         ) or got != before.st_size:
             return None, got
-        return h.hexdigest(), got
+        return h.digest(), got
     except OSError:
         return None, 0
     finally:
@@ -228,7 +229,8 @@ def check(
     should_stop: Callable[[], bool] = lambda: False,
     rng: random.Random | None = None,
 ) -> SpotResult:
-    """Compare the live source with ``view`` (see the module's docstring)."""
+    """Compare the live source with ``view`` (see the module's docstring). Memory: the archive's
+    listing (17 bytes a member) and 32 bytes a sampled file; nothing per source file."""
     t0 = time.monotonic()
     rng = rng or random.SystemRandom()
     res = SpotResult(archive=view.name, at=at, sample_percent=sample_percent)
@@ -236,10 +238,16 @@ def check(
     unreadable = {str(p).rstrip("/") for p in view.end.get("unreadable") or []}
     snapshots = set(view.end.get("sqlite_snapshots") or [])
     excluded = compile_excludes(config.exclude) if config.exclude else None
-    p = sample_percent / 100
-    sample: list[tuple[str, str]] = []  # (name in the archive, source path)
+    p = sample_percent / 100 if view.index is not None else 0.0
+    if view.index is None:
+        res.drift = None
+        res.notes.append("this archive predates per-file hashes (format 1): content drift not checked")
+    throttle = _Throttle(config.spot_check_rate * 1e6, should_stop)
+    sampled: dict[int, bytes] = {}  # hash of the name in the archive -> BLAKE3 of the source file
+    skipped = 0
+    tops = _source_tops(config, res)
     found = Found()
-    for e in walk(_source_tops(config, res), found, should_stop, excluded):
+    for e in walk(tops, found, should_stop, excluded):
         st = e.st
         if st.st_mtime >= created:
             res.newer += 1
@@ -256,22 +264,33 @@ def check(
             continue
         kind, size, mtime = a
         if (
-            kind == REGULAR
+            p > 0
+            and kind == REGULAR
             and stat.S_ISREG(st.st_mode)
             and size == st.st_size
             and mtime == int(st.st_mtime)
             and st.st_mtime < created - 1  # not changed in the second the backup began
             and e.path not in snapshots
-            and p > 0
             and rng.random() < p
         ):
-            sample.append((e.arcname, e.path))
+            digest, n = _hash_source(e.path, throttle)  # read at most SPOT_CHECK_RATE
+            res.sampled_bytes += n
+            if digest is None:
+                skipped += 1
+            else:
+                sampled[_key(e.arcname)] = digest
     if found.unreadable:
         res.notes.append(
             f"{len(found.unreadable)} source path(s) could not be read now: "
             + ", ".join(found.unreadable[:3])
         )
-    _content(view, sample, config.spot_check_rate * 1e6, should_stop, res)
+    if skipped:
+        res.notes.append(
+            f"{skipped} sampled file(s) not compared: changed while read, gone, or SQLite databases"
+        )
+    res.sampled = len(sampled)
+    if view.index is not None and sampled:
+        _compare(view.index, sampled, {name: path for name, path, _ in tops}, res)
     problems = []
     if res.missing:
         share = 100 * res.missing / max(res.files, 1)
@@ -298,45 +317,23 @@ def check(
     return res
 
 
-def _content(
-    view: ArchiveView,
-    sample: list[tuple[str, str]],
-    rate: float,
-    should_stop: Callable[[], bool],
-    res: SpotResult,
-) -> None:
-    """Hash the sample (rate-limited) and compare it with the archive's index."""
-    if view.index is None:
-        res.drift = None
-        res.notes.append("this archive predates per-file hashes (format 1): content drift not checked")
-        return
-    throttle = _Throttle(rate, should_stop)
-    got: dict[str, tuple[str, str]] = {}  # name -> (source path, its hash)
-    skipped = 0
-    for name, path in sample:
-        digest, n = _hash_source(path, throttle)
-        res.sampled_bytes += n
-        if digest is None:
-            skipped += 1
-        else:
-            got[name] = (path, digest)
-    res.sampled = len(got)
-    if skipped:
-        res.notes.append(
-            f"{skipped} sampled file(s) not compared: changed while read, gone, or SQLite databases"
-        )
-    for name, digest in read_index(view.index):
-        mine = got.pop(name, None)
-        if mine is not None and mine[1] != digest:
+def _key(name: str) -> int:
+    return hash(name) & _MASK  # this process's hash: made and used within one check
+
+
+def _compare(index: IO[bytes], sampled: dict[int, bytes], tops: dict[str, str], res: SpotResult) -> None:
+    """The sample's hashes against the archive's index, streamed."""
+    for name, digest in read_index(index):
+        mine = sampled.pop(_key(name), None)
+        if mine is not None and mine != bytes.fromhex(digest):
             res.drift = (res.drift or 0) + 1
             if len(res.drift_paths) < SHOWN:
-                res.drift_paths.append(mine[0])
-        if not got:
+                top, _, rel = name.partition("/")
+                res.drift_paths.append(os.path.join(tops.get(top, top), rel) if rel else tops.get(top, top))
+        if not sampled:
             break
-    if got:
-        res.notes.append(
-            f"{len(got)} sampled file(s) are not in the archive's index: " + ", ".join(list(got)[:3])
-        )
+    if sampled:
+        res.notes.append(f"{len(sampled)} sampled file(s) are not in the archive's index")
 
 
 # -- recording, and the two ways in ---------------------------------------------------------------------------
