@@ -246,6 +246,7 @@ def drill(
             res.error = failure_text(e)
         finally:
             t1 = time.monotonic()
+            event("drill.cleanup", f"removing the restored copy in {scratch_dir(config)}")
             try:
                 remove_tree(scratch_dir(config))
             except OSError as e:
