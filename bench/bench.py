@@ -1,7 +1,7 @@
 """make bench: measurements that are not tests. Prints markdown tables and writes them (and a PNG
 chart) to bench/results/.
 
-    python bench/bench.py [--only throughput,memory,ops,idle,sqlite] [--mb 1170] [--big-mb 4680] [--runs 3]
+    python bench/bench.py [--only throughput,memory,ops,idle,sqlite,drill] [--mb 1170] [--big-mb 4680] [--runs 3]
 
 throughput: `gofr-backup now` per codec against the same-format CLI pipelines (each also writing the
             checksum), restic's and borg's first backups; verify and restore against their CLI
@@ -12,6 +12,9 @@ ops:        list, prune and status over a manifest of 10,000 archives.
 idle:       the service's CPU and RSS while it waits for its next run.
 sqlite:     the worst commit latency of a real SQLite writer (WAL and rollback-journal mode)
             without a backup running, and while `gofr-backup now` runs back to back.
+drill:      `gofr-backup drill` against `restore --target` of the same gzip archive (alternating,
+            on the same disk), the drill's own restore_seconds, and `check-source` with the default
+            1% sample, with 100% at the default rate limit and unthrottled.
 """
 
 from __future__ import annotations
@@ -429,6 +432,73 @@ def bench_ops(runs: int) -> str:
     )
 
 
+# -- restore drill and source spot check ------------------------------------------------------------------
+def bench_drill(mb: int, runs: int) -> str:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from dataset import generate, stats
+
+    data = generate(ROOT / "bench" / "data" / f"set-{mb}", mb)
+    nfiles, nbytes = stats(data)
+    work = Path(tempfile.mkdtemp(prefix="gofr-bench-drill-"))
+    gofr = f"{sys.executable} -m gofr_common.backup"
+    env = _env(
+        data,
+        work / "b",
+        PATHS="logs:logs,storage:storage,db:db",
+        SPACE_MARGIN="1.0",
+        DRILL_DIR=str(work / "scratch"),
+        SPOT_CHECK_AFTER_BACKUP="false",
+        REPORT_FILE="off",
+    )
+    env["GOFR_BACKUP_LOG_FORMAT"] = "json"
+    r = subprocess.run(f"{gofr} now", shell=True, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(r.stderr[-2000:])
+    gz = next((work / "b" / "daily").glob("*.tar.gz"))
+    tgt = work / "restore"
+    r_runs = max(runs, 3)
+    mr, md = measure_alternating(
+        [
+            (f"{gofr} restore {gz.name} --target {tgt} --yes", env),
+            (f"{gofr} drill {gz.name} --json > {work / 'drill.json'}", env),
+        ],
+        runs=r_runs,
+        before=f"rm -rf {tgt} && sync && sleep 1",
+    )
+    d = json.loads((work / "drill.json").read_text())
+    rows = [
+        ("restore --target (gzip, on disk)", mr, ""),
+        (
+            "drill (restore + hash every file + SQLite + cleanup)",
+            md,
+            f"{md['wall'] / mr['wall']:.2f}x of restore",
+        ),
+    ]
+    checks = d["checks"]
+    note = (
+        f"the drill's own restore_seconds (last run): {d['restore_seconds']:.2f} s; it hashed "
+        f"{checks.get('hashes')} files and checked {checks.get('sqlite')} SQLite database(s)"
+    )
+    for label, args, rate in (
+        ("check-source (default 1% sample, 20 MB/s)", "", "20"),
+        ("check-source --sample 100 (20 MB/s)", "--sample 100", "20"),
+        ("check-source --sample 100 (unthrottled)", "--sample 100", "100000"),
+    ):
+        e2 = {**env, "GOFR_BENCH_BACKUP_SPOT_CHECK_RATE": rate}
+        m = measure(f"{gofr} check-source {gz.name} {args}", env=e2, runs=1)
+        rows.append((label, m, ""))
+    shutil.rmtree(work, ignore_errors=True)
+    return (
+        f"### Restore drill and source spot check: {nfiles} files, {nbytes / 1e6:.0f} MB, gzip; "
+        f"restore and drill alternating, median of {r_runs}\n\n"
+        "| command | wall s | CPU s | peak RSS MB | |\n|---|---|---|---|---|\n"
+        + "\n".join(
+            f"| {n} | {m['wall']:.2f} | {m['cpu']:.1f} | {m['rss_mb']:.0f} | {x} |" for n, m, x in rows
+        )
+        + f"\n\n{note}"
+    )
+
+
 # -- the idle service ----------------------------------------------------------------------------------
 def bench_idle(seconds: float) -> str:
     work = Path(tempfile.mkdtemp(prefix="gofr-bench-idle-"))
@@ -464,7 +534,7 @@ def bench_idle(seconds: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="throughput,memory,ops,idle,sqlite")
+    ap.add_argument("--only", default="throughput,memory,ops,idle,sqlite,drill")
     ap.add_argument("--mb", type=int, default=1170)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--slow-mb", type=int, default=120, help="data set size for bzip2 and xz (slow codecs)")
@@ -486,6 +556,8 @@ def main() -> None:
         parts.append(bench_idle(30.0))
     if "sqlite" in only:
         parts.append(bench_sqlite(a.seconds, a.db_mb))
+    if "drill" in only:
+        parts.append(bench_drill(a.mb, a.runs))
     text = "\n\n".join(parts) + "\n"
     name = "results.md" if len(only) > 1 else f"{only[0]}.md"
     (RESULTS / name).write_text(text)

@@ -84,6 +84,9 @@ def test_400_days_with_weekly_and_monthly_and_an_outage(tmp_path: Path) -> None:
         "GOFR_SIM_BACKUP_ENABLE_MONTHLY": "true",
         "GOFR_SIM_BACKUP_MONTHLY_RETENTION_MONTHS": str(MONTHS),
         "GOFR_SIM_BACKUP_COMPRESSION_LEVEL": "1",
+        # the disk is checked each time the service goes to sleep, which is after each backup only
+        # when there are no drills to wake up for (test_drill.py simulates the drill schedule)
+        "GOFR_SIM_BACKUP_DRILL_SCHEDULE": "",
     }
     cfg = BackupConfig.from_env(env=env)
     start = datetime(2026, 1, 1, 0, 30, tzinfo=UTC)

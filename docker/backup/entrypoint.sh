@@ -34,8 +34,11 @@ need_writable() {  # dir, what
 
 cmd="${1:-run}"
 case "$cmd" in
-    run|now|prune)
+    run|now|prune|check-source)
         need_readable "$data" "data"
+        need_writable "$backups" "backup"
+        ;;
+    drill)
         need_writable "$backups" "backup"
         ;;
     restore)

@@ -5,9 +5,12 @@ Members, in order:
                           name -> path mapping, tool version, planned file count and bytes,
                           followed top-level links, the backup dir left out of a path)
   <name>/...              one tree per _PATHS entry, stored under its *name*
+  .gofr-backup-files.b3   (format 2) the BLAKE3 hash of every regular file's archived content, in
+                          the ``b3sum`` format (``b3sum -c`` checks an extracted copy); written after
+                          the data, from a temp file, so memory does not grow with the file count
   .gofr-backup-end.json   last: what was actually written (file count, bytes, warnings,
-                          unreadable paths). Its presence proves the stream is complete (zstd and
-                          plain tar do not detect truncation on their own).
+                          unreadable paths, the index's entry count). Its presence proves the stream
+                          is complete (zstd and plain tar do not detect truncation on their own).
 File names and sidecars belong to layout.py.
 """
 
@@ -17,6 +20,8 @@ import contextlib
 import io
 import json
 import os
+import re
+import sys
 import tarfile
 from collections.abc import Iterator
 from datetime import datetime
@@ -33,7 +38,57 @@ if TYPE_CHECKING:
 
 META_NAME = ".gofr-backup.json"
 END_NAME = ".gofr-backup-end.json"
-FORMAT_VERSION = 1
+INDEX_NAME = ".gofr-backup-files.b3"
+INDEX_HASH = "blake3"
+FORMAT_VERSION = 2  # 2: the per-file hash index; format 1 archives have none
+_HEX64 = re.compile(rb"[0-9a-f]{64}")
+_FS_ENCODING = sys.getfilesystemencoding()  # os.fsencode's, without its cost per call
+_MAX_LINE = 1 << 16  # a name is at most 4096 bytes (PATH_MAX), escaped at most twice that
+
+
+def index_line(name: str, digest: str) -> bytes:
+    """One line of the index, as ``b3sum`` writes it: ``<hex>  <name>``; a name holding a backslash
+    or a newline is escaped (``\\\\``, ``\\n``) and its line starts with a backslash. Names are
+    their bytes on disk (not valid UTF-8 is kept as is: ``b3sum -c`` cannot check those)."""
+    if "\\" in name or "\n" in name:
+        name = name.replace("\\", "\\\\").replace("\n", "\\n")
+        return f"\\{digest}  {name}\n".encode(_FS_ENCODING, "surrogateescape")
+    return f"{digest}  {name}\n".encode(_FS_ENCODING, "surrogateescape")
+
+
+def parse_index_line(line: bytes) -> tuple[str, str]:
+    """(name, hex digest) of one index line (without its newline). Raises ValueError."""
+    escaped = line.startswith(b"\\")
+    if escaped:
+        line = line[1:]
+    digest, sep, raw = line.partition(b"  ")
+    if not sep or not raw or not _HEX64.fullmatch(digest):
+        raise ValueError(f"malformed index line {line[:100]!r}")
+    if escaped:
+        out, i = bytearray(), 0
+        while i < len(raw):
+            c = raw[i : i + 1]
+            if c == b"\\":
+                nxt = raw[i + 1 : i + 2]
+                if nxt not in (b"\\", b"n"):
+                    raise ValueError(f"bad escape in index line {line[:100]!r}")
+                out += b"\\" if nxt == b"\\" else b"\n"
+                i += 2
+            else:
+                out += c
+                i += 1
+        raw = bytes(out)
+    return os.fsdecode(raw), digest.decode()
+
+
+def read_index(f: IO[bytes]) -> Iterator[tuple[str, str]]:
+    """Every (name, digest) of an index file, streamed (memory does not grow with its size).
+    Raises ValueError on a malformed line."""
+    f.seek(0)
+    while line := f.readline(_MAX_LINE):
+        if not line.endswith(b"\n"):
+            raise ValueError(f"index line longer than {_MAX_LINE} bytes or unterminated: {line[:100]!r}")
+        yield parse_index_line(line[:-1])
 
 
 def build_meta(config: BackupConfig, tier: str, created: datetime, s: Survey) -> dict[str, Any]:

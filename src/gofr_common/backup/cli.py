@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from .errors import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, BackupError, ConfigError
+from .errors import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, BackupError, ConfigError, one_line
 from .layout import TIERS
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def _error(message: str, code: int) -> int:
     """Every error: one line on stderr, and under --json also {"error", "exit_code"} on stdout.
     Control characters the user typed (a stray \\r, a newline in a name) are shown escaped, so
     the line stays one line."""
-    message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    message = one_line(message)
     sys.stderr.write(f"{PROG}: {message}\n")
     if _json_errors:
         print(json.dumps({"error": message, "exit_code": code}, ensure_ascii=False))
@@ -120,6 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--identity", help="age identity file, for encrypted archives (or IDENTITY_FILE)")
     c.add_argument("--json", action="store_true", help=JSON_HELP)
 
+    def proof(name: str, help: str) -> argparse.ArgumentParser:
+        """drill and check-source: NAME or --latest (the default), --identity, --json."""
+        c = cmd(name, help)
+        g = c.add_mutually_exclusive_group()
+        g.add_argument("name", nargs="?", help="archive file name (or path); default: the newest")
+        g.add_argument("--latest", action="store_true", help=LATEST_HELP + " (the default)")
+        c.add_argument("--identity", help="age identity file, for encrypted archives (or IDENTITY_FILE)")
+        c.add_argument("--json", action="store_true", help=JSON_HELP)
+        return c
+
+    proof("drill", "restore an archive into a scratch dir and prove it: hashes, SQLite, JSON, probe")
+    c = proof("check-source", "compare an archive with the live source: missing files, content drift")
+    c.add_argument(
+        "--sample",
+        metavar="PERCENT",
+        help="percent of unchanged files re-read and compared by hash (default: SPOT_CHECK_SAMPLE)",
+    )
+
     c = cmd("prune", "apply retention now and print what is removed and why")
     c.add_argument("--dry-run", action="store_true", help="show what would be removed; remove nothing")
     c.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -168,12 +186,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     os.umask(config.umask)  # archives, sidecars, manifest, state: 0640 (0027) or 0600 (0077)
     # the service logs to stdout (docker logs); commands keep stdout for their output
     glog.setup(sys.stdout if args.command == "run" else sys.stderr)
-    if args.command in ("now", "verify", "restore", "run"):
+    if args.command in ("now", "verify", "restore", "run", "drill", "check-source"):
         from . import progress
 
         progress.enable()
-    # read-only commands never create the backup directory (or anything in it)
-    local = args.command in ("list", "verify", "status") and not getattr(args, "remote", False)
+    # commands that read archives never create the backup directory (or anything in it)
+    local = args.command in ("list", "verify", "status", "drill", "check-source") and not getattr(
+        args, "remote", False
+    )
     if local and not config.backup_dir.is_dir():
         raise ConfigError(
             f"the backup directory {config.backup_dir} does not exist: check {config.prefix}DIR "
@@ -227,6 +247,25 @@ def human_age(created: str, now: datetime) -> str:
         if s >= div:
             return f"{s / div:.0f}{unit} ago" if unit != "d" else f"{s / div:.1f}d ago"
     return f"{s:.0f}s ago"
+
+
+def _drill_text(d: Any) -> str:
+    if not isinstance(d, dict):
+        return ""
+    if d.get("ok"):
+        secs = d.get("restore_seconds")
+        return f"drill ok {d.get('at')}" + (
+            f" (restored in {secs:.1f} s)" if isinstance(secs, int | float) else ""
+        )
+    return f"DRILL FAILED {d.get('at')}: {d.get('error')}"
+
+
+def _spot_text(d: Any) -> str:
+    if not isinstance(d, dict):
+        return ""
+    if d.get("ok"):
+        return f"spot check ok {d.get('at')}"
+    return f"SPOT CHECK FAILED {d.get('at')}: {d.get('error')}"
 
 
 def _verified_text(e: Entry) -> str:
@@ -350,6 +389,9 @@ def cmd_list(config: BackupConfig, args: argparse.Namespace) -> int:
                 f"  {e['filename']:<48} {human_size(e.get('size_bytes')):>9}  "
                 f"{human_age(e['created'], now):>10}  {status}"
             )
+            for line in (_drill_text(e.get("drill")), _spot_text(e.get("spot_check"))):
+                if line:
+                    print(f"      {line}")
             _print_warnings(e.get("warnings") or [], "      ")
     if lst.untracked:
         print("\nUNTRACKED (on disk, not in the manifest; `prune` adopts them):")
@@ -620,6 +662,70 @@ def _show_plan(plan: RestorePlan, as_json: bool, dry_run: bool) -> None:
                 print(f"    link     {x}  (leads outside {t.name}: restored as a link, never followed)")
 
 
+def cmd_drill(config: BackupConfig, args: argparse.Namespace) -> int:
+    res = _service(config).drill(args.name, _identity(config, args))
+    if args.json:
+        _print_json(res.record())
+        return EXIT_OK if res.ok else EXIT_FAILED
+    print(f"Restore drill of {res.archive}: {'OK' if res.ok else 'FAILED'}")
+    if res.error:
+        print(f"  error: {res.error}")
+    if res.restore_seconds is not None:
+        print(
+            f"  restored {res.files} entries, {human_size(res.bytes)} in {res.restore_seconds:.2f} s "
+            f"(time to a usable copy); the whole drill took {res.seconds or 0:.2f} s, of which removing "
+            f"the copy {res.cleanup_seconds or 0:.2f} s"
+        )
+    ch = res.checks
+    done = []
+    if res.files is not None:
+        done.append("entry count and bytes against the archive's record")
+    if ch.get("hashes") is not None:
+        done.append(f"{ch['hashes']} file hashes (BLAKE3)")
+    if "sqlite" in ch:
+        done.append(f"{ch['sqlite']} SQLite database(s) (integrity_check, read-only)")
+    if "json" in ch:
+        done.append(f"{ch['json']} JSON file(s)")
+    if isinstance(ch.get("probe"), dict):
+        done.append(f"probe exit {ch['probe'].get('exit')} in {ch['probe'].get('seconds')} s")
+    if done:
+        print("  checked: " + "; ".join(done))
+    for n in res.notes:
+        print(f"  note: {n}")
+    return EXIT_OK if res.ok else EXIT_FAILED
+
+
+def cmd_check_source(config: BackupConfig, args: argparse.Namespace) -> int:
+    from .config import parse_percent
+
+    sample = parse_percent("--sample", args.sample) if args.sample is not None else None
+    res = _service(config).check_source(args.name, sample, _identity(config, args))
+    if args.json:
+        _print_json(res.record())
+        return EXIT_OK if res.ok else EXIT_FAILED
+    print(f"Source spot check against {res.archive}: {'OK' if res.ok else 'FAILED'}")
+    if res.error:
+        print(f"  error: {res.error}")
+    print(
+        f"  {res.files} source entries older than the archive checked, {res.missing} missing from it; "
+        f"{res.newer} newer (not expected in it)"
+    )
+    if res.drift is None:
+        print("  content: not compared (the archive has no per-file hashes)")
+    else:
+        print(
+            f"  content: {res.sampled} file(s), {human_size(res.sampled_bytes)} re-read "
+            f"({res.sample_percent:g}% sample), {res.drift} differ"
+        )
+    for pth in res.missing_paths:
+        print(f"    missing: {one_line(pth)}")
+    for pth in res.drift_paths:
+        print(f"    differs: {one_line(pth)}")
+    for n in res.notes:
+        print(f"  note: {n}")
+    return EXIT_OK if res.ok else EXIT_FAILED
+
+
 def cmd_prune(config: BackupConfig, args: argparse.Namespace) -> int:
     r = _service(config, stop_on_signals=False).prune(dry_run=args.dry_run)
     if args.json:
@@ -685,6 +791,11 @@ def cmd_status(config: BackupConfig, args: argparse.Namespace) -> int:
                 f"  last scrub:   {sc['time']}: {len(sc['checked'])} re-verified, {len(sc['bad'])} bad, "
                 f"{len(sc['could_not_check'])} could not be read"
             )
+        if r.get("last_drill") or r.get("next_drill"):
+            print(f"  last drill:   {_drill_text(r.get('last_drill')) or 'never'}")
+            print(f"  next drill:   {r.get('next_drill') or '-'}")
+        if r.get("last_spot_check"):
+            print(f"  spot check:   {_spot_text(r.get('last_spot_check'))}")
         for tier, t in r["tiers"].items():
             print(
                 f"  {tier:<8} {t['count']:>4} archive(s) {human_size(t['size_bytes']):>10}"
@@ -745,6 +856,8 @@ COMMANDS: dict[str, Callable[[BackupConfig, argparse.Namespace], int]] = {
     "verify": cmd_verify,
     "restore": cmd_restore,
     "prune": cmd_prune,
+    "drill": cmd_drill,
+    "check-source": cmd_check_source,
     "status": cmd_status,
     "sync": cmd_sync,
     "metrics": cmd_metrics,

@@ -88,6 +88,15 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "METRICS_FILE": ("", "node_exporter textfile (*.prom), rewritten after every run"),
     "METRICS_ADDR": ("", "host:port for a Prometheus /metrics listener in the service"),
     "REPORT_FILE": ("report.html", "HTML history report refreshed after every run (off: none)"),
+    "DRILL_SCHEDULE": ("30 2 * * 0", "restore drill: 5-field cron (empty: no scheduled drills)"),
+    "DRILL_DIR": ("", "where a drill restores (default: .gofr-{project}.drill in the backup dir)"),
+    "DRILL_COMMAND": ("", "probe run against the restored copy (GOFR_DRILL_DIR); non-zero fails"),
+    "DRILL_TIMEOUT": ("300", "seconds the probe may run before its process group is killed"),
+    "DRILL_JSON_GLOB": ("", "comma-separated globs of restored files that must parse as JSON"),
+    "SPOT_CHECK_AFTER_BACKUP": ("true", "compare each scheduled backup with the live source"),
+    "SPOT_CHECK_SAMPLE": ("1", "percent of unchanged source files re-read and compared by hash"),
+    "SPOT_CHECK_TOLERANCE": ("0", "percent of old source files an archive may lack"),
+    "SPOT_CHECK_RATE": ("20", "MB/s a spot check reads from the source at most"),
 }
 
 
@@ -157,6 +166,15 @@ class BackupConfig:
     metrics_file: Path | None = None
     metrics_addr: tuple[str, int] | None = None
     report_file: Path | None = None
+    drill_schedule: str = "30 2 * * 0"  # "": no scheduled drills
+    drill_dir: Path | None = None  # None: the backup dir
+    drill_command: str = ""
+    drill_timeout: float = 300.0
+    drill_json_glob: tuple[str, ...] = ()
+    spot_check_after_backup: bool = True
+    spot_check_sample: float = 1.0  # percent
+    spot_check_tolerance: float = 0.0  # percent
+    spot_check_rate: float = 20.0  # MB/s
     unknown_variables: tuple[str, ...] = field(default=())
 
     @property
@@ -198,6 +216,7 @@ class BackupConfig:
         d["metrics_file"] = str(self.metrics_file) if self.metrics_file else None
         d["metrics_addr"] = addr_text(self.metrics_addr) if self.metrics_addr else None
         d["report_file"] = str(self.report_file) if self.report_file else None
+        d["drill_dir"] = str(self.drill_dir) if self.drill_dir else None
         if self.remote is not None:  # never print or log credentials
             d["remote"]["url"] = self.remote.url
             for k in ("access_key_id", "secret_access_key"):
@@ -381,14 +400,61 @@ def parse_umask(var: str, value: str) -> int:
     return n
 
 
-def parse_margin(var: str, value: str) -> float:
+def _number(var: str, value: str, lo: float, hi: float, what: str, example: str) -> float:
+    """A number from ``lo`` to ``hi``: one error line that says what is expected either way."""
     try:
-        n = float(value)
+        n = float(value.strip())
     except ValueError:
-        raise _bad(var, value, "expected a number >= 1.0, e.g. 1.2") from None
-    if not 1.0 <= n <= 100:
-        raise _bad(var, value, "expected a number from 1.0 to 100")
+        raise _bad(var, value, f"expected {what}, e.g. {example}") from None
+    if not lo <= n <= hi:  # also refuses nan
+        raise _bad(var, value, f"expected {what} from {lo:g} to {hi:g}")
     return n
+
+
+def parse_margin(var: str, value: str) -> float:
+    return _number(var, value, 1.0, 100, "a number", "1.2")
+
+
+def parse_percent(var: str, value: str) -> float:
+    return _number(var, value.strip().removesuffix("%"), 0, 100, "a percentage", "1 or 0.5")
+
+
+def parse_rate(var: str, value: str) -> float:
+    return _number(var, value, 0.1, 100_000, "MB per second", "20")
+
+
+def parse_globs(var: str, value: str) -> tuple[str, ...]:
+    """DRILL_JSON_GLOB: comma-separated globs (the EXCLUDE syntax), or empty."""
+    if not value.strip():
+        return ()
+    items = tuple(s.strip() for s in value.split(","))
+    for item in items:
+        if not item or "\x00" in item or item.count("[") != item.count("]"):
+            raise _bad(var, value, f"pattern {item!r} is empty or has an unclosed [; expected e.g. *.json")
+    return items
+
+
+def parse_drill_schedule(var: str, value: str) -> str:
+    return parse_schedule(var, value) if value.strip() else ""
+
+
+def parse_drill_dir(var: str, value: str, data_dir: Path, paths: tuple[PathSpec, ...]) -> Path | None:
+    """Empty: the backup dir. Never inside the data dir or a backed-up path: the restored copy would
+    land in the app's volume and in the next backup."""
+    if not value.strip():
+        return None
+    p = Path(os.path.abspath(value.strip()))
+    if os.path.lexists(p) and not p.is_dir():
+        raise _bad(var, value, "it is not a directory (a file is in the way)")
+    for what, root in [("the data directory", data_dir)] + [(f"the path {s.name}", s.path) for s in paths]:
+        if p == root or p.is_relative_to(root):
+            raise _bad(
+                var,
+                value,
+                f"it is inside {what} ({root}): a drill there would write into the app's data and be "
+                "backed up; leave it empty (the backup dir) or name a tmpfs",
+            )
+    return p
 
 
 def parse_excludes(var: str, value: str) -> tuple[str, ...]:
@@ -567,11 +633,12 @@ def load(
     known = {prefix + k for k in VARIABLES} | extra_variable_names(prefix)
     unknown = tuple(sorted(k for k in env if k.startswith(prefix) and k not in known))
 
+    paths = parse_paths(*get("PATHS"), ddir)
     cfg = BackupConfig(
         project=project,
         data_dir=ddir,
         backup_dir=bdir,
-        paths=parse_paths(*get("PATHS"), ddir),
+        paths=paths,
         enabled=parse_bool(*get("ENABLED")),
         schedule=parse_schedule(*get("SCHEDULE"), zone),
         retention_days=parse_int(*get("RETENTION_DAYS"), 1, MAX_DAYS),
@@ -598,6 +665,15 @@ def load(
         encrypt_local=parse_bool(*get("ENCRYPT_LOCAL")),
         identity_file=parse_identity(*get("IDENTITY_FILE")),
         **observe_config.parse(get, lambda name: _secret(get, name), bdir),
+        drill_schedule=parse_drill_schedule(*get("DRILL_SCHEDULE")),
+        drill_dir=parse_drill_dir(*get("DRILL_DIR"), ddir, paths),
+        drill_command=get("DRILL_COMMAND")[1].strip(),
+        drill_timeout=parse_duration(*get("DRILL_TIMEOUT")),
+        drill_json_glob=parse_globs(*get("DRILL_JSON_GLOB")),
+        spot_check_after_backup=parse_bool(*get("SPOT_CHECK_AFTER_BACKUP")),
+        spot_check_sample=parse_percent(*get("SPOT_CHECK_SAMPLE")),
+        spot_check_tolerance=parse_percent(*get("SPOT_CHECK_TOLERANCE")),
+        spot_check_rate=parse_rate(*get("SPOT_CHECK_RATE")),
         unknown_variables=unknown,
     )
     check_paths_outside_backups(*get("PATHS"), cfg)

@@ -41,3 +41,9 @@ class Interrupted(BackupError):
 
 class VerifyError(BackupError):
     """An archive failed verification."""
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character shown escaped (a name holding a newline or a stray
+    \\r stays on one line)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

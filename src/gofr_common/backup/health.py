@@ -17,7 +17,7 @@ from .config import BackupConfig
 from .layout import TIERS, entry_problem
 from .manifest import Entry, Manifest, created_of, failed
 from .schedule import interval
-from .state import read_state
+from .state import dead_drill, dead_drill_error, read_state
 
 
 @dataclass
@@ -86,6 +86,9 @@ def health(config: BackupConfig, now: datetime) -> Health:
         else None,
         "last_scrub": st.get("last_scrub"),
         "tiers": tier_summary(entries, config.backup_dir),
+        "last_drill": _newest(entries, st, "drill", "last_drill"),
+        "next_drill": st.get("next_drill") if enabled and config.drill_schedule else None,
+        "last_spot_check": _newest(entries, st, "spot_check", "last_spot_check"),
     }
     if st.get("corrupt"):
         reasons.append(st["corrupt"])
@@ -120,6 +123,12 @@ def health(config: BackupConfig, now: datetime) -> Health:
                 f"no successful upload to {rc.url} for more than {_human_td(lag)} "
                 f"(REMOTE_MAX_LAG={rc.max_lag} intervals)" + (f"; last error: {f.get('error')}" if f else "")
             )
+    reasons += _drill_reasons(config, st, report["last_drill"], entries, now)
+    spot = report["last_spot_check"]
+    if spot and not spot.get("ok"):
+        reasons.append(
+            f"the last source spot check ({spot.get('at')}, {spot.get('archive')}) failed: {spot.get('error')}"
+        )
     if good is not None:
         reasons += _on_disk(config, good)
         age = now - created_of(good)
@@ -193,6 +202,58 @@ def _failed_on_disk(config: BackupConfig, entries: list[Entry]) -> list[str]:
     for e in entries:
         if failed(e) and os.path.lexists(config.layout.archive(e["path"])):
             out.append(f"{e['path']} failed verification ({e.get('verify_error')}); restore a newer one")
+    return out
+
+
+def _newest(entries: list[Entry], st: dict[str, Any], key: str, state_key: str) -> dict[str, Any] | None:
+    """The newest result of a kind (``drill`` or ``spot_check``): the state's, or an entry's. The
+    state's is the last one recorded: it wins a tie (times are to the second)."""
+    cands = [st[state_key]] if isinstance(st.get(state_key), dict) else []
+    cands += [e[key] for e in entries if isinstance(e.get(key), dict)]  # type: ignore[literal-required]
+    cands = [c for c in cands if isinstance(c.get("at"), str)]
+    return max(cands, key=lambda c: _ts(c["at"]), default=None)
+
+
+def _ts(iso: str) -> float:
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _drill_reasons(
+    config: BackupConfig, st: dict[str, Any], last: dict[str, Any] | None, entries: list[Entry], now: datetime
+) -> list[str]:
+    out = []
+    running = dead_drill(config, st)
+    if running is not None:
+        out.append(f"{dead_drill_error(running)}; run `gofr-backup drill`")
+    if last and not last.get("ok"):
+        out.append(
+            f"the last restore drill ({last.get('at')}, {last.get('archive')}) failed: {last.get('error')}"
+        )
+    if not config.drill_schedule:
+        return out
+    gap = interval(config.drill_schedule, now)
+    passed = [
+        _ts(d["at"])
+        for d in [*(e.get("drill") for e in entries), st.get("last_drill")]
+        if isinstance(d, dict) and d.get("ok") and isinstance(d.get("at"), str)
+    ]
+    if passed:
+        age = now.timestamp() - max(passed)
+        if age > 2 * gap.total_seconds():
+            out.append(
+                f"no restore drill has passed for {_human_td(timedelta(seconds=age))}, more than two drill "
+                f"intervals ({_human_td(2 * gap)}; {config.prefix}DRILL_SCHEDULE)"
+            )
+    else:
+        started = st.get("started_at")
+        if started and now - datetime.fromisoformat(started) > 2 * gap:
+            out.append(
+                f"no restore drill has passed in the {_human_td(now - datetime.fromisoformat(started))} since "
+                f"the service started, more than two drill intervals ({_human_td(2 * gap)}): run `gofr-backup drill`"
+            )
     return out
 
 

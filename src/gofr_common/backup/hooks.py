@@ -9,7 +9,9 @@ and for the post-hook the outcome:
   GOFR_BACKUP_ARCHIVE    the archive's path ("" when there is none)
   GOFR_BACKUP_ERROR      the error ("" when there is none)
   GOFR_BACKUP_SIZE_BYTES the archive's size ("" when there is none)
-Its output is logged, one event per line (the last 50 lines).
+Its output is logged, one event per line (the last 50 lines). :func:`run_shell` is also how the
+restore drill runs its probe (DRILL_COMMAND): output is kept to its last 64 KiB, however much a
+command prints.
 """
 
 from __future__ import annotations
@@ -18,10 +20,98 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from .log import event
+
+TAIL_BYTES = 64 << 10  # the output kept of one command: its end
+TAIL_LINES = 50
+LINE_CHARS = 1000
+
+
+@dataclass
+class ShellResult:
+    returncode: int | None  # None: it did not start, or was killed
+    seconds: float
+    reason: str | None = None  # why it failed: start error, timeout, interrupted, exit status
+    lines: list[str] = field(default_factory=list)  # the last lines of its output
+    output_bytes: int = 0  # everything it printed, of which only the end is kept
+
+
+def run_shell(
+    command: str,
+    timeout: float,
+    env: dict[str, str],
+    should_stop: Callable[[], bool] = lambda: False,
+    what: str = "command",
+    timeout_var: str = "HOOK_TIMEOUT",
+    kill_leftovers: bool = False,
+    cwd: str | None = None,
+) -> ShellResult:
+    """``/bin/sh -c command`` in a process group of its own, stdin closed, stdout and stderr read
+    as they come (the last TAIL_BYTES kept). It is done when the shell has exited and nothing holds
+    its output open any more; past ``timeout`` seconds (or when ``should_stop``) the whole group is
+    killed. ``kill_leftovers``: also kill what the command left running after it exited."""
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except OSError as e:
+        return ShellResult(None, 0.0, f"{what} could not start: {e}")
+    assert proc.stdout is not None
+    tail = bytearray()
+    total = [0]
+
+    def drain() -> None:
+        fd = proc.stdout.fileno()  # type: ignore[union-attr]
+        while chunk := os.read(fd, 1 << 16):
+            total[0] += len(chunk)
+            tail.extend(chunk)
+            if len(tail) > 2 * TAIL_BYTES:
+                del tail[: len(tail) - TAIL_BYTES]
+
+    reader = threading.Thread(target=drain, name="gofr-shell-output", daemon=True)
+    reader.start()
+    reason = None
+    while True:
+        reader.join(0.2)
+        if not reader.is_alive() and proc.poll() is not None:
+            break
+        if time.monotonic() - t0 > timeout:
+            reason = f"{what} timed out after {timeout:g}s ({timeout_var}) and was killed"
+        elif should_stop():
+            reason = f"{what} interrupted"
+        else:
+            continue
+        _kill_group(proc)
+        break
+    if kill_leftovers and reason is None:
+        _kill_group(proc)
+    reader.join(5.0)
+    proc.stdout.close()
+    if proc.poll() is None:  # pragma: no cover - killed above; reaped here
+        proc.wait(5.0)
+    text = bytes(tail[-TAIL_BYTES:]).decode(errors="replace")
+    lines = [ln[:LINE_CHARS] for ln in text.splitlines()[-TAIL_LINES:]]
+    if reason is None and proc.returncode != 0:
+        reason = f"{what} exited with status {proc.returncode}"
+    return ShellResult(
+        None if reason and proc.returncode is None else proc.returncode,
+        round(time.monotonic() - t0, 3),
+        reason,
+        lines,
+        total[0],
+    )
 
 
 def run_hook(
@@ -34,43 +124,14 @@ def run_hook(
     """Run the hook; None on success, else a one-line reason."""
     env = {**os.environ, "GOFR_BACKUP_HOOK": which, **env_extra}
     event(f"hook.{which}.start", f"{which}-hook: running {command!r}")
-    t0 = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    except OSError as e:
-        return f"{which}-hook could not start: {e}"
-    reason = None
-    while True:
-        try:
-            out, _ = proc.communicate(timeout=0.2)
-            break
-        except subprocess.TimeoutExpired:
-            if time.monotonic() - t0 > timeout:
-                reason = f"{which}-hook timed out after {timeout:g}s (HOOK_TIMEOUT) and was killed"
-            elif should_stop():
-                reason = f"{which}-hook interrupted"
-            else:
-                continue
-            _kill_group(proc)
-            out, _ = proc.communicate()
-            break
-    for line in out.decode(errors="replace").splitlines()[-50:]:
+    r = run_shell(command, timeout, env, should_stop, what=f"{which}-hook")
+    for line in r.lines:
         event(f"hook.{which}.output", f"{which}-hook: {line}")
-    if reason is None and proc.returncode != 0:
-        reason = f"{which}-hook exited with status {proc.returncode}"
-    dur = round(time.monotonic() - t0, 3)
-    if reason:
-        event(f"hook.{which}.failed", reason, level=logging.ERROR, duration_s=dur)
+    if r.reason:
+        event(f"hook.{which}.failed", r.reason, level=logging.ERROR, duration_s=r.seconds)
     else:
-        event(f"hook.{which}.done", f"{which}-hook finished", duration_s=dur)
-    return reason
+        event(f"hook.{which}.done", f"{which}-hook finished", duration_s=r.seconds)
+    return r.reason
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -81,6 +142,11 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             return
         try:
             proc.wait(wait)
-            return
         except subprocess.TimeoutExpired:
             continue
+        if sig == signal.SIGKILL:
+            return
+        try:  # the shell is gone; its children may not be
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return

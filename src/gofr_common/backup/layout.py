@@ -170,6 +170,15 @@ class BackupLayout:
         return self.root / f".gofr-{self.project}.state.json.lock"
 
     @property
+    def drill_lock(self) -> Path:
+        """Held by a restore drill for as long as it runs (its scratch dir is its own)."""
+        return self.root / f".gofr-{self.project}.drill.lock"
+
+    def drill_dir(self, base: Path | None = None) -> Path:
+        """A restore drill's scratch dir: in ``base`` (DRILL_DIR), or in the backup dir."""
+        return (base or self.root) / f".gofr-{self.project}.drill"
+
+    @property
     def tmp(self) -> Path:
         """Scratch space of one run (the caller holds the run lock)."""
         return self.root / f".gofr-{self.project}.tmp"

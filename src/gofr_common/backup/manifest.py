@@ -59,6 +59,12 @@ class Entry(TypedDict, total=False):
     plain_sha256: str | None  # the archive inside an encrypted one
     key: str  # remote only: the object key
     uploaded_at: str  # remote only
+    # the last restore drill of this archive (drill.py): at, ok, error, restore_seconds, seconds,
+    # files, bytes, archive, checks, notes
+    drill: dict[str, Any]
+    # the last source spot check against this archive (spot_check.py): at, ok, error, files,
+    # missing, missing_paths, drift, drift_paths, sampled, ...
+    spot_check: dict[str, Any]
 
 
 def new_entry(
@@ -122,6 +128,21 @@ def latest(entries: Iterable[Entry], usable: Callable[[Entry], bool] = lambda e:
     archive wins over its tier copies of the same moment)."""
     cands = [e for e in entries if e.get("verified") is not False and usable(e)]
     return max(cands, key=lambda e: (created_of(e), e["tier"] == "daily"), default=None)
+
+
+def choose_archive(lay: layout.BackupLayout, name: str | None) -> tuple[Path, Entry | None]:
+    """The archive a user names (see BackupLayout.find), or without a name the newest of the
+    project that has not failed verification and is on disk; and its entry, if the manifest has
+    one. Raises ConfigError (no such name) or BackupError (no archive at all). Reads only."""
+    entries = Manifest(lay.root).load(lay.project, repair=False)
+    if name:
+        archive = lay.find(name)
+    else:
+        e = latest(entries, usable=lambda e: lay.archive(e["path"]).is_file())
+        if e is None:
+            raise BackupError(f"no usable backup of {lay.project} in {lay.root}")
+        archive = lay.archive(e["path"])
+    return archive, next((e for e in entries if lay.archive(e["path"]) == archive), None)
 
 
 class Manifest:

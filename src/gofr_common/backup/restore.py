@@ -131,12 +131,13 @@ def _through_followed_link(name: str, dest: Path, followed: Any) -> Path:
     return Path(now)
 
 
-def _protected(config: BackupConfig, t: Target) -> list[str]:
+def _protected(config: BackupConfig, t: Target, scratch: bool = False) -> list[str]:
     """The backup dir, when it lies inside a restored path: never removed or replaced by a
-    restore (archive names, like the kept paths of an incomplete archive)."""
+    restore (archive names, like the kept paths of an incomplete archive). A restore into the
+    backup dir is refused, except a drill's into its own scratch dir there (``scratch``)."""
     bk = os.path.realpath(config.backup_dir)
     real = os.path.realpath(t.dest)
-    if bk == real or _inside(real, bk):
+    if bk == real or (_inside(real, bk) and not scratch):
         raise ConfigError(
             f"{t.name} -> {t.dest} is the backup directory or inside it: restore it elsewhere with --target"
         )
@@ -400,7 +401,7 @@ def restore(
     entry = entry or Entry()
     meta = _read_meta_or_refuse(archive)
     targets = resolve_targets(config, meta, req.target, req.only)
-    protect = {t.name: _protected(config, t) for t in targets}
+    protect = {t.name: _protected(config, t, req.scratch) for t in targets}
     if entry.get("complete") is False and not req.allow_incomplete:
         res = verify_archive(archive, expected_sha256, should_stop=should_stop)  # to name what it misses
         if not res.ok:
@@ -500,6 +501,7 @@ class RestoreRequest:
     from_remote: bool = False
     identity: Path | None = None  # age identity, for sealed archives
     allow_incomplete: bool = False  # restore an incomplete archive (what it never saved is kept)
+    scratch: bool = False  # a drill's scratch copy: ``target`` may lie in the backup dir
 
 
 def restorable(e: Entry) -> bool:

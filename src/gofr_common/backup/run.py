@@ -2,7 +2,8 @@
 
   lock -> pre-hook -> write (writer.py) -> verify and record (verify.py, manifest.py; sealed.py for
   ENCRYPT_LOCAL) -> tier copies (tiers.py) -> scrub (scrub.py, scheduled runs) -> prune
-  (retention.py) -> record the result (state.py) -> off-site copy (offsite.py) -> post-hook, always.
+  (retention.py) -> record the result (state.py) -> off-site copy (offsite.py) -> source spot check
+  (spot_check.py; scheduled runs) -> post-hook, always.
 
 The run's state lives in a :class:`Run`; the scheduler (scheduler.py) only decides when to start
 one. Failures of the off-site copy never change the local outcome.
@@ -10,6 +11,7 @@ one. Failures of the off-site copy never change the local outcome.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import traceback
@@ -17,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from . import layout, sealed
+from . import drill, layout, sealed, spot_check
 from .config import BackupConfig
 from .errors import BackupError, Interrupted
 from .fsutil import remove_quietly, run_lock
@@ -32,7 +34,7 @@ from .schedule import Clock, now_iso
 from .scrub import scrub, verdict_fields
 from .state import SCHEDULED, record_failure, record_remote, record_result, record_scrub
 from .tiers import copy_to_tiers
-from .verify import verify_archive
+from .verify import capturing, verify_archive
 from .writer import WriteResult, any_path_exists, no_data_error, write_archive
 
 
@@ -74,6 +76,9 @@ class Run:
     tier: str = "daily"
     trigger: str = "manual"
     log_failures: bool = True
+    # what the verification pass gathered for the spot check, and its index's temp file
+    spot_view: spot_check.ArchiveView | None = field(default=None, init=False)
+    spot_index: IO[bytes] | None = field(default=None, init=False)
 
     @property
     def scheduled(self) -> bool:
@@ -102,6 +107,9 @@ class Run:
                     out = Outcome("interrupted", error=str(e))
                 except Exception as e:  # noqa: BLE001 - the boundary: every failure is recorded
                     out = Outcome("failed", error=self.record_failure(e))
+                finally:
+                    if self.spot_index is not None:
+                        self.spot_index.close()
                 self.post_hook(out)
                 return out
         except Interrupted as e:  # while waiting for the lock
@@ -114,6 +122,7 @@ class Run:
         if not any_path_exists(c):
             raise no_data_error(c)  # before anything is logged or written
         self.manifest.load(c.project)  # rebuilds a missing/corrupt manifest before a new archive appears
+        self.clean_drill_leftovers()
         created = self.clock.now()
         event(
             "backup.start",
@@ -138,6 +147,7 @@ class Run:
             tier_copies=copies,
         )
         out.remote = self.offsite()
+        self.spot_check(entry)
         return out
 
     # -- stages --------------------------------------------------------------------------------
@@ -159,6 +169,21 @@ class Run:
             "GOFR_BACKUP_TIER": self.tier,
             "GOFR_BACKUP_TRIGGER": self.trigger,
         }
+
+    def clean_drill_leftovers(self) -> None:
+        """What a restore drill that was killed left in the backup volume goes before a backup needs
+        the room (never fatal: the next drill removes it too)."""
+        try:
+            msg = drill.clean_stale(self.config)
+        except Exception as e:  # noqa: BLE001
+            event("drill.clean_failed", f"could not remove a killed drill's scratch dir: {failure_text(e)}")
+            return
+        if msg:
+            event("drill.cleaned", msg, level=logging.WARNING)
+
+    @property
+    def spot_checks(self) -> bool:
+        return self.scheduled and self.config.spot_check_after_backup
 
     def write(self, created: datetime) -> WriteResult:
         c = self.config
@@ -202,8 +227,16 @@ class Run:
             complete=w.complete,
         )
         try:
+            cap = None
+            if self.spot_checks:  # the pass that verifies also gathers what the spot check needs
+                cap, listing, index = spot_check.capture()
+                self.spot_index = index
+            if c.verify_after_backup or cap is not None:
+                with capturing(cap) if cap is not None else contextlib.nullcontext():
+                    res = verify_archive(w.path, w.sha256, should_stop=self.should_stop)
+                if cap is not None:
+                    self.spot_view = spot_check.view_of(w.filename, cap, listing, index)
             if c.verify_after_backup:
-                res = verify_archive(w.path, w.sha256, should_stop=self.should_stop)
                 entry.update(verdict_fields(res, self.now()))  # type: ignore[typeddict-item]
                 event(
                     "backup.verified" if res.ok else "backup.verify_failed",
@@ -308,6 +341,26 @@ class Run:
                     level=logging.ERROR,
                 )
         return error
+
+    def spot_check(self, entry: Entry) -> None:
+        """After a scheduled backup: compare it with the live source. Its result never changes the
+        backup's outcome; a failure is recorded (``status`` turns unhealthy) and logged."""
+        if not self.spot_checks:
+            return
+        c = self.config
+        try:
+            spot_check.after_backup(c, self.clock, entry, self.spot_view, self.should_stop)
+        except Interrupted:
+            event("spot_check.interrupted", "source spot check interrupted; nothing recorded")
+        except Exception as e:  # noqa: BLE001 - recorded as a failed spot check, never a failed backup
+            res = spot_check.SpotResult(archive=entry["filename"], at=self.now())
+            res.error = f"the spot check could not run: {failure_text(e)}"
+            if not isinstance(e, BackupError):
+                event("spot_check.traceback", traceback.format_exc(), level=logging.DEBUG)
+            try:
+                spot_check.record(c, res, entry["path"])
+            except Exception as e2:  # noqa: BLE001
+                event("state.write_failed", f"cannot record the spot check: {e2}", level=logging.ERROR)
 
     def offsite(self) -> Any:
         """After a local backup: an off-site failure of any kind never changes the local outcome; it

@@ -74,6 +74,26 @@ def survey(
     """Find the configured paths that exist, then count what :func:`walk` will yield under them.
     Warnings about the paths themselves are kept; those met inside are left to the second walk.
     Raises BackupError when a path is (or leads into) the backup directory or is a link to ``/``."""
+    result = find_tops(paths, backup_dir)
+    found = Found()
+    skip = backup_dir_ids(backup_dir)
+    for e in walk(result.tops, found, should_stop, excluded, skip):
+        result.file_count += 1
+        if stat.S_ISREG(e.st.st_mode):
+            result.source_bytes += e.st.st_size
+    result.left_out = found.left_out
+    # EXCLUDE patterns that took every file of a path that has some: a backup of empty dirs
+    for name, path, kind in result.tops:
+        if kind == "dir" and not found.files_in.get(name) and name in found.excluded_in:
+            example = first_file(path, name, skip)
+            if example is not None:
+                result.emptied.append((name, path, example))
+    return result
+
+
+def find_tops(paths: tuple[PathSpec, ...], backup_dir: str | os.PathLike[str] | None = None) -> Survey:
+    """Which configured paths exist, and what each is (no walk below them); a PATHS entry that is
+    a symlink is followed as the backup follows it. Raises BackupError as :func:`survey` does."""
     result = Survey()
     bdir = os.path.realpath(backup_dir) if backup_dir is not None else None
     for spec in paths:
@@ -99,19 +119,6 @@ def survey(
         if bdir is not None:
             _not_the_backup_dir(spec, path, bdir)
         result.tops.append((spec.name, path, kind))
-    found = Found()
-    skip = backup_dir_ids(backup_dir)
-    for e in walk(result.tops, found, should_stop, excluded, skip):
-        result.file_count += 1
-        if stat.S_ISREG(e.st.st_mode):
-            result.source_bytes += e.st.st_size
-    result.left_out = found.left_out
-    # EXCLUDE patterns that took every file of a path that has some: a backup of empty dirs
-    for name, path, kind in result.tops:
-        if kind == "dir" and not found.files_in.get(name) and name in found.excluded_in:
-            example = first_file(path, name, skip)
-            if example is not None:
-                result.emptied.append((name, path, example))
     return result
 
 

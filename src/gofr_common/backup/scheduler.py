@@ -1,8 +1,10 @@
 """The service loop: when to run. Each run itself is run.py's business.
 
 On start: record the state (pid, next run), housekeeping (CLEANUP_ON_START), one catch-up backup if
-the last scheduled one was missed; then sleep until each scheduled time and run. All waiting is
-done in UTC (see schedule.Clock); SIGTERM/SIGINT stop the loop, and a running backup, promptly.
+the last scheduled one was missed; then sleep until each scheduled time and run: a backup at each
+SCHEDULE time, a restore drill at each DRILL_SCHEDULE time (when both fall on one instant, the
+backup first, so that the drill restores it). All waiting is done in UTC (see schedule.Clock);
+SIGTERM/SIGINT stop the loop, and a running backup or drill, promptly.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class Scheduler:
     prune: Callable[[], PruneReport]
     observer: Observer | None = None  # metrics listener on start; wakes up to notice stale backups
     recover: Callable[[], list[str]] | None = None  # finish a restore that died (swap.py)
+    drill: Callable[[], Any] | None = None  # one scheduled restore drill (DRILL_SCHEDULE)
+    drill_start: Callable[[], Any] | None = None  # on start: what a drill that died left behind
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: Any) -> None:
@@ -65,6 +69,8 @@ class Scheduler:
             )
 
         self.keep_going("record the start in the state file", lambda: update_state(c, started))
+        if self.drill_start is not None:
+            self.keep_going("clean up after a restore drill that died", self.drill_start)
         if self.observer is not None:
             self.observer.service_started()
         # a restore that died is finished (or undone) first, whether or not backups are enabled
@@ -86,19 +92,31 @@ class Scheduler:
             event("backup.catch_up", "the last scheduled backup was missed; running one catch-up backup now")
             self.backup("catch-up")
         runs = 0
-        last_fire: datetime | None = None
+        drills = c.drill_schedule if self.drill is not None else ""
+        nxt = _after(c.schedule, self.clock.now(), None)
+        nxt_drill = _after(drills, self.clock.now(), None) if drills else None
+        wait = self.observer.wait_until if self.observer is not None else self.clock.wait_until
         while not self.stop_event.is_set():
-            nxt = next_run(c.schedule, self.clock.now())
-            if last_fire is not None and nxt.astimezone(UTC) <= last_fire.astimezone(UTC):
-                nxt = next_run(c.schedule, last_fire + timedelta(seconds=1))  # never the same instant twice
-            last_fire = nxt
-            self.keep_going("record the next run", lambda: self.record_next_run(nxt))  # noqa: B023
+            self.keep_going("record the next run", lambda: self.record_next_run(nxt, nxt_drill))  # noqa: B023
             event("schedule.next", f"next backup at {now_iso(nxt)}", next_run=now_iso(nxt))
-            wait = self.observer.wait_until if self.observer is not None else self.clock.wait_until
-            if wait(nxt, self.stop_event):
+            if nxt_drill is not None:
+                event(
+                    "schedule.next_drill",
+                    f"next restore drill at {now_iso(nxt_drill)}",
+                    next_drill=now_iso(nxt_drill),
+                )
+            drill_first = nxt_drill is not None and _utc(nxt_drill) < _utc(nxt)
+            when = nxt_drill if drill_first and nxt_drill is not None else nxt
+            if wait(when, self.stop_event):
                 break
-            self.backup("schedule")
-            runs += 1
+            if not drill_first:
+                self.backup("schedule")
+                runs += 1
+                nxt = _after(c.schedule, self.clock.now(), nxt)
+            if nxt_drill is not None and _utc(nxt_drill) <= _utc(when) and not self.stop_event.is_set():
+                assert self.drill is not None
+                self.keep_going("run the restore drill", self.drill)
+                nxt_drill = _after(drills, self.clock.now(), nxt_drill)
             if max_runs is not None and runs >= max_runs:
                 break
         event("service.stop", "gofr-backup service stopped")
@@ -136,8 +154,11 @@ class Scheduler:
         r = self.prune()
         event("housekeeping.start", f"housekeeping on start: {len(r.deleted)} deleted, {r.kept} kept")
 
-    def record_next_run(self, nxt: datetime) -> None:
-        update_state(self.config, lambda st: st.update(next_run=now_iso(nxt)))
+    def record_next_run(self, nxt: datetime, nxt_drill: datetime | None = None) -> None:
+        update_state(
+            self.config,
+            lambda st: st.update(next_run=now_iso(nxt), next_drill=now_iso(nxt_drill) if nxt_drill else None),
+        )
 
     def missed_run(self, now: datetime) -> bool:
         """True when no scheduled backup has succeeded since the last time the schedule fired."""
@@ -155,3 +176,16 @@ class Scheduler:
         if not last or not has_valid_time({"created": last}):
             return True
         return datetime.fromisoformat(last) < prev_run(self.config.schedule, now)
+
+
+def _utc(t: datetime) -> datetime:
+    return t.astimezone(UTC)
+
+
+def _after(schedule: str, now: datetime, last: datetime | None) -> datetime:
+    """The schedule's next time after ``now``, never ``last`` again (a run that took no time, as in
+    a simulation, would otherwise fire twice at one instant)."""
+    nxt = next_run(schedule, now)
+    if last is not None and _utc(nxt) <= _utc(last):
+        nxt = next_run(schedule, last + timedelta(seconds=1))
+    return nxt

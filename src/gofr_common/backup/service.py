@@ -6,6 +6,8 @@
     service.restore(RestoreRequest(latest=True))  # restore.py
     service.prune(dry_run=True)                 # retention.py
     service.sync_remote()                       # offsite.py
+    service.drill()                             # restore drill of the newest archive (drill.py)
+    service.check_source(sample_percent=5)      # source spot check (spot_check.py)
     service.start()                             # the scheduled service (scheduler.py)
 
 Each method is thin wiring over the module that does the work. Time comes from an injectable
@@ -14,14 +16,17 @@ Clock (schedule.py), so the scheduler can be driven through months in a test wit
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from . import layout, sealed
+from . import drill as drills
+from . import layout, sealed, spot_check
 from .config import BackupConfig
-from .errors import BackupError, VerifyError
+from .errors import BackupError, Interrupted, LockTimeout, VerifyError
 from .fsutil import run_lock
+from .log import event
 from .manifest import Manifest
 from .observe import Observer
 from .offsite import SyncReport, sync_and_record
@@ -140,6 +145,40 @@ class BackupService:
         with run_lock(self.config.layout, self.config.lock_timeout, self.should_stop):
             return sync_and_record(self.config, self.clock)
 
+    # -- restore drills and source spot checks ----------------------------------------------------------
+    def drill(self, name: str | None = None, identity: Path | None = None) -> drills.DrillResult:
+        """Restore ``name`` (or the newest usable archive) into the scratch dir, check it, run the
+        probe, record the result (manifest entry, state file) and tell the observer. Raises
+        ConfigError for a user error and Interrupted on SIGTERM; a failed drill is a result."""
+        res = drills.drill(self.config, self.clock, name, identity, self.should_stop)
+        self.observer.drill_done()
+        return res
+
+    def scheduled_drill(self) -> drills.DrillResult | None:
+        """The service's drill: whatever stops it from drilling (no archive, no identity for an
+        encrypted one) is recorded as a failed drill, so that ``status`` says so."""
+        try:
+            return self.drill()
+        except Interrupted:
+            return None
+        except LockTimeout as e:  # another drill (a manual one) held the drill lock all along
+            event("drill.skipped", f"restore drill skipped: {e}", level=logging.WARNING)
+            return None
+        except BackupError as e:
+            res = drills.drill_failure(self.config, self.clock, "-", str(e))
+            self.observer.drill_done()
+            return res
+
+    def check_source(
+        self, name: str | None = None, sample_percent: float | None = None, identity: Path | None = None
+    ) -> spot_check.SpotResult:
+        """Compare ``name`` (or the newest usable archive) with the live source and record it."""
+        res = spot_check.check_source(
+            self.config, self.clock, name, sample_percent, identity, self.should_stop
+        )
+        self.observer.drill_done()  # metrics and report: status may have changed
+        return res
+
     # -- the scheduled service -----------------------------------------------------------------
     def scheduler(self) -> Scheduler:
         return Scheduler(
@@ -151,7 +190,26 @@ class BackupService:
             prune=self.prune,
             observer=self.observer,
             recover=self.recover_restore,
+            drill=self.scheduled_drill,
+            drill_start=self.drill_start,
         )
+
+    def drill_start(self) -> None:
+        """On the service's start: a drill that died is recorded as failed (not run again and again
+        if it is what kills the service), and what it left behind is removed."""
+        msg = drills.clean_stale(self.config)  # first: it finds the dead probe by the state's token
+        if msg:
+            event("drill.cleaned", msg, level=logging.WARNING)
+        if drills.record_dead_drill(self.config, self.clock):
+            self.observer.drill_done()
+        if self.config.drill_schedule and self.config.encrypt_local and self.config.identity_file is None:
+            event(
+                "drill.no_identity",
+                f"the local archives are encrypted and {self.config.prefix}IDENTITY_FILE is not set: "
+                f"scheduled restore drills will fail until it is (or set {self.config.prefix}DRILL_SCHEDULE= "
+                "to turn them off and drill by hand with --identity)",
+                level=logging.WARNING,
+            )
 
     def install_signal_handlers(self) -> None:
         self.scheduler().install_signal_handlers()

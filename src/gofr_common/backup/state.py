@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import BackupConfig
-from .fsutil import atomic_write_json, file_lock
+from .fsutil import atomic_write_json, file_lock, lock_is_held
 
 SCHEDULED = ("schedule", "catch-up")  # triggers of the service's own runs
+DRILL_RUNNING = "drill_running"  # a restore drill that started and has not finished: {pid, at, archive, path}
 
 
 def state_path(config: BackupConfig) -> Path:
@@ -28,6 +29,22 @@ def read_state(config: BackupConfig) -> dict[str, Any]:
         return {}
     except (ValueError, OSError) as e:
         return {"corrupt": f"state file unreadable: {e}"}
+
+
+def dead_drill(config: BackupConfig, st: dict[str, Any]) -> dict[str, Any] | None:
+    """The state's ``drill_running`` when that drill is not running any more (nobody holds the drill
+    lock: its process died, killed, out of memory, or with the host), else None."""
+    running = st.get(DRILL_RUNNING)
+    if not isinstance(running, dict) or lock_is_held(config.layout.drill_lock):
+        return None
+    return running
+
+
+def dead_drill_error(running: dict[str, Any]) -> str:
+    return (
+        f"the restore drill of {running.get('archive')} started at {running.get('at')} did not finish: "
+        "its process died (killed, out of memory, or the host restarted)"
+    )
 
 
 def update_state(config: BackupConfig, fn: Callable[[dict[str, Any]], None]) -> dict[str, Any]:

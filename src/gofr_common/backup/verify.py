@@ -8,11 +8,16 @@ Two kinds of "not ok", never confused: *checked and bad* (checksum mismatch, a c
 stream: ``checked`` is True) and *could not check* (the file could not be read -- EIO, out of
 memory -- so nothing is known about it: ``checked`` is False). Only the first may mark an archive
 failed; retention deletes nothing for the second.
+
+A caller that needs what the pass saw (the restore drill, the source spot check) sets a
+:class:`Capture` with :func:`capturing`: every pass made under it, including one made by the restore
+engine on its behalf, copies the per-file hash index out and records its result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import io
 import json
@@ -20,16 +25,16 @@ import lzma
 import os
 import tarfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import zstandard
 from zlib_ng import zlib_ng
 
 from . import progress
-from .archive_format import END_NAME, META_NAME, open_tar_stream
+from .archive_format import END_NAME, INDEX_NAME, META_NAME, open_tar_stream
 from .codecs import CHUNK
 from .errors import Interrupted
 from .layout import read_sidecar, sidecar_path
@@ -140,6 +145,40 @@ class VerifyResult:
     members: list[Member] = field(default_factory=list)
 
 
+@dataclass
+class Capture:
+    """What the verification passes made under :func:`capturing` saw. ``index``: a file the index
+    member is copied into (from its start, each pass); ``member``: called with every data member."""
+
+    index: IO[bytes] | None = None
+    member: Callable[[tarfile.TarInfo], None] | None = None
+    result: VerifyResult | None = None  # of the last pass
+    has_index: bool = False
+
+
+_CAPTURE: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("gofr_verify_capture", default=None)
+
+
+@contextlib.contextmanager
+def capturing(cap: Capture) -> Iterator[Capture]:
+    token = _CAPTURE.set(cap)
+    try:
+        yield cap
+    finally:
+        _CAPTURE.reset(token)
+
+
+def _copy_index(tar: tarfile.TarFile, m: tarfile.TarInfo, cap: Capture | None) -> None:
+    fd = None
+    if cap is not None and cap.index is not None:
+        cap.index.flush()
+        cap.index.seek(0)
+        cap.index.truncate()
+        fd = cap.index.fileno()
+        cap.has_index = True
+    read_member(tar, m, fd)
+
+
 def verify_archive(
     path: Path,
     expected_sha256: str | None = None,
@@ -175,6 +214,9 @@ def verify_archive(
     stream_error: str | None = None
     unreadable: BaseException | None = None
     count = 0
+    cap = _CAPTURE.get()
+    if cap is not None:
+        cap.has_index = False
     progress.begin("restore" if visit is not None else "verify", total)
     with contextlib.nullcontext(f) if stream is not None else f:
         hr = HashingReader(f, should_stop)
@@ -182,6 +224,7 @@ def verify_archive(
             with open_tar_stream(path, raw=hr, read_ahead=True) as tar:  # type: ignore[arg-type]
                 first = True
                 last_name = None
+                index_seen = False
                 for m in tar:
                     if first:
                         if m.name != META_NAME:
@@ -194,9 +237,17 @@ def verify_archive(
                     if m.name == END_NAME:
                         res.end = _read_json(tar, m)
                         continue
+                    tar.members.clear()  # type: ignore[attr-defined]  # bounded memory, any member count
+                    if m.name == INDEX_NAME:  # the per-file hashes: not data, not counted
+                        if index_seen or not m.isreg():
+                            raise ValueError(f"{INDEX_NAME} is not one regular file")
+                        index_seen = True
+                        _copy_index(tar, m, cap)
+                        continue
                     last_name = m.name
                     count += 1
-                    tar.members.clear()  # type: ignore[attr-defined]  # bounded memory, any member count
+                    if cap is not None and cap.member is not None:
+                        cap.member(m)
                     if collect_members:
                         res.members.append(Member(m.name, m.type, m.size, m.linkname))
                     if visit is not None:
@@ -232,7 +283,10 @@ def verify_archive(
                 unreadable = e
     progress.end()
     if unreadable is not None:  # the digest covers part of the file only: it proves nothing
-        return could_not_check(res, unreadable)
+        res = could_not_check(res, unreadable)
+        if cap is not None:
+            cap.result = res
+        return res
     digest = hr.sha.hexdigest()
     res.sha256 = digest
     res.file_count = count
@@ -259,6 +313,8 @@ def verify_archive(
     else:
         res.error = stream_error or count_error
     res.ok = res.error is None
+    if cap is not None:
+        cap.result = res
     return res
 
 

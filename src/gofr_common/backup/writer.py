@@ -1,5 +1,7 @@
 """Write one archive: one streaming pass that reads each file once and compresses, hashes and
 writes it, as ``<name>.partial``, fsynced, renamed only when complete, with its ``.sha256``.
+Each regular file's content is also hashed (BLAKE3) on its way into the archive; the hashes go to a
+temp file and, after the data, into the archive's index member (archive_format.INDEX_NAME).
 
 Live data: files up to 8 MiB are re-read when they change while being read; larger ones are
 streamed once (grown: archived as read; shrunk: zero-padded, never corrupt). SQLite databases,
@@ -17,6 +19,7 @@ import pwd
 import shutil
 import stat
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,8 +27,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from blake3 import blake3
+
 from . import layout, progress, sqlite_snapshot
-from .archive_format import END_NAME, META_NAME, build_meta
+from .archive_format import END_NAME, INDEX_HASH, INDEX_NAME, META_NAME, build_meta, index_line
 from .codecs import CHUNK, CODECS, close_after_error
 from .config import BackupConfig
 from .errors import BackupError, Interrupted, NoDataError
@@ -75,7 +80,8 @@ class _Sink(io.RawIOBase):
 
 
 class _ExactReader(io.RawIOBase):
-    """Yields exactly ``size`` bytes from ``fd``: zero-padded if the file shrank, cut if it grew."""
+    """Yields exactly ``size`` bytes from ``fd``: zero-padded if the file shrank, cut if it grew;
+    ``hash`` is the BLAKE3 of what it yielded."""
 
     def __init__(self, fd: int, size: int, should_stop: Callable[[], bool]) -> None:
         self.fd = fd
@@ -83,6 +89,7 @@ class _ExactReader(io.RawIOBase):
         self.short = False
         self.error: str | None = None
         self.should_stop = should_stop
+        self.hash = blake3()
 
     def readable(self) -> bool:
         return True
@@ -104,6 +111,20 @@ class _ExactReader(io.RawIOBase):
             self.short = True
             data = bytes(min(n, CHUNK))
         self.left -= len(data)
+        self.hash.update(data)
+        return data
+
+
+class _HashedFile:
+    """A file read through, hashed on the way (a SQLite snapshot on its way into the archive)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.hash = blake3()
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        self.hash.update(data)
         return data
 
 
@@ -122,6 +143,7 @@ class WriteResult:
     meta: dict[str, Any]
     sqlite_snapshots: list[str] = field(default_factory=list)
     excluded: int = 0
+    end: dict[str, Any] = field(default_factory=dict)  # the end marker as written
 
     @property
     def complete(self) -> bool:
@@ -161,25 +183,47 @@ def _json_member(tar: TarStream, name: str, obj: dict[str, Any]) -> None:
     tar.add(ti, data)
 
 
+def _index_member(tar: TarStream, index: IO[bytes]) -> None:
+    """The per-file hashes, after the data and before the end marker."""
+    index.flush()
+    ti = tarfile.TarInfo(INDEX_NAME)
+    ti.size = index.tell()
+    ti.mode = 0o600
+    ti.mtime = int(time.time())
+    index.seek(0)
+    tar.add_stream(ti, index)
+
+
 class ArchiveWriter:
     """Writes one archive. Use :func:`write_archive`."""
 
     def __init__(
-        self, tar: TarStream, should_stop: Callable[[], bool], sqlite_tmp: Path | None = None
+        self,
+        tar: TarStream,
+        should_stop: Callable[[], bool],
+        sqlite_tmp: Path | None = None,
+        index: IO[bytes] | None = None,
     ) -> None:
         self.tar = tar
+        self.index = index  # one line per regular file (and hard link): its content's BLAKE3
+        self.indexed = 0
         self.should_stop = should_stop
         self.sqlite_tmp = sqlite_tmp  # None: SQLite snapshots are off (byte copies)
         self.snapshotted: list[str] = []  # source paths of databases archived as snapshots
         self.snapshotted_set: set[str] = set()
         self.names = _Names()
-        # (dev, inode, top-level name) -> first arcname: hard links never cross _PATHS names,
-        # because restore stages each name on its own (and --only may select one of them)
-        self.links: dict[tuple[int, int, str], str] = {}
+        # (dev, inode, top-level name) -> (first arcname, its content's hash): hard links never
+        # cross _PATHS names, because restore stages each name on its own (and --only may select one)
+        self.links: dict[tuple[int, int, str], tuple[str, str]] = {}
         self.count = 0
         self.bytes = 0
         self.warnings: list[str] = []
         self.unreadable: list[str] = []
+
+    def _indexed(self, arcname: str, digest: str) -> None:
+        if self.index is not None:
+            self.index.write(index_line(arcname, digest))
+            self.indexed += 1
 
     def _info(self, arcname: str, st: os.stat_result) -> tarfile.TarInfo:
         ti = tarfile.TarInfo(arcname)
@@ -233,8 +277,9 @@ class ArchiveWriter:
         if e.st.st_nlink > 1 and key in self.links:
             ti = self._info(e.arcname, e.st)
             ti.type = tarfile.LNKTYPE
-            ti.linkname = self.links[key]
+            ti.linkname, digest = self.links[key]
             self.tar.add(ti)
+            self._indexed(e.arcname, digest)
             return True
         db_tried = False  # a failed snapshot is tried once, then the bytes are archived
         for attempt in range(CHANGE_RETRIES + 1):
@@ -281,10 +326,12 @@ class ArchiveWriter:
                             f"{e.path} kept changing while read ({CHANGE_RETRIES + 1} tries); archived as read"
                         )
                     self.tar.add(ti, data)
+                    digest = blake3(data).hexdigest()
                 else:
                     ti.size = before.st_size
                     reader = _ExactReader(fd, before.st_size, self.should_stop)
                     self.tar.add_stream(ti, reader)
+                    digest = reader.hash.hexdigest()
                     after = os.fstat(fd)
                     if reader.error:
                         self.unreadable.append(e.path)
@@ -299,8 +346,9 @@ class ArchiveWriter:
                         self.warnings.append(f"{e.path} changed while read; archived as read")
                 self.bytes += ti.size
                 progress.advance(ti.size)
+                self._indexed(e.arcname, digest)
                 if e.st.st_nlink > 1:
-                    self.links[key] = e.arcname
+                    self.links[key] = (e.arcname, digest)
                 return True
             finally:
                 os.close(fd)
@@ -321,10 +369,12 @@ class ArchiveWriter:
             ti = self._info(e.arcname, st)
             with open(dst, "rb") as f:
                 ti.size = os.fstat(f.fileno()).st_size
-                self.tar.add_stream(ti, f)
+                src = _HashedFile(f)
+                self.tar.add_stream(ti, src)
         finally:
             dst.unlink(missing_ok=True)
         self.bytes += ti.size
+        self._indexed(e.arcname, src.hash.hexdigest())
         self.snapshotted.append(e.path)
         self.snapshotted_set.add(e.path)
         if how == "copied":
@@ -465,6 +515,9 @@ def write_archive(
     meta = build_meta(config, tier, created, s)
     sqlite_tmp = lay.tmp if config.sqlite_snapshot else None
     stream: IO[bytes] | None = None
+    # the per-file hashes, until they are appended as the index member: an unnamed file (O_TMPFILE)
+    # on the backup volume, gone with the process whatever happens; memory stays flat
+    index = tempfile.TemporaryFile(dir=tier_dir, buffering=1 << 16)
     try:
         if sqlite_tmp is not None:
             shutil.rmtree(sqlite_tmp, ignore_errors=True)  # left by a dead run (we hold the lock)
@@ -473,7 +526,7 @@ def write_archive(
         stream = CODECS[config.compression].writer(hw, config.compression_level)  # type: ignore[arg-type]
         sink = _Sink(stream)
         tar = TarStream(sink)
-        w = ArchiveWriter(tar, should_stop, sqlite_tmp)
+        w = ArchiveWriter(tar, should_stop, sqlite_tmp, index)
         _json_member(tar, META_NAME, meta)
         found = Found()
         progress.begin("backup", s.source_bytes)
@@ -494,7 +547,11 @@ def write_archive(
             "warnings": warnings,
             "sqlite_snapshots": w.snapshotted,
             "excluded": found.excluded,
+            "index": INDEX_NAME,
+            "index_hash": INDEX_HASH,
+            "index_entries": w.indexed,
         }
+        _index_member(tar, index)
         _json_member(tar, END_NAME, end)
         tar.close()
         stream.close()
@@ -514,6 +571,7 @@ def write_archive(
         remove_quietly(partial)
         raise
     finally:
+        index.close()
         if sqlite_tmp is not None:
             shutil.rmtree(sqlite_tmp, ignore_errors=True)
     return WriteResult(
@@ -530,4 +588,5 @@ def write_archive(
         meta=meta,
         sqlite_snapshots=w.snapshotted,
         excluded=found.excluded,
+        end=end,
     )

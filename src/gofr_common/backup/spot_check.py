@@ -1,0 +1,426 @@
+"""Source spot check: does an archive hold what the live source says it should?
+
+  the archive's members (name, type, size, mtime: 17 bytes each, sorted, looked up by bisection) and
+  its per-file hash index, from one verification pass (the one after a scheduled backup, or one of
+  its own) -> one walk of the source (the backup's own walk: PATHS, EXCLUDE) ->
+  * missing: entries older than the archive (mtime before its ``created``), not excluded, not in
+    it (files the backup reported unreadable, and the -wal/-shm of a database it snapshotted, are
+    not counted: they are known);
+  * count drift: the share of those old entries the archive lacks, against SPOT_CHECK_TOLERANCE;
+  * content drift: a random sample (SPOT_CHECK_SAMPLE percent) of the regular files whose size and
+    mtime equal the archive's is read, at most SPOT_CHECK_RATE MB/s, and hashed (BLAKE3): a
+    mismatch is bit rot, or a writer that changes data without touching mtime.
+  -> record ``spot_check`` in the manifest entry and ``last_spot_check`` in the state file.
+
+It reads at most the sample of the source (everything else is a stat), and stops within a chunk
+when asked to (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import stat
+import tarfile
+import tempfile
+import time
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from blake3 import blake3
+
+from . import layout, sealed
+from .archive_format import read_index
+from .codecs import CHUNK
+from .config import BackupConfig
+from .errors import ConfigError, Interrupted, one_line
+from .excludes import compile_excludes
+from .log import event
+from .manifest import Entry, Manifest, choose_archive
+from .scan import Found, find_tops, walk
+from .schedule import Clock, now_iso
+from .sqlite_snapshot import is_sqlite, sibling_base
+from .state import update_state
+from .verify import Capture, VerifyResult, capturing, verify_archive
+
+SHOWN = 10  # paths kept in a result
+_MASK = (1 << 64) - 1
+_KINDS = {tarfile.REGTYPE: 1, tarfile.AREGTYPE: 1, tarfile.DIRTYPE: 2, tarfile.SYMTYPE: 3, tarfile.LNKTYPE: 4}
+REGULAR = 1
+
+
+@dataclass
+class SpotResult:
+    archive: str
+    at: str
+    ok: bool = False
+    error: str | None = None
+    seconds: float | None = None
+    files: int = 0  # source entries older than the archive: the ones it must hold
+    newer: int = 0  # source entries changed since the archive began: not expected in it
+    known: int = 0  # not counted: unreadable at backup time, or the -wal/-shm of a snapshotted database
+    missing: int = 0
+    missing_paths: list[str] = field(default_factory=list)
+    sample_percent: float = 0.0
+    sampled: int = 0
+    sampled_bytes: int = 0
+    drift: int | None = 0  # None: not checked (the archive has no per-file hashes)
+    drift_paths: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Listing:
+    """Every data member of an archive in 17 bytes (a 64-bit hash of its name, size, mtime, type),
+    so that a check of 200,000 files holds a few MB, not a dict of names. Pass it as a verification
+    :class:`~gofr_common.backup.verify.Capture`'s ``member``, then :meth:`freeze` it."""
+
+    def __init__(self) -> None:
+        self.keys = array("Q")
+        self.sizes = array("Q")
+        self.mtimes = array("q")
+        self.kinds = bytearray()
+
+    def __call__(self, m: tarfile.TarInfo) -> None:
+        self.keys.append(_key(m.name.rstrip("/")))
+        self.sizes.append(max(m.size, 0))
+        self.mtimes.append(int(m.mtime))
+        self.kinds.append(_KINDS.get(m.type, 0))
+
+    def freeze(self) -> Listing:
+        order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
+        self.keys = array("Q", (self.keys[i] for i in order))
+        self.sizes = array("Q", (self.sizes[i] for i in order))
+        self.mtimes = array("q", (self.mtimes[i] for i in order))
+        self.kinds = bytearray(self.kinds[i] for i in order)
+        return self
+
+    def get(self, name: str) -> tuple[int, int, int] | None:
+        """(type, size, mtime) of the member ``name``, or None."""
+        k = _key(name)
+        i = bisect_left(self.keys, k)
+        if i == len(self.keys) or self.keys[i] != k:
+            return None
+        return self.kinds[i], self.sizes[i], self.mtimes[i]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class ArchiveView:
+    """What a check needs of an archive: its header and end marker, its members, its index."""
+
+    name: str
+    meta: dict[str, Any]
+    end: dict[str, Any]
+    listing: Listing
+    index: IO[bytes] | None  # None: the archive has no per-file hashes (format 1)
+
+
+def capture() -> tuple[Capture, Listing, IO[bytes]]:
+    """A Capture for a verification pass that also gathers what a spot check needs."""
+    listing = Listing()
+    index = tempfile.TemporaryFile()
+    return Capture(index=index, member=listing), listing, index
+
+
+def view_of(name: str, cap: Capture, listing: Listing, index: IO[bytes]) -> ArchiveView | None:
+    vr = cap.result
+    if vr is None or not vr.ok or vr.meta is None or vr.end is None:
+        return None
+    return ArchiveView(name, vr.meta, vr.end, listing.freeze(), index if cap.has_index else None)
+
+
+class _Throttle:
+    """At most ``rate`` bytes per second, on average since the start; sleeps in short steps so that
+    a stop request is seen at once."""
+
+    def __init__(self, rate: float, should_stop: Callable[[], bool]) -> None:
+        self.rate, self.should_stop = rate, should_stop
+        self.t0 = time.monotonic()
+        self.done = 0
+
+    def take(self, n: int) -> None:
+        self.done += n
+        while True:
+            if self.should_stop():
+                raise Interrupted("spot check interrupted")
+            ahead = self.done / self.rate - (time.monotonic() - self.t0)
+            if ahead <= 0:
+                return
+            time.sleep(min(ahead, 0.1))
+
+
+def _open_source(path: str) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_NOATIME)  # leave the app's atimes alone where we may
+    except PermissionError:
+        return os.open(path, flags)
+
+
+def _hash_source(path: str, throttle: _Throttle) -> tuple[bytes | None, int]:
+    """(BLAKE3 of a source file, bytes read); None when it changed while read, is gone, or is a
+    SQLite database (archived as a snapshot, which is not its bytes)."""
+    try:
+        fd = _open_source(path)
+    except OSError:
+        return None, 0
+    try:
+        before = os.fstat(fd)
+        h = blake3()
+        got = 0
+        first = True
+        want = min(CHUNK, before.st_size + 1)  # os.read allocates what it is asked for
+        while True:
+            b = os.read(fd, want)
+            if not b:
+                break
+            if first and is_sqlite(b[:16]):
+                return None, len(b)
+            first = False
+            h.update(b)
+            got += len(b)
+            throttle.take(len(b))
+        after = os.fstat(fd)
+        if (before.st_mtime_ns, before.st_size) != (
+            after.st_mtime_ns,
+            after.st_size,
+        ) or got != before.st_size:
+            return None, got
+        return h.digest(), got
+    except OSError:
+        return None, 0
+    finally:
+        os.close(fd)
+
+
+def _source_tops(config: BackupConfig, res: SpotResult) -> list[tuple[str, str, str]]:
+    """The configured paths as the backup walks them: a PATHS entry that is a symlink is looked at
+    through it, as the backup follows it. Links further down are links, as in the backup."""
+    found = find_tops(config.paths)
+    for name, target in found.followed.items():
+        res.notes.append(f"{name} is a symlink to {target}; looked at through it")
+    return found.tops
+
+
+def check(
+    config: BackupConfig,
+    view: ArchiveView,
+    at: str,
+    sample_percent: float,
+    should_stop: Callable[[], bool] = lambda: False,
+    rng: random.Random | None = None,
+) -> SpotResult:
+    """Compare the live source with ``view`` (see the module's docstring). Memory: the archive's
+    listing (17 bytes a member) and 32 bytes a sampled file; nothing per source file."""
+    t0 = time.monotonic()
+    rng = rng or random.SystemRandom()
+    res = SpotResult(archive=view.name, at=at, sample_percent=sample_percent)
+    created = datetime.fromisoformat(str(view.meta["created"])).timestamp()
+    unreadable = {str(p).rstrip("/") for p in view.end.get("unreadable") or []}
+    snapshots = set(view.end.get("sqlite_snapshots") or [])
+    excluded = compile_excludes(config.exclude) if config.exclude else None
+    p = sample_percent / 100 if view.index is not None else 0.0
+    if view.index is None:
+        res.drift = None
+        res.notes.append("this archive predates per-file hashes (format 1): content drift not checked")
+    throttle = _Throttle(config.spot_check_rate * 1e6, should_stop)
+    sampled: dict[int, bytes] = {}  # hash of the name in the archive -> BLAKE3 of the source file
+    skipped = 0
+    tops = _source_tops(config, res)
+    found = Found()
+    for e in walk(tops, found, should_stop, excluded):
+        st = e.st
+        if st.st_mtime >= created:
+            res.newer += 1
+            continue
+        if e.path in unreadable or sibling_base(e.path) in snapshots:
+            res.known += 1
+            continue
+        res.files += 1
+        a = view.listing.get(e.arcname)
+        if a is None:
+            res.missing += 1
+            if len(res.missing_paths) < SHOWN:
+                res.missing_paths.append(e.path)
+            continue
+        kind, size, mtime = a
+        if (
+            p > 0
+            and kind == REGULAR
+            and stat.S_ISREG(st.st_mode)
+            and size == st.st_size
+            and mtime == int(st.st_mtime)
+            and st.st_mtime < created - 1  # not changed in the second the backup began
+            and e.path not in snapshots
+            and rng.random() < p
+        ):
+            digest, n = _hash_source(e.path, throttle)  # read at most SPOT_CHECK_RATE
+            res.sampled_bytes += n
+            if digest is None:
+                skipped += 1
+            else:
+                sampled[_key(e.arcname)] = digest
+    if found.unreadable:
+        res.notes.append(
+            f"{len(found.unreadable)} source path(s) could not be read now: "
+            + ", ".join(found.unreadable[:3])
+        )
+    if skipped:
+        res.notes.append(
+            f"{skipped} sampled file(s) not compared: changed while read, gone, or SQLite databases"
+        )
+    res.sampled = len(sampled)
+    if view.index is not None and sampled:
+        _compare(view.index, sampled, {name: path for name, path, _ in tops}, res)
+    problems = []
+    if res.missing:
+        share = 100 * res.missing / max(res.files, 1)
+        line = (
+            f"{res.missing} of {res.files} source entries older than the archive are missing from it "
+            f"({share:.3g}%, {config.prefix}SPOT_CHECK_TOLERANCE={config.spot_check_tolerance:g}%): "
+            + ", ".join(one_line(x) for x in res.missing_paths[:5])
+            + (f" and {res.missing - 5} more" if res.missing > 5 else "")
+        )
+        if share > config.spot_check_tolerance:
+            problems.append(line)
+        else:
+            res.notes.append(line + " (within the tolerance)")
+    if res.drift:
+        problems.append(
+            f"{res.drift} sampled source file(s) differ from the archive although their size and mtime "
+            "match (bit rot, or a writer that changes data without touching mtime): "
+            + ", ".join(one_line(x) for x in res.drift_paths[:5])
+            + (f" and {res.drift - 5} more" if res.drift > 5 else "")
+        )
+    res.error = "; ".join(problems) or None
+    res.ok = res.error is None
+    res.seconds = round(time.monotonic() - t0, 3)
+    return res
+
+
+def _key(name: str) -> int:
+    return hash(name) & _MASK  # this process's hash: made and used within one check
+
+
+def _compare(index: IO[bytes], sampled: dict[int, bytes], tops: dict[str, str], res: SpotResult) -> None:
+    """The sample's hashes against the archive's index, streamed."""
+    for name, digest in read_index(index):
+        mine = sampled.pop(_key(name), None)
+        if mine is not None and mine != bytes.fromhex(digest):
+            res.drift = (res.drift or 0) + 1
+            if len(res.drift_paths) < SHOWN:
+                top, _, rel = name.partition("/")
+                res.drift_paths.append(os.path.join(tops.get(top, top), rel) if rel else tops.get(top, top))
+        if not sampled:
+            break
+    if sampled:
+        res.notes.append(f"{len(sampled)} sampled file(s) are not in the archive's index")
+
+
+# -- recording, and the two ways in ---------------------------------------------------------------------------
+def record(config: BackupConfig, res: SpotResult, rel: str | None) -> None:
+    rec = res.record()
+    if rel is not None:
+        Manifest(config.backup_dir).set_fields(rel, spot_check=rec)
+    update_state(config, lambda st: st.update(last_spot_check=rec))
+    if res.ok:
+        event(
+            "spot_check.done",
+            f"source spot check against {res.archive} passed: {res.files} entries, {res.sampled} files "
+            f"({res.sampled_bytes / 1e6:.1f} MB) compared",
+            seconds=res.seconds,
+        )
+    else:
+        event(
+            "spot_check.failed",
+            f"source spot check against {res.archive} FAILED: {res.error}",
+            level=logging.ERROR,
+        )
+
+
+def _read_archive(
+    archive: Path,
+    sha: str | None,
+    plain_sha: str | None,
+    identity: Path | None,
+    should_stop: Callable[[], bool],
+) -> tuple[ArchiveView | None, VerifyResult | None, IO[bytes]]:
+    cap, listing, index = capture()
+    with capturing(cap):
+        if layout.is_sealed(archive.name):
+            with open(archive, "rb") as f, sealed.decrypted(f, archive.name, identity) as plain:
+                vr = verify_archive(plain, plain_sha, sidecar=False, should_stop=should_stop)
+        else:
+            vr = verify_archive(archive, sha, should_stop=should_stop)
+    return view_of(archive.name, cap, listing, index), vr, index
+
+
+def check_source(
+    config: BackupConfig,
+    clock: Clock,
+    name: str | None = None,
+    sample_percent: float | None = None,
+    identity: Path | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> SpotResult:
+    """``gofr-backup check-source``: read the archive (one verification pass), compare, record."""
+    identity = identity or config.identity_file
+    archive, entry = choose_archive(config.layout, name)
+    if layout.is_sealed(archive.name) and identity is None:
+        raise ConfigError(
+            f"{archive.name} is encrypted (age): reading its members needs --identity FILE "
+            f"(or {config.prefix}IDENTITY_FILE)"
+        )
+    pct = config.spot_check_sample if sample_percent is None else sample_percent
+    at = now_iso(clock.now())
+    e: Entry = entry or Entry()
+    view, vr, index = _read_archive(archive, e.get("sha256"), e.get("plain_sha256"), identity, should_stop)
+    with index:
+        if view is None:
+            res = SpotResult(archive=archive.name, at=at, sample_percent=pct)
+            res.error = f"cannot read {archive.name}: {vr.error if vr else 'unknown error'}"
+        else:
+            res = check(config, view, at, pct, should_stop)
+    record(config, res, entry["path"] if entry else None)
+    return res
+
+
+def after_backup(
+    config: BackupConfig,
+    clock: Clock,
+    entry: Entry,
+    view: ArchiveView | None,
+    should_stop: Callable[[], bool],
+) -> SpotResult:
+    """The spot check a scheduled backup runs (SPOT_CHECK_SAMPLE), on what its verification pass
+    gathered (or on a pass of its own when VERIFY_AFTER_BACKUP is off)."""
+    archive = config.layout.archive(entry["path"])
+    at = now_iso(clock.now())
+    index = None
+    if view is None:
+        view, _vr, index = _read_archive(
+            archive, entry.get("sha256"), entry.get("plain_sha256"), config.identity_file, should_stop
+        )
+    try:
+        if view is None:
+            res = SpotResult(archive=archive.name, at=at, sample_percent=config.spot_check_sample)
+            res.error = f"cannot read {archive.name} for the spot check"
+        else:
+            res = check(config, view, at, config.spot_check_sample, should_stop)
+    finally:
+        if index is not None:
+            index.close()
+    record(config, res, entry["path"])
+    return res

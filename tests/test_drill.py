@@ -1,0 +1,518 @@
+"""Restore drills (issue 14): real archives made by `gofr-backup now`, restored by the real restore
+engine into the scratch dir, real SQLite corruption, real probes, real SIGKILL. Nothing is mocked."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import resource
+import signal
+import sqlite3
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from blake3 import blake3
+from gofrtest import cli_env, craft_archive, manifest, needs, popen_cli, run_cli, tinfo, write
+
+from gofr_common.backup.archive_format import INDEX_NAME, index_line, parse_index_line, read_index
+
+PATHS = "storage:storage,auth:auth"
+
+
+def state(backups: Path) -> dict[str, Any]:
+    return json.loads((backups / ".gofr-plot.state.json").read_text())
+
+
+def make_db(path: Path, rows: int = 3000) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path)
+    db.execute("create table t(id integer primary key, v text)")
+    db.execute("create index iv on t(v)")
+    db.executemany("insert into t(v) values (?)", [(f"value-{i:06d}" * 3,) for i in range(rows)])
+    db.commit()
+    db.close()
+
+
+def setup_app(tmp: Path, **extra: str) -> tuple[Path, Path, dict[str, str]]:
+    data, backups = tmp / "data", tmp / "backups"
+    t0 = 1_700_000_000
+    write(data / "storage" / "doc.json", json.dumps({"id": 1}), mtime=t0)
+    write(data / "storage" / "deep" / "blob.bin", os.urandom(300_000), mtime=t0)
+    write(data / "storage" / "odd\\name\nwith newline.txt", "escaped in the index", mtime=t0)
+    make_db(data / "storage" / "app.db")
+    write(data / "auth" / "tokens.json", '{"t": "secret"}', 0o600, t0)
+    os.link(data / "storage" / "deep" / "blob.bin", data / "storage" / "blob-link.bin")
+    os.symlink("doc.json", data / "storage" / "doc-link")
+    env = cli_env(data, backups, **{"GOFR_{P}_BACKUP_PATHS": PATHS, **extra})
+    r = run_cli("now", env=env)
+    assert r.returncode == 0, r.stderr
+    return data, backups, env
+
+
+def the_archive(backups: Path) -> Path:
+    return next(p for p in (backups / "daily").glob("*.tar.gz"))
+
+
+def test_a_good_archive_drills_ok(tmp_path: Path) -> None:
+    data, backups, env = setup_app(tmp_path, **{"GOFR_{P}_BACKUP_DRILL_JSON_GLOB": "*.json"})
+    r = run_cli("drill", "--latest", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["ok"] is True and d["error"] is None
+    [e] = manifest(backups)
+    assert d["files"] == e["file_count"] and d["bytes"] == e["source_bytes"]
+    # every regular file name (the hard link too) was hashed; the database checked; both JSON files
+    assert d["checks"]["hashes"] == 6 and d["checks"]["sqlite"] == 1 and d["checks"]["json"] == 2
+    assert d["restore_seconds"] > 0 and d["seconds"] >= d["restore_seconds"]
+    # recorded in the manifest entry and the state file, the same dict
+    assert e["drill"] == d and state(backups)["last_drill"] == d
+    assert "drill_running" not in state(backups)
+    # the scratch dir is gone; the live data was not touched
+    assert not (backups / ".gofr-plot.drill").exists()
+    r = run_cli("list", env=env)
+    assert "drill ok" in r.stdout
+    r = run_cli("status", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["last_drill"]["ok"] is True
+
+
+def test_the_index_is_in_the_archive_and_checks_a_plain_tar_extraction(tmp_path: Path) -> None:
+    """Plain GNU tar reads the archive; the index lists every regular file (the hard link too) with
+    the BLAKE3 of what was archived, `b3sum -c` style (names with a backslash or newline escaped)."""
+    data, backups, env = setup_app(tmp_path)
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["tar", "-xzf", str(the_archive(backups)), "-C", str(out)], check=True)
+    with open(out / INDEX_NAME, "rb") as f:
+        entries = list(read_index(f))
+    names = {n for n, _ in entries}
+    assert names == {
+        "storage/doc.json",
+        "storage/deep/blob.bin",
+        "storage/blob-link.bin",
+        "storage/odd\\name\nwith newline.txt",
+        "storage/app.db",
+        "auth/tokens.json",
+    }
+    for name, digest in entries:
+        assert blake3((out / name).read_bytes()).hexdigest() == digest, name
+    end = json.loads((out / ".gofr-backup-end.json").read_text())
+    assert end["index_entries"] == 6 and end["index_hash"] == "blake3"
+    raw = (out / INDEX_NAME).read_bytes()
+    assert raw.count(b"\n") == 6 and b"\\" + b"0" * 0 in raw  # one line per file, newline escaped
+    assert parse_index_line(index_line("a\\b\nc", "f" * 64)[:-1]) == ("a\\b\nc", "f" * 64)
+    # verify counts data members only (not the index)
+    r = run_cli("verify", "--latest", "--json", env=env)
+    assert (
+        r.returncode == 0
+        and json.loads(r.stdout)["results"][0]["file_count"] == manifest(backups)[0]["file_count"]
+    )
+
+
+def _resign(archive: Path, backups: Path, replace: dict[str, bytes], index_too: bool = True) -> None:
+    """Rewrite the archive with ``replace``d member contents (and, ``index_too``, an index that
+    agrees with them), then its .sha256 and the manifest's checksum: `verify` passes, and only a
+    check of the data itself can tell."""
+    new_hash = {n: blake3(b).hexdigest() for n, b in replace.items()} if index_too else {}
+    buf = io.BytesIO()
+    with (
+        tarfile.open(archive, "r:gz") as src,
+        tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for m in src:
+            data = src.extractfile(m).read() if m.isreg() else None  # type: ignore[union-attr]
+            if m.name in replace:
+                data = replace[m.name]
+            elif m.name == INDEX_NAME and new_hash:
+                assert data is not None
+                data = b"".join(index_line(n, new_hash.get(n, d)) for n, d in read_index(io.BytesIO(data)))
+            if data is not None:
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data) if data is not None else None)
+    archive.write_bytes(buf.getvalue())
+    digest = hashlib.sha256(buf.getvalue()).hexdigest()
+    archive.with_name(archive.name + ".sha256").write_text(f"{digest}  {archive.name}\n")
+    doc = json.loads((backups / "manifest.json").read_text())
+    for e in doc["backups"]:
+        if e["filename"] == archive.name:
+            e["sha256"], e["size_bytes"] = digest, len(buf.getvalue())
+    (backups / "manifest.json").write_text(json.dumps(doc))
+
+
+def _corrupt_a_table_page(db: bytes) -> bytes:
+    """Point the first cell of a table leaf page (type 13, past the schema) outside the page: the
+    file still opens, and PRAGMA integrity_check finds it."""
+    data = bytearray(db)
+    ps = int.from_bytes(data[16:18], "big")
+    ps = 65536 if ps == 1 else ps
+    page = next(p for p in range(3, len(data) // ps) if data[p * ps] == 13)
+    data[page * ps + 8 : page * ps + 10] = (5).to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_a_corrupted_and_re_signed_sqlite_member_fails_the_drill_on_integrity_check(tmp_path: Path) -> None:
+    data, backups, env = setup_app(tmp_path)
+    archive = the_archive(backups)
+    with tarfile.open(archive, "r:gz") as tar:
+        db = tar.extractfile("storage/app.db").read()  # type: ignore[union-attr]
+    bad = _corrupt_a_table_page(db)
+    assert len(bad) == len(db) and bad != db
+    _resign(archive, backups, {"storage/app.db": bad})
+    r = run_cli("verify", "--latest", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr  # every checksum agrees: verify cannot tell
+    r = run_cli("drill", "--latest", "--json", env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    d = json.loads(r.stdout)
+    assert d["ok"] is False
+    assert "storage/app.db: SQLite PRAGMA integrity_check failed" in d["error"], d["error"]
+    assert "\n" not in d["error"]
+    assert d["checks"]["hashes"] == 6  # the hashes agreed: only the database check could tell
+    assert state(backups)["last_drill"]["ok"] is False
+    r = run_cli("status", env=env)
+    assert r.returncode == 1 and "the last restore drill" in r.stdout and "integrity_check" in r.stdout
+    assert not (backups / ".gofr-plot.drill").exists()
+
+
+def test_a_changed_member_fails_the_drill_on_its_hash(tmp_path: Path) -> None:
+    """A member whose content no longer matches the index (the archive re-signed, the index not)."""
+    data, backups, env = setup_app(tmp_path)
+    archive = the_archive(backups)
+    _resign(archive, backups, {"auth/tokens.json": b'{"t": "SECRET"}'}, index_too=False)
+    assert run_cli("verify", "--latest", env=env).returncode == 0
+    r = run_cli("drill", env=env)
+    assert r.returncode == 1
+    assert "1 restored file(s) differ from the archive's record (BLAKE3): auth/tokens.json" in r.stdout
+
+
+def test_a_probe_that_exits_1_fails_the_drill(tmp_path: Path) -> None:
+    mark = tmp_path / "probe-saw"
+    probe = f'ls "$GOFR_DRILL_DIR/storage" > {mark}; test -f storage/nope.db || {{ echo "no nope.db" >&2; exit 1; }}'
+    data, backups, env = setup_app(tmp_path, **{"GOFR_{P}_BACKUP_DRILL_COMMAND": probe})
+    r = run_cli("drill", "--json", env=env)
+    assert r.returncode == 1
+    d = json.loads(r.stdout)
+    assert d["ok"] is False
+    assert d["error"] == "the drill probe (DRILL_COMMAND) exited with status 1: no nope.db"
+    assert d["checks"]["probe"]["exit"] == 1
+    assert "app.db" in mark.read_text()  # it ran against the restored copy, from the scratch dir
+    # a probe that passes: the drill passes
+    env["GOFR_PLOT_BACKUP_DRILL_COMMAND"] = (
+        'sqlite3 --version >/dev/null 2>&1; test -s "$GOFR_DRILL_DIR/storage/app.db"'
+    )
+    r = run_cli("drill", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_probe_that_hangs_is_killed_with_its_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    probe = f"sleep 300 & echo $! > {pidfile}; wait"
+    data, backups, env = setup_app(
+        tmp_path, **{"GOFR_{P}_BACKUP_DRILL_COMMAND": probe, "GOFR_{P}_BACKUP_DRILL_TIMEOUT": "2"}
+    )
+    t0 = time.monotonic()
+    r = run_cli("drill", env=env)
+    took = time.monotonic() - t0
+    assert r.returncode == 1
+    assert "timed out after 2s (DRILL_TIMEOUT) and was killed" in r.stdout
+    assert took < 30, took
+    pid = int(pidfile.read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert not (backups / ".gofr-plot.drill").exists()
+
+
+def test_a_probe_that_prints_megabytes_costs_no_memory(tmp_path: Path) -> None:
+    data, backups, env = setup_app(
+        tmp_path,
+        **{"GOFR_{P}_BACKUP_DRILL_COMMAND": "head -c 300000000 /dev/zero | tr '\\0' x; echo; echo done"},
+    )
+    p = popen_cli("drill", "--json", env=env)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    d = json.loads(out)
+    assert d["checks"]["probe"]["output"][-1] == "done"
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert peak_mb < 150, peak_mb  # 300 MB of output, kept: its last 64 KiB
+
+
+def _kill_a_drill_midway(tmp_path: Path) -> tuple[Path, dict[str, str], int]:
+    """A real drill, SIGKILLed while its probe runs: (backups, env, the probe's pid)."""
+    mark = tmp_path / "probe.pid"
+    data, backups, env = setup_app(
+        tmp_path,
+        **{"GOFR_{P}_BACKUP_DRILL_COMMAND": f"echo $$ > {mark}.tmp; mv {mark}.tmp {mark}; sleep 120"},
+    )
+    p = popen_cli("drill", env=env)
+    deadline = time.monotonic() + 60
+    while not mark.exists():
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert (backups / ".gofr-plot.drill" / "storage" / "app.db").exists()  # mid-way: restored, probing
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    return backups, env, int(mark.read_text())
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return True
+
+
+def test_a_drill_killed_midway_leaves_nothing_after_the_next_run(tmp_path: Path) -> None:
+    backups, env, probe = _kill_a_drill_midway(tmp_path)
+    scratch = backups / ".gofr-plot.drill"
+    assert Path(f"/proc/{probe}").exists()  # the probe outlived the drill
+    # status says the drill did not finish (it has not passed)
+    r = run_cli("status", env=env)
+    assert r.returncode == 1 and "did not finish" in r.stdout, r.stdout
+    # the next run (a backup here) removes the scratch dir and the probe
+    r = run_cli("now", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "left by a restore drill that did not finish" in r.stderr
+    assert not scratch.exists()
+    time.sleep(0.2)
+    assert _gone(probe)
+    # still unhealthy: no drill has passed since; the next drill passes and clears it
+    assert run_cli("status", env=env).returncode == 1
+    env["GOFR_PLOT_BACKUP_DRILL_COMMAND"] = "true"
+    assert run_cli("drill", env=env).returncode == 0
+    assert run_cli("status", env=env).returncode == 0
+    assert sorted(os.listdir(backups)) == sorted(
+        [
+            ".gofr-plot.drill.lock",
+            ".gofr-plot.lock",
+            ".gofr-plot.state.json",
+            ".gofr-plot.state.json.lock",
+            ".manifest.lock",
+            "daily",
+            "manifest.json",
+            "report.html",
+        ]
+    )
+
+
+def test_the_service_records_a_drill_that_died_as_failed(tmp_path: Path) -> None:
+    """So that a drill that kills the service (out of memory) is said, not run again and again."""
+    from datetime import UTC, datetime, timedelta
+
+    from gofrtest import SimClock
+
+    from gofr_common.backup import BackupConfig, BackupService
+
+    backups, env, probe = _kill_a_drill_midway(tmp_path)
+    env["GOFR_PLOT_BACKUP_REPORT_FILE"] = "off"
+    t0 = datetime.now(UTC)
+    svc = BackupService(BackupConfig.from_env(env=env), clock=SimClock(t0, t0 + timedelta(minutes=1)))  # type: ignore[arg-type]
+    svc.start()
+    st = state(backups)
+    assert "drill_running" not in st
+    assert st["last_drill"]["ok"] is False and "did not finish" in st["last_drill"]["error"]
+    assert not (backups / ".gofr-plot.drill").exists()
+    time.sleep(0.2)
+    assert _gone(probe)
+    r = run_cli("status", env=env)
+    assert r.returncode == 1 and "the last restore drill" in r.stdout and "did not finish" in r.stdout
+
+
+def test_an_archive_from_before_the_index_drills_on_count_and_bytes(tmp_path: Path) -> None:
+    """Format 1 (no per-file hashes): it still drills, and says what was not checked."""
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    data.mkdir()
+    env = cli_env(data, backups, **{"GOFR_{P}_BACKUP_PATHS": "storage:storage"})
+    craft_archive(
+        backups / "daily" / "gofr-plot_daily_20260101_020000.tar.gz",
+        [
+            tinfo("storage", tarfile.DIRTYPE),
+            tinfo("storage/a.txt", data=b"hello"),
+            tinfo("storage/b.json", data=b"{"),
+        ],
+    )
+    r = run_cli("drill", "gofr-plot_daily_20260101_020000.tar.gz", "--json", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    d = json.loads(r.stdout)
+    assert d["ok"] and d["files"] == 3 and d["checks"]["hashes"] is None
+    assert any("predates per-file hashes" in n for n in d["notes"])
+    # its JSON check still runs where asked
+    env["GOFR_PLOT_BACKUP_DRILL_JSON_GLOB"] = "storage/*.json"
+    d = json.loads(run_cli("drill", "--latest", "--json", env=env).stdout)
+    assert d["ok"] is False and "1 JSON file(s) do not parse: storage/b.json" in d["error"]
+
+
+def test_an_encrypted_archive_needs_an_identity(tmp_path: Path) -> None:
+    import pyrage
+
+    ident = pyrage.x25519.Identity.generate()
+    key = tmp_path / "key.txt"
+    key.write_text(str(ident) + "\n")
+    data, backups, env = setup_app(
+        tmp_path,
+        **{
+            "GOFR_{P}_BACKUP_ENCRYPT_RECIPIENTS": str(ident.to_public()),
+            "GOFR_{P}_BACKUP_ENCRYPT_LOCAL": "true",
+        },
+    )
+    before = (backups / "manifest.json").read_bytes()
+    r = run_cli("drill", env=env)
+    assert r.returncode == 2, r.stderr
+    assert "is encrypted (age) and no identity is configured" in r.stderr and "Traceback" not in r.stderr
+    assert (backups / "manifest.json").read_bytes() == before  # nothing recorded
+    r = run_cli("drill", "--identity", str(key), "--json", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["checks"]["hashes"] == 6
+    # the service records a drill it cannot make as a failed drill: status says why
+    from gofr_common.backup import BackupConfig, BackupService
+
+    env.pop("GOFR_PLOT_BACKUP_IDENTITY_FILE", None)
+    svc = BackupService(BackupConfig.from_env(env=env))
+    res = svc.scheduled_drill()
+    assert res is not None and res.ok is False and "IDENTITY_FILE" in (res.error or "")
+    r = run_cli("status", env=env)
+    assert r.returncode == 1 and "no identity is configured" in r.stdout
+
+
+def test_drill_dir_inside_the_data_dir_is_refused(tmp_path: Path) -> None:
+    data, backups, env = setup_app(tmp_path)
+    for bad in (str(data / "scratch"), str(data), str(data / "storage")):
+        env["GOFR_PLOT_BACKUP_DRILL_DIR"] = bad
+        r = run_cli("drill", env=env)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert r.stderr.count("\n") == 1 and "DRILL_DIR" in r.stderr and "inside" in r.stderr, r.stderr
+    assert not (data / "scratch").exists()
+
+
+def test_drill_dir_elsewhere_and_a_full_one(tmp_path: Path) -> None:
+    data, backups, env = setup_app(tmp_path)
+    elsewhere = tmp_path / "scratch"
+    env["GOFR_PLOT_BACKUP_DRILL_DIR"] = str(elsewhere)
+    assert run_cli("drill", env=env).returncode == 0
+    assert os.listdir(elsewhere) == []  # only our own .gofr-plot.drill was made, and removed
+    needs(os.geteuid() == 0, "root (mount a small tmpfs)")
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)]).returncode != 0:
+        needs(False, "mount -t tmpfs")
+    try:
+        env["GOFR_PLOT_BACKUP_DRILL_DIR"] = str(small)
+        r = run_cli("drill", "--json", env=env)
+        assert r.returncode == 1
+        d = json.loads(r.stdout)
+        assert d["error"].startswith(f"not enough space for a drill in {small}")
+        assert d["restore_seconds"] is None  # refused before anything was restored
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)])
+
+
+def test_status_wants_a_drill_within_two_intervals(tmp_path: Path) -> None:
+    data, backups, env = setup_app(tmp_path, **{"GOFR_{P}_BACKUP_DRILL_SCHEDULE": "0 3 * * *"})
+    st = state(backups)
+    st["started_at"] = "2020-01-01T00:00:00+00:00"  # the service has run for years
+    (backups / ".gofr-plot.state.json").write_text(json.dumps(st))
+    r = run_cli("status", env=env)
+    assert r.returncode == 1 and "no restore drill has passed" in r.stdout
+    assert run_cli("drill", env=env).returncode == 0
+    assert run_cli("status", env=env).returncode == 0
+    st = state(backups)
+    st["last_drill"]["at"] = "2020-01-02T00:00:00+00:00"  # the last drill that passed is old
+    doc = json.loads((backups / "manifest.json").read_text())
+    doc["backups"][0]["drill"]["at"] = "2020-01-02T00:00:00+00:00"
+    (backups / "manifest.json").write_text(json.dumps(doc))
+    (backups / ".gofr-plot.state.json").write_text(json.dumps(st))
+    r = run_cli("status", env=env)
+    assert r.returncode == 1 and "no restore drill has passed for" in r.stdout
+    # no drill schedule: no drill is wanted
+    env["GOFR_PLOT_BACKUP_DRILL_SCHEDULE"] = ""
+    assert run_cli("status", env=env).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "var,value,needle",
+    [
+        ("DRILL_SCHEDULE", "0 3 * *", "5 cron fields"),
+        ("DRILL_TIMEOUT", "0", "greater than 0"),
+        ("DRILL_JSON_GLOB", "a[b", "unclosed"),
+        ("SPOT_CHECK_SAMPLE", "200", "percentage from 0 to 100"),
+        ("SPOT_CHECK_TOLERANCE", "-1", "percentage from 0 to 100"),
+        ("SPOT_CHECK_RATE", "0", "MB per second"),
+        ("SPOT_CHECK_AFTER_BACKUP", "maybe", "true/false"),
+    ],
+)
+def test_bad_drill_and_spot_check_variables(tmp_path: Path, var: str, value: str, needle: str) -> None:
+    env = cli_env(tmp_path / "d", tmp_path / "b", **{f"GOFR_{{P}}_BACKUP_{var}": value})
+    for cmd in (["config"], ["drill"], ["check-source"]):
+        r = run_cli(*cmd, env=env)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1 and f"GOFR_PLOT_BACKUP_{var}" in r.stderr and needle in r.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_service_drills_on_its_own_schedule(tmp_path: Path) -> None:
+    """Simulated weeks (an injected clock): a drill at each DRILL_SCHEDULE time, of the newest
+    archive; when both schedules fire at one instant, the backup goes first and the drill restores it."""
+    from datetime import UTC, datetime, timedelta
+
+    from gofrtest import SimClock
+
+    from gofr_common.backup import BackupConfig, BackupService
+
+    data = tmp_path / "data"
+    write(data / "storage" / "f.txt", "hello", mtime=1_700_000_000)
+    for label, drill_schedule, days, want in (
+        ("weekly", "30 2 * * 0", 16, ["2026-05-03T02:30:00+00:00", "2026-05-10T02:30:00+00:00"]),
+        ("tie", "0 2 * * *", 2, ["2026-05-01T02:00:00+00:00", "2026-05-02T02:00:00+00:00"]),
+    ):
+        backups = tmp_path / label
+        env = {
+            "GOFR_PROJECT": "plot",
+            "GOFR_PLOT_BACKUP_DATA_DIR": str(data),
+            "GOFR_PLOT_BACKUP_DIR": str(backups),
+            "GOFR_PLOT_BACKUP_PATHS": "storage:storage",
+            "GOFR_PLOT_BACKUP_DRILL_SCHEDULE": drill_schedule,
+            "GOFR_PLOT_BACKUP_REPORT_FILE": "off",
+            "GOFR_PLOT_BACKUP_RETENTION_DAYS": "9999",
+            "GOFR_PLOT_BACKUP_MAX_COUNT": "9999",
+        }
+        t0 = datetime(2026, 5, 1, 1, 0, tzinfo=UTC)  # a Friday
+        clock = SimClock(t0, t0 + timedelta(days=days))
+        BackupService(BackupConfig.from_env(env=env), clock=clock).start()  # type: ignore[arg-type]
+        es = sorted(
+            json.loads((backups / "manifest.json").read_text())["backups"], key=lambda e: e["created"]
+        )
+        drilled = [(e["created"], e["drill"]["at"]) for e in es if "drill" in e]
+        assert [at for _, at in drilled] == want, (label, drilled)
+        for created, at in drilled:  # each drill restored the newest archive of its moment
+            assert created == max(e["created"] for e in es if e["created"] <= at)
+        assert all(e["drill"]["ok"] for e in es if "drill" in e)
+        assert state(backups)["last_drill"]["at"] == want[-1]
+        assert len([e for e in es if e["tier"] == "daily"]) == days + 1  # catch-up, then one a day
+
+
+def test_sigterm_stops_a_drill_cleanly(tmp_path: Path) -> None:
+    mark = tmp_path / "probe.pid"
+    data, backups, env = setup_app(
+        tmp_path,
+        **{"GOFR_{P}_BACKUP_DRILL_COMMAND": f"echo $$ > {mark}.tmp; mv {mark}.tmp {mark}; sleep 120"},
+    )
+    p = popen_cli("drill", env=env)
+    deadline = time.monotonic() + 60
+    while not mark.exists():
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and "interrupted" in err and "Traceback" not in err, err
+    assert time.monotonic() - t0 < 10
+    assert _gone(int(mark.read_text()))
+    assert not (backups / ".gofr-plot.drill").exists()
+    st = state(backups)
+    assert "last_drill" not in st and "drill_running" not in st  # nothing recorded, nothing pending
+    assert run_cli("status", env=env).returncode == 0
