@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 import uuid
@@ -89,7 +90,12 @@ class Observer:
         try:
             update_state(self.config, fn)
         except Exception as e:  # noqa: BLE001 - a full or read-only disk: said once, never raised
-            event("observe.state_failed", f"cannot record in the state file: {e}", level=logging.WARNING)
+            event("observe.state_failed", f"cannot record in the state file: {e}", level=self._level())
+
+    def _level(self) -> int:
+        """WARNING for a failure to write a local output; DEBUG when the backup dir itself is not
+        writable: the run's own error already says so, in one line, and this is the same cause."""
+        return logging.WARNING if os.access(self.config.backup_dir, os.W_OK) else logging.DEBUG
 
     def _record(self, key: str, error: str | None, **extra: Any) -> None:
         """``{key}_last_error`` (or its removal on success) in the state file."""
@@ -331,7 +337,7 @@ class Observer:
                 self._record(key, None)
             except OSError as e:
                 err = f"cannot write {what} {path}: {e.strerror or e}"
-                event(f"{key}.failed", err, level=logging.WARNING)
+                event(f"{key}.failed", err, level=self._level())
                 self._record(key, err)
 
         self._submit(key, key, job)
