@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gofrtest import cli_env, publish, run_cli, write
+from gofrtest import Evidence, cli_env, reliability, run_cli, write
 
 OLD = "2020-01-01T02:00:00+00:00"
 
@@ -41,7 +41,12 @@ def _two_backups(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return backups, env
 
 
-def test_prune_never_deletes_what_a_hostile_manifest_names(tmp_path: Path) -> None:
+@reliability(
+    "Hostile manifest entries",
+    "prune deletes only this project's archives as regular files in their tier dirs, never through "
+    "a symlink; absolute and .. paths, other projects, symlinks, duplicates are skipped and reported",
+)
+def test_prune_never_deletes_what_a_hostile_manifest_names(tmp_path: Path, evidence: Evidence) -> None:
     # issue 12 item 10: prune deleted any file the manifest named ("/etc/x", "../canary.tar.gz")
     data, backups = tmp_path / "data", tmp_path / "backups"
     write(data / "storage" / "f.txt", "x")
@@ -93,10 +98,11 @@ def test_prune_never_deletes_what_a_hostile_manifest_names(tmp_path: Path) -> No
     (backups / "manifest.json").write_text(json.dumps(doc))
 
     def intact() -> None:
+        """One trial per hostile entry and per run: is what it names still there?"""
         for what, p in canaries.items():
-            assert p.exists(), f"{what}: {p} was deleted"
-        assert os.path.islink(link), "the symlink is reported, not deleted"
-        assert (backups / good["path"]).is_file(), "the good archive was deleted"
+            evidence.count(p.exists(), f"{what}: {p} was deleted")
+        evidence.count(os.path.islink(link), "the symlink was deleted, not reported")
+        evidence.count((backups / good["path"]).is_file(), "the good archive was deleted")
 
     p = run_cli("prune", "--json", env=env)
     assert p.returncode == 0, p.stderr
@@ -120,14 +126,7 @@ def test_prune_never_deletes_what_a_hostile_manifest_names(tmp_path: Path) -> No
     intact()
     text = run_cli("prune", env=env)
     assert text.returncode == 0 and "skipped" in text.stdout
-    publish(
-        "Hostile manifest entries",
-        len(canaries) + 2,
-        0,
-        "prune deletes only this project's archives as regular files in their tier dirs, never through "
-        "a symlink; absolute and .. paths, other projects, symlinks, duplicates are skipped and reported",
-        "tests/test_prune_safety.py::test_prune_never_deletes_what_a_hostile_manifest_names",
-    )
+    evidence.publish("prune, then now (whose cleanup is the same prune); each checks every canary")
 
 
 def test_prune_deletes_nothing_through_a_symlinked_tier_dir_even_when_it_is_ours(tmp_path: Path) -> None:

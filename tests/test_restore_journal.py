@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gofrtest import cli_env, needs, popen_cli, publish, run_cli, snapshot, write
+from gofrtest import Evidence, cli_env, needs, popen_cli, reliability, run_cli, snapshot, write
 
 pytestmark = pytest.mark.fault
 SEED = int(os.environ.get("GOFR_FAULT_SEED", "1"))
@@ -149,12 +149,21 @@ def _committed(m: dict[str, Any]) -> bool:
 
 
 @pytest.mark.timeout(1200)  # 50 trials, each with a restore, a recovery and a full restore
-@pytest.mark.parametrize("fallback", [False, True], ids=["exchange", "two-renames"])
-def test_sigkill_during_a_restore_into_a_mount_point(mounted: dict[str, Any], fallback: bool) -> None:
+@pytest.mark.parametrize(
+    "how", ["RENAME_EXCHANGE", "two renames, no RENAME_EXCHANGE"], ids=["exchange", "two-renames"]
+)
+@reliability(
+    "SIGKILL during `restore` into a mount point ({how})",
+    "after the next restore or the service's start, the mount point and the other path are both wholly "
+    "old or both wholly new; no staging is left; nothing is lost",
+)
+def test_sigkill_during_a_restore_into_a_mount_point(
+    mounted: dict[str, Any], how: str, evidence: Evidence
+) -> None:
     # issue 12 item 5: the old swap deleted the mount point's extra entries first and swapped the
     # rest one by one; a kill left a mix that nothing repaired (and, without RENAME_EXCHANGE, an
     # old tree in the staging that the next restore deleted)
-    m = mounted
+    m, fallback = mounted, how.startswith("two")
     env = {**m["env"], **({"GOFR_BACKUP_TEST_NO_EXCHANGE": "1"} if fallback else {})}
     archive, new, old, saved = _prepare(m, env)
     t0 = time.monotonic()
@@ -162,7 +171,6 @@ def test_sigkill_during_a_restore_into_a_mount_point(mounted: dict[str, Any], fa
     d = time.monotonic() - t0
     assert _state(m) == new
     rng = random.Random(SEED + 5 + fallback)
-    failures: list[tuple[int, list[str]]] = []
     counts = {"before": 0, "mid-swap": 0, "after": 0}
     for i in range(TRIALS):
         _reset(m, saved)  # back to the live state
@@ -171,57 +179,67 @@ def test_sigkill_during_a_restore_into_a_mount_point(mounted: dict[str, Any], fa
         s = _state(m)
         counts["before" if s == old else "after" if s == new else "mid-swap"] += 1
         committed = _committed(m)
-        problems: list[str] = []
-        if i % 2:  # what an operator runs next: another restore (of a copy, elsewhere) ...
-            r = run_cli("restore", archive, "--only", "logs", "--dry-run", env=env)
-            if r.returncode != 0:
-                problems.append(f"dry run after the kill failed: {r.stderr.strip()}")
-            copy = m["tmp"] / "copy"
-            r = run_cli("restore", archive, "--only", "logs", "--target", str(copy), "--yes", env=env)
-            if r.returncode != 0:
-                problems.append(f"the next restore failed: {r.stderr.strip()}")
-            shutil.rmtree(copy, ignore_errors=True)
-        else:  # ... or the service's start
-            out = _service_start(env, m["tmp"])
-            if '"restore.pending"' in out or "TIMEOUT" in out:
-                problems.append("the service could not recover: " + out[-300:])
-        after = _state(m)
-        if after not in (old, new):
-            problems.append("not wholly old or wholly new after recovery")
-        elif committed and after != new:
-            problems.append("the journal was committed but the restore was rolled back")
-        if _staging(m):
-            problems.append(f"staging left behind: {_staging(m)}")
-        r = run_cli("restore", archive, "--yes", env=env)
-        if r.returncode != 0 or _state(m) != new:
-            problems.append(f"a full restore afterwards did not restore everything: {r.stderr.strip()}")
-        if problems:
-            failures.append((i, problems))
-    how = "two renames (no RENAME_EXCHANGE)" if fallback else "RENAME_EXCHANGE"
-    publish(
-        f"SIGKILL during `restore` into a mount point ({how})",
-        TRIALS,
-        len(failures),
-        "after the next restore or the service's start, the mount point and the other path are both wholly "
-        "old or both wholly new; no staging is left; nothing is lost",
-        f"tests/test_restore_journal.py::test_sigkill_during_a_restore_into_a_mount_point[{'two-renames' if fallback else 'exchange'}]",
+        with evidence.trial() as problems:
+            _after_a_killed_restore(m, env, archive, i, committed, old, new, problems)
+    evidence.require(counts["mid-swap"] >= TRIALS // 10, f"only {counts['mid-swap']} kills landed mid-swap")
+    evidence.publish(
         f"{counts['mid-swap']} kills landed mid-swap, {counts['before']} before the commit, "
-        f"{counts['after']} after the last swap",
+        f"{counts['after']} after the last swap"
     )
-    assert not failures, failures[:3]
-    assert counts["mid-swap"] >= TRIALS // 10, f"only {counts['mid-swap']} kills landed mid-swap"
+
+
+def _after_a_killed_restore(
+    m: dict[str, Any],
+    env: dict[str, str],
+    archive: str,
+    i: int,
+    committed: bool,
+    old: Any,
+    new: Any,
+    problems: list[str],
+) -> None:
+    """What an operator runs next, then a check that the data is wholly old or wholly new."""
+    if i % 2:  # what an operator runs next: another restore (of a copy, elsewhere) ...
+        r = run_cli("restore", archive, "--only", "logs", "--dry-run", env=env)
+        if r.returncode != 0:
+            problems.append(f"dry run after the kill failed: {r.stderr.strip()}")
+        copy = m["tmp"] / "copy"
+        r = run_cli("restore", archive, "--only", "logs", "--target", str(copy), "--yes", env=env)
+        if r.returncode != 0:
+            problems.append(f"the next restore failed: {r.stderr.strip()}")
+        shutil.rmtree(copy, ignore_errors=True)
+    else:  # ... or the service's start
+        out = _service_start(env, m["tmp"])
+        if '"restore.pending"' in out or "TIMEOUT" in out:
+            problems.append("the service could not recover: " + out[-300:])
+    after = _state(m)
+    if after not in (old, new):
+        problems.append("not wholly old or wholly new after recovery")
+    elif committed and after != new:
+        problems.append("the journal was committed but the restore was rolled back")
+    if _staging(m):
+        problems.append(f"staging left behind: {_staging(m)}")
+    r = run_cli("restore", archive, "--yes", env=env)
+    if r.returncode != 0 or _state(m) != new:
+        problems.append(f"a full restore afterwards did not restore everything: {r.stderr.strip()}")
 
 
 @pytest.mark.timeout(1200)
-def test_a_recovery_that_is_killed_is_finished_by_the_next_one(mounted: dict[str, Any]) -> None:
+@reliability(
+    "SIGKILL during the recovery of a restore into a mount point",
+    "a restore killed after its commit, whose recoveries are killed in turn, ends wholly new",
+)
+def test_a_recovery_that_is_killed_is_finished_by_the_next_one(
+    mounted: dict[str, Any], evidence: Evidence
+) -> None:
     # issue 12 item 5: the roll-forward reads what is done from the file system, so it can be
     # killed and run again any number of times
     m = mounted
     env = m["env"]
     archive, new, old, saved = _prepare(m, env)
     rng = random.Random(SEED + 7)
-    trials, failures, killed_mid = max(TRIALS // 5, 4), [], 0
-    for i in range(trials):
+    trials, killed_mid = max(TRIALS // 5, 4), 0
+    for _ in range(trials):
         _reset(m, saved)
         p = popen_cli("restore", archive, "--yes", env=env)
         journal = m["data"] / f".gofr-restore-data-{p.pid}" / "journal.json"
@@ -249,24 +267,14 @@ def test_a_recovery_that_is_killed_is_finished_by_the_next_one(mounted: dict[str
             "restore", archive, "--only", "logs", "--target", str(m["tmp"] / "copy"), "--yes", env=env
         )
         shutil.rmtree(m["tmp"] / "copy", ignore_errors=True)
-        problems = []
-        if r.returncode != 0:
-            problems.append(r.stderr.strip())
-        if _state(m) != new:
-            problems.append("a committed restore did not end wholly new")
-        if _staging(m):
-            problems.append("staging left behind")
-        if problems:
-            failures.append((i, problems))
-    publish(
-        "SIGKILL during the recovery of a restore into a mount point",
-        trials,
-        len(failures),
-        "a restore killed after its commit, whose recoveries are killed in turn, ends wholly new",
-        "tests/test_restore_journal.py::test_a_recovery_that_is_killed_is_finished_by_the_next_one",
-        f"{killed_mid} recoveries were killed halfway through",
-    )
-    assert not failures, failures[:3]
+        with evidence.trial() as problems:
+            if r.returncode != 0:
+                problems.append(r.stderr.strip())
+            if _state(m) != new:
+                problems.append("a committed restore did not end wholly new")
+            if _staging(m):
+                problems.append("staging left behind")
+    evidence.publish(f"{killed_mid} recoveries were killed halfway through")
 
 
 def test_a_restore_the_service_cannot_finish_makes_status_unhealthy(mounted: dict[str, Any]) -> None:

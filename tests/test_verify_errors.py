@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gofrtest import REPO, cli_env, manifest, needs, publish, run_cli, write
+from gofrtest import REPO, Evidence, cli_env, manifest, needs, reliability, run_cli, write
 
 EIOFS = REPO / "tests" / "helpers" / "eiofs.py"
 
@@ -94,53 +94,51 @@ def _set(backups: Path, name: str, **fields: Any) -> None:
     (backups / "manifest.json").write_text(json.dumps(doc))
 
 
+@reliability(
+    "Read errors (real EIO) while verifying",
+    "could not check, never failed: verified unchanged, verify_error recorded, nothing deleted "
+    "(prune verifies a failed archive once more first)",
+)
 def test_a_read_error_is_could_not_check_and_never_gets_an_archive_deleted(
-    tmp_path: Path, eio_mount: Callable[[Path, Path], subprocess.Popen[str]]
+    tmp_path: Path, eio_mount: Callable[[Path, Path], subprocess.Popen[str]], evidence: Evidence
 ) -> None:
-    # issue 12 item 11: EIO during verify marked a good archive "failed", and prune deleted it
-    backups, env, (older, newer) = _setup(tmp_path, 2)
-    disk = tmp_path / "disk"
-    shutil.move(backups / "daily", disk)
-    (backups / "daily").mkdir()
-    fs = eio_mount(disk, backups / "daily")
-    assert run_cli("verify", older["filename"], env=env).returncode == 0  # readable through FUSE
-    before = _entry(backups, older["filename"])
+    with evidence.trial():  # one trial: every step below must hold
+        # issue 12 item 11: EIO during verify marked a good archive "failed", and prune deleted it
+        backups, env, (older, newer) = _setup(tmp_path, 2)
+        disk = tmp_path / "disk"
+        shutil.move(backups / "daily", disk)
+        (backups / "daily").mkdir()
+        fs = eio_mount(disk, backups / "daily")
+        assert run_cli("verify", older["filename"], env=env).returncode == 0  # readable through FUSE
+        before = _entry(backups, older["filename"])
 
-    fs.send_signal(signal.SIGUSR1)  # the disk starts failing reads
-    v = run_cli("verify", older["filename"], "--json", env=env)
-    assert v.returncode == 1, v.stdout + v.stderr
-    res = json.loads(v.stdout)["results"][0]
-    assert res["checked"] is False and "Input/output error" in res["error"], res
-    after = _entry(backups, older["filename"])
-    assert after["verified"] is True, "a read error must not mark the archive failed"
-    assert after["verified_at"] == before["verified_at"]
-    assert "Input/output error" in after["verify_error"]
-    assert "NOT CHECKED" in run_cli("verify", older["filename"], env=env).stdout
+        fs.send_signal(signal.SIGUSR1)  # the disk starts failing reads
+        v = run_cli("verify", older["filename"], "--json", env=env)
+        assert v.returncode == 1, v.stdout + v.stderr
+        res = json.loads(v.stdout)["results"][0]
+        assert res["checked"] is False and "Input/output error" in res["error"], res
+        after = _entry(backups, older["filename"])
+        assert after["verified"] is True, "a read error must not mark the archive failed"
+        assert after["verified_at"] == before["verified_at"]
+        assert "Input/output error" in after["verify_error"]
+        assert "NOT CHECKED" in run_cli("verify", older["filename"], env=env).stdout
 
-    # an earlier "failed" that may have been a read error too: prune verifies once more first,
-    # and a second read error is no reason to delete
-    _set(backups, older["filename"], verified=False, verify_error="checksum mismatch (stale)")
-    p = run_cli("prune", "--json", env=env)
-    assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["deleted"] == []
-    assert (disk / older["filename"]).is_file()
-    assert "Input/output error" in _entry(backups, older["filename"])["verify_error"]
+        # an earlier "failed" that may have been a read error too: prune verifies once more first,
+        # and a second read error is no reason to delete
+        _set(backups, older["filename"], verified=False, verify_error="checksum mismatch (stale)")
+        p = run_cli("prune", "--json", env=env)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["deleted"] == []
+        assert (disk / older["filename"]).is_file()
+        assert "Input/output error" in _entry(backups, older["filename"])["verify_error"]
 
-    fs.send_signal(signal.SIGUSR2)  # the disk recovers: the archive was good all along
-    p = run_cli("prune", "--json", env=env)
-    assert p.returncode == 0 and json.loads(p.stdout)["deleted"] == [], p.stdout
-    healed = _entry(backups, older["filename"])
-    assert healed["verified"] is True and healed["verify_error"] is None
-    assert (disk / older["filename"]).is_file() and (disk / newer["filename"]).is_file()
-    publish(
-        "Read errors (real EIO) while verifying",
-        1,
-        0,
-        "could not check, never failed: verified unchanged, verify_error recorded, nothing deleted "
-        "(prune verifies a failed archive once more first)",
-        "tests/test_verify_errors.py::test_a_read_error_is_could_not_check_and_never_gets_an_archive_deleted",
-        "a FUSE mount whose reads the kernel fails with EIO",
-    )
+        fs.send_signal(signal.SIGUSR2)  # the disk recovers: the archive was good all along
+        p = run_cli("prune", "--json", env=env)
+        assert p.returncode == 0 and json.loads(p.stdout)["deleted"] == [], p.stdout
+        healed = _entry(backups, older["filename"])
+        assert healed["verified"] is True and healed["verify_error"] is None
+        assert (disk / older["filename"]).is_file() and (disk / newer["filename"]).is_file()
+    evidence.publish("a FUSE mount whose reads the kernel fails with EIO")
 
 
 def test_a_failed_archive_is_verified_once_more_before_it_is_deleted(tmp_path: Path) -> None:
