@@ -43,3 +43,44 @@ def test_a_full_disk_stops_the_codec_threads_before_the_error_is_raised(
     leftover = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
     assert leftover == [], f"codec threads still running after the error: {leftover}"
     assert list(small_fs.rglob("*.partial")) == []
+
+
+def test_a_stop_does_not_compress_the_backlog_first() -> None:
+    """A SIGTERM or an error mid-archive stops the xz/bzip2 compressor thread after the piece it is
+    compressing: the queued pieces and the trailer (whose output is thrown away anyway) are not
+    compressed first. Under load that backlog made a stop take over 10 s (docker stop's grace)."""
+    import io
+    import lzma
+
+    from gofr_common.backup.codecs import CHUNK, ThreadedCompressor, close_after_error
+
+    started, release = threading.Event(), threading.Event()
+    calls = {"compress": 0, "flush": 0}
+
+    class Recording:
+        """A real LZMA compressor that records its calls and holds the first piece until told."""
+
+        def __init__(self) -> None:
+            self.inner = lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=0)
+
+        def compress(self, b: bytes) -> bytes:
+            calls["compress"] += 1
+            started.set()
+            release.wait(10)
+            return self.inner.compress(b)
+
+        def flush(self) -> bytes:
+            calls["flush"] += 1
+            return self.inner.flush()
+
+    out = io.BytesIO()
+    w = ThreadedCompressor(out, Recording())
+    w.write(os.urandom(CHUNK))  # the piece being compressed when the stop comes
+    assert started.wait(10)
+    w.write(os.urandom(2 * CHUNK) + b"tail")  # the backlog: two queued pieces and a partial one
+    stopper = threading.Thread(target=close_after_error, args=(w,))
+    stopper.start()
+    release.set()
+    stopper.join(10)
+    assert not stopper.is_alive() and not w.thread.is_alive()
+    assert calls == {"compress": 1, "flush": 0}, calls

@@ -112,16 +112,20 @@ class ThreadedCompressor:
         self.buf = bytearray()
         self.q: Any = queue.Queue(self.QUEUE)
         self.error: BaseException | None = None
+        self.aborted = False
         self.thread = threading.Thread(target=self._run, name="gofr-compress", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         try:
             while (chunk := self.q.get()) is not None:
+                if self.aborted:
+                    continue  # the output is thrown away: compressing the backlog is wasted time
                 out = self.comp.compress(chunk)
                 if out:
                     self.raw.write(out)
-            self.raw.write(self.comp.flush())
+            if not self.aborted:
+                self.raw.write(self.comp.flush())
         except BaseException as e:  # noqa: BLE001 - handed to the writer
             self.error = e
             while self.q.get() is not None:  # drain so the writer never blocks
@@ -147,6 +151,14 @@ class ThreadedCompressor:
         self.q.put(None)
         self.thread.join()
         self._check()
+
+    def abort(self) -> None:
+        """Stop after the piece being compressed now, without compressing the backlog or writing
+        the trailer (a stop or an error: the output is discarded); the thread is joined."""
+        self.aborted = True
+        self.buf.clear()
+        self.q.put(None)
+        self.thread.join()
 
 
 def _pieces(buf: bytearray, b: Any, size: int) -> Iterator[bytes]:
@@ -212,6 +224,14 @@ class ParallelCompressor:
             for f in self.pending:
                 f.cancel()
             self.pool.shutdown(wait=True)
+
+    def abort(self) -> None:
+        """Cancel the pieces not started, wait for those being compressed, write nothing more."""
+        self.buf.clear()
+        for f in self.pending:
+            f.cancel()
+        self.pending.clear()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class ReadAhead(io.RawIOBase):
@@ -338,10 +358,12 @@ SUFFIXES = {c.suffix: c for c in CODECS.values()}
 
 def close_after_error(stream: IO[bytes]) -> None:
     """Close a writer after a failure elsewhere (a full disk, a stop): its threads are stopped and
-    joined before this returns, so that none of them can write to the file under it afterwards.
+    joined before this returns, so that none of them can write to the file under it afterwards;
+    our own compressors (xz, bzip2) drop their backlog instead of compressing it first.
     Closing may fail again (it flushes into the same full disk); that error is not the news."""
     try:
-        stream.close()
+        abort = getattr(stream, "abort", None)  # ours: stop without compressing the backlog
+        abort() if abort is not None else stream.close()
     except BaseException:  # noqa: BLE001, S110 - the caller is already handling the first error
         pass
 
