@@ -239,8 +239,9 @@ def test_a_probe_that_prints_megabytes_costs_no_memory(tmp_path: Path) -> None:
     assert peak_mb < 150, peak_mb  # 300 MB of output, kept: its last 64 KiB
 
 
-def _kill_a_drill_midway(tmp_path: Path) -> tuple[Path, dict[str, str], int]:
-    """A real drill, SIGKILLed while its probe runs: (backups, env, the probe's pid)."""
+def _drill_in_its_probe(tmp_path: Path) -> tuple[Path, dict[str, str], subprocess.Popen[str], Path]:
+    """A real drill, stopped in its probe (restored, probing): (backups, env, the drill, the file
+    that holds the probe's pid)."""
     mark = tmp_path / "probe.pid"
     data, backups, env = setup_app(
         tmp_path,
@@ -252,6 +253,12 @@ def _kill_a_drill_midway(tmp_path: Path) -> tuple[Path, dict[str, str], int]:
         assert p.poll() is None, p.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    return backups, env, p, mark
+
+
+def _kill_a_drill_midway(tmp_path: Path) -> tuple[Path, dict[str, str], int]:
+    """A real drill, SIGKILLed while its probe runs: (backups, env, the probe's pid)."""
+    backups, env, p, mark = _drill_in_its_probe(tmp_path)
     assert (backups / ".gofr-plot.drill" / "storage" / "app.db").exists()  # mid-way: restored, probing
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
@@ -495,17 +502,7 @@ def test_the_service_drills_on_its_own_schedule(tmp_path: Path) -> None:
 
 
 def test_sigterm_stops_a_drill_cleanly(tmp_path: Path) -> None:
-    mark = tmp_path / "probe.pid"
-    data, backups, env = setup_app(
-        tmp_path,
-        **{"GOFR_{P}_BACKUP_DRILL_COMMAND": f"echo $$ > {mark}.tmp; mv {mark}.tmp {mark}; sleep 120"},
-    )
-    p = popen_cli("drill", env=env)
-    deadline = time.monotonic() + 60
-    while not mark.exists():
-        assert p.poll() is None, p.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    backups, env, p, mark = _drill_in_its_probe(tmp_path)
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=60)

@@ -662,14 +662,22 @@ def _show_plan(plan: RestorePlan, as_json: bool, dry_run: bool) -> None:
                 print(f"    link     {x}  (leads outside {t.name}: restored as a link, never followed)")
 
 
-def cmd_drill(config: BackupConfig, args: argparse.Namespace) -> int:
-    res = _service(config).drill(args.name, _identity(config, args))
+def _proof_header(args: argparse.Namespace, res: Any, title: str) -> bool:
+    """A drill's or a spot check's result: all of it under --json (True: nothing more to print),
+    else its first lines."""
     if args.json:
         _print_json(res.record())
-        return EXIT_OK if res.ok else EXIT_FAILED
-    print(f"Restore drill of {res.archive}: {'OK' if res.ok else 'FAILED'}")
+        return True
+    print(f"{title} {res.archive}: {'OK' if res.ok else 'FAILED'}")
     if res.error:
         print(f"  error: {res.error}")
+    return False
+
+
+def cmd_drill(config: BackupConfig, args: argparse.Namespace) -> int:
+    res = _service(config).drill(args.name, _identity(config, args))
+    if _proof_header(args, res, "Restore drill of"):
+        return EXIT_OK if res.ok else EXIT_FAILED
     if res.restore_seconds is not None:
         print(
             f"  restored {res.files} entries, {human_size(res.bytes)} in {res.restore_seconds:.2f} s "
@@ -700,12 +708,8 @@ def cmd_check_source(config: BackupConfig, args: argparse.Namespace) -> int:
 
     sample = parse_percent("--sample", args.sample) if args.sample is not None else None
     res = _service(config).check_source(args.name, sample, _identity(config, args))
-    if args.json:
-        _print_json(res.record())
+    if _proof_header(args, res, "Source spot check against"):
         return EXIT_OK if res.ok else EXIT_FAILED
-    print(f"Source spot check against {res.archive}: {'OK' if res.ok else 'FAILED'}")
-    if res.error:
-        print(f"  error: {res.error}")
     print(
         f"  {res.files} source entries older than the archive checked, {res.missing} missing from it; "
         f"{res.newer} newer (not expected in it)"
