@@ -62,6 +62,9 @@ def _iso(t: datetime) -> str:
     return t.isoformat(timespec="seconds")
 
 
+JOB_GRACE = 1.0  # seconds a background send may outlive the wait for it (see Observer._submit)
+
+
 class Observer:
     def __init__(self, config: BackupConfig, clock: Any) -> None:
         from .observe_config import check_notify_urls
@@ -112,8 +115,10 @@ class Observer:
     # -- background jobs ------------------------------------------------------------------------
     def _submit(self, what: str, chain: str | None, fn: Callable[[float], None]) -> None:
         """Run ``fn(seconds_left)`` in a daemon thread, after the previous job of the same chain
-        (so a start ping always goes before its end ping), within NOTIFY_TIMEOUT of now."""
-        deadline = time.monotonic() + self.config.notify_timeout
+        (so a start ping always goes before its end ping), within NOTIFY_TIMEOUT of now plus
+        JOB_GRACE: a job that hangs is still running when :meth:`wait` gives up on it, which is
+        what reports it (a job timing itself out a moment earlier would go unreported)."""
+        deadline = time.monotonic() + self.config.notify_timeout + JOB_GRACE
         before = self.chains.get(chain) if chain else None
 
         def run() -> None:
