@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 demo: install
 	VENV=$(VENV) bash scripts/demo.sh
 
+# The suite runs on $(TEST_WORKERS) pytest-xdist workers, a test file to a worker (--dist loadfile:
+# the Docker scenario builds its images once, in one worker). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

@@ -435,14 +435,19 @@ def skip_reason(rep: pytest.TestReport) -> str:
 
 
 def write_row(scenario: str, row: dict[str, Any]) -> None:
-    """Record one row of docs/reliability.json and regenerate docs/RELIABILITY.md from it."""
-    rows = json.loads(RELIABILITY_JSON.read_text()) if RELIABILITY_JSON.exists() else {}
-    row["commit"] = code_version()
-    row["date"] = datetime.now(UTC).date().isoformat()
-    rows[scenario] = row
+    """Record one row of docs/reliability.json and regenerate docs/RELIABILITY.md from it (under
+    a lock: pytest-xdist workers write rows concurrently)."""
+    import fcntl
+
     RELIABILITY_JSON.parent.mkdir(exist_ok=True)
-    RELIABILITY_JSON.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
-    RELIABILITY_MD.write_text(render_markdown(rows))
+    with open(RELIABILITY_JSON.with_name(".reliability.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = json.loads(RELIABILITY_JSON.read_text()) if RELIABILITY_JSON.exists() else {}
+        row["commit"] = code_version()
+        row["date"] = datetime.now(UTC).date().isoformat()
+        rows[scenario] = row
+        RELIABILITY_JSON.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+        RELIABILITY_MD.write_text(render_markdown(rows))
 
 
 def failures_cell(r: dict[str, Any]) -> str:

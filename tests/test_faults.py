@@ -41,6 +41,16 @@ from gofr_common.backup.verify import verify_archive
 pytestmark = pytest.mark.fault
 SEED = int(os.environ.get("GOFR_FAULT_SEED", "1"))
 TRIALS = int(os.environ.get("GOFR_FAULT_TRIALS", "50"))
+
+
+def more_trials(i: int, landed: int) -> bool:
+    """Whether a kill loop goes on after trial ``i``: it runs TRIALS trials, and then more (at most
+    3 x TRIALS in all) until a fifth of TRIALS kills have landed inside the critical window; on a
+    busy machine (the suite's other workers) the timing taken from one undisturbed run is less
+    exact. The table reports every trial run and how many landed."""
+    return i + 1 < TRIALS or landed < TRIALS // 5
+
+
 PATHS = "storage:storage,auth:auth,cfg:config.json,logs:../logs"
 
 
@@ -160,7 +170,7 @@ def test_sigkill_during_now(tmp_path: Path, evidence: Evidence) -> None:
     d, write_time = time.monotonic() - t0, gone - appeared
     rng = random.Random(SEED)
     in_flight = 0
-    for i in range(TRIALS):
+    for i in range(3 * TRIALS):
         with evidence.trial() as problems:
             if i % 3 == 0:
                 in_flight += _kill_at(["now"], env, rng.uniform(0.0, d), backups)
@@ -179,6 +189,8 @@ def test_sigkill_during_now(tmp_path: Path, evidence: Evidence) -> None:
             if list(backups.rglob("*.partial")):  # ... and cleans up what the dead one left
                 problems.append("a .partial survived the next run")
             problems += _manifest_sound(backups)
+        if not more_trials(i, in_flight):
+            break
     evidence.require(
         in_flight >= TRIALS // 5, f"only {in_flight} kills landed mid-write: the trials did not test much"
     )
@@ -240,7 +252,7 @@ def test_sigkill_during_prune(tmp_path: Path, evidence: Evidence) -> None:
     timings = [_timed_prune(env, backups) for _ in range(3)]
     duration, window = (sorted(t)[1] for t in zip(*timings, strict=True))
     inside = partial = 0
-    for i in range(TRIALS):
+    for i in range(3 * TRIALS):
         with evidence.trial() as problems:
             _age_out(env)
             listed = {e["path"] for e in manifest(backups)}
@@ -272,6 +284,8 @@ def test_sigkill_during_prune(tmp_path: Path, evidence: Evidence) -> None:
             for s in backups.glob("daily/*.sha256"):
                 if not s.with_name(s.name[:-7]).exists():
                     problems.append(f"orphan checksum file: {s.name}")
+        if not more_trials(i, inside):
+            break
     evidence.require(
         inside >= TRIALS // 5, f"only {inside} kills landed inside the critical window: too few to tell"
     )
@@ -341,7 +355,7 @@ def test_sigkill_during_restore(tmp_path: Path, evidence: Evidence) -> None:
     duration, window = time.monotonic() - t0, max(swaps.values()) - min(swaps.values())
     rng = random.Random(SEED + 2)
     mixed_states = 0
-    for i in range(TRIALS):
+    for i in range(3 * TRIALS):
         with evidence.trial() as problems:
             live_again()
             assert {n: snapshot(p) for n, p in targets.items()} == new
@@ -370,6 +384,8 @@ def test_sigkill_during_restore(tmp_path: Path, evidence: Evidence) -> None:
                 problems.append("the next restore did not restore everything")
             if list(data.parent.rglob(".gofr-restore-*")):
                 problems.append("staging left behind")
+        if not more_trials(i, mixed_states):
+            break
     evidence.require(
         mixed_states >= TRIALS // 5,
         f"only {mixed_states} kills landed between two paths' swaps: too few to tell",
