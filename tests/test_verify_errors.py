@@ -189,3 +189,20 @@ def test_status_reads_no_archive(
     st = run_cli("status", "--json", env=env)
     assert st.returncode == 0, st.stdout
     assert json.loads(st.stdout)["restorable"]["filename"].startswith("gofr-plot_daily_")
+
+
+def test_an_archive_whose_manifest_checksum_is_damaged_is_kept(tmp_path: Path) -> None:
+    """The manifest is untrusted input: a wrong checksum there, with an archive that matches its own
+    .sha256 and reads to its end, is the manifest's fault. Found by a new user: the scrub marked such
+    an archive failed and prune deleted a good backup."""
+    backups, env, (older, newer) = _setup(tmp_path, 2)
+    _set(backups, older["filename"], sha256="0" * 64)
+    v = run_cli("verify", older["filename"], "--json", env=env)
+    assert v.returncode == 1  # the mismatch is reported ...
+    res = json.loads(v.stdout)["results"][0]
+    assert "the manifest says" in res["error"], res
+    assert _entry(backups, older["filename"])["archive_intact"] is True  # ... as the manifest's fault
+    p = run_cli("prune", "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["deleted"] == []
+    assert (backups / older["path"]).is_file()

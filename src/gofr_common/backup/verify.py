@@ -297,7 +297,10 @@ def verify_archive(
             f"its end marker says {res.end.get('file_count')}"
         )
     manifest_ok = not expected_sha256 or digest == expected_sha256
-    res.archive_intact = manifest_ok and not stream_error and not count_error
+    # intact: it reads to its end, its count is right, and one of the two checksums it is held to
+    # matches; only the other record is damaged, and it is never deleted for that
+    side_ok = sidecar and side is not None and side != "" and digest == side
+    res.archive_intact = (manifest_ok or side_ok) and not stream_error and not count_error
     if side_error:
         res.error = side_error
     elif sidecar and side is not None and digest != side:
