@@ -390,13 +390,14 @@ def test_drill_dir_inside_the_data_dir_is_refused(tmp_path: Path) -> None:
         env["GOFR_PLOT_BACKUP_DRILL_DIR"] = bad
         r = run_cli("drill", env=env)
         assert r.returncode == 2 and "Traceback" not in r.stderr
-        assert r.stderr.count("\n") == 1 and "DRILL_DIR" in r.stderr and "inside" in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1 and "DRILL_DIR" in r.stderr and "overlaps" in r.stderr, r.stderr
     assert not (data / "scratch").exists()
 
 
 def test_drill_dir_elsewhere_and_a_full_one(tmp_path: Path) -> None:
     data, backups, env = setup_app(tmp_path)
     elsewhere = tmp_path / "scratch"
+    elsewhere.mkdir()  # a DRILL_DIR must exist (a tmpfs or a volume): none is made
     env["GOFR_PLOT_BACKUP_DRILL_DIR"] = str(elsewhere)
     assert run_cli("drill", env=env).returncode == 0
     assert os.listdir(elsewhere) == []  # only our own .gofr-plot.drill was made, and removed
@@ -513,3 +514,90 @@ def test_sigterm_stops_a_drill_cleanly(tmp_path: Path) -> None:
     st = state(backups)
     assert "last_drill" not in st and "drill_running" not in st  # nothing recorded, nothing pending
     assert run_cli("status", env=env).returncode == 0
+
+
+def _one_line_refusal(r: Any, *needles: str) -> None:
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and all(n in r.stderr for n in needles), r.stderr
+
+
+def test_a_drill_dir_that_reaches_live_data_through_a_link_is_refused(tmp_path: Path) -> None:
+    """The scratch dir is removed by every drill (and by a backup after a killed drill): found by a
+    new user, a DRILL_DIR that was a symlink to the data dir, or whose scratch dir was a backed-up
+    path, let a drill and even `now` delete live data."""
+    data, backups, env = setup_app(tmp_path)
+    precious = write(data / ".gofr-plot.drill" / "appfile", "precious")
+    os.symlink(data, tmp_path / "datalink")
+    other = tmp_path / "other"
+    write(other / ".gofr-plot.drill" / "kept.txt", "backed up")
+    cases = [
+        ({"GOFR_PLOT_BACKUP_DRILL_DIR": str(tmp_path / "datalink")}, "overlaps the data directory"),
+        (
+            {
+                "GOFR_PLOT_BACKUP_DRILL_DIR": str(other),
+                "GOFR_PLOT_BACKUP_PATHS": f"{PATHS},x:{other / '.gofr-plot.drill'}",
+            },
+            "overlaps the path x",
+        ),
+        ({"GOFR_PLOT_BACKUP_PATHS": f"{PATHS},x:{backups / '.gofr-plot.drill'}"}, "is inside the backup"),
+        ({"GOFR_PLOT_BACKUP_DRILL_DIR": "relative/dir"}, "expected an absolute path"),
+        ({"GOFR_PLOT_BACKUP_DRILL_DIR": str(tmp_path / "no" / "such")}, "does not exist"),
+    ]
+    for extra, needle in cases:
+        for cmd in ("config", "drill", "now"):
+            _one_line_refusal(run_cli(cmd, env={**env, **extra}), needle)
+    assert precious.read_text() == "precious" and (other / ".gofr-plot.drill" / "kept.txt").exists()
+    assert not (tmp_path / "no").exists()
+
+
+def test_drill_and_check_source_take_only_this_projects_archives(tmp_path: Path) -> None:
+    data, backups, env = setup_app(tmp_path)
+    before = (backups / ".gofr-plot.state.json").read_bytes()
+    a = the_archive(backups)
+    other = a.with_name(a.name.replace("gofr-plot_", "gofr-doc_"))
+    other.write_bytes(a.read_bytes())
+    for name in (other.name, str(other), "/etc/passwd", str(a) + ".sha256"):
+        for cmd in ("drill", "check-source"):
+            r = run_cli(cmd, name, env=env)
+            assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert (backups / ".gofr-plot.state.json").read_bytes() == before  # nothing recorded
+
+
+def test_what_the_probe_starts_in_a_session_of_its_own_is_killed(tmp_path: Path) -> None:
+    mark = tmp_path / "stray.pid"
+    data, backups, env = setup_app(
+        tmp_path,
+        **{
+            "GOFR_{P}_BACKUP_DRILL_COMMAND": f"setsid sh -c 'echo $$ > {mark}; exec sleep 123' </dev/null >/dev/null 2>&1 & sleep 0.5"
+        },
+    )
+    r = run_cli("drill", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert mark.exists()
+    pid = int(mark.read_text())
+    deadline = time.monotonic() + 10
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(pid), "the probe's setsid child outlived the drill"
+
+
+def test_an_archive_that_failed_its_drill_is_not_restorable(tmp_path: Path) -> None:
+    """`restore --latest` and `status` pass over an archive whose last drill failed, and `status`
+    names it, even when a drill of an older archive passes afterwards."""
+    data, backups, env = setup_app(tmp_path)
+    older = the_archive(backups)
+    time.sleep(1.1)
+    assert run_cli("now", env=env).returncode == 0
+    newer = max((backups / "daily").glob("*.tar.gz"))
+    assert newer != older
+    _resign(newer, backups, {"auth/tokens.json": b'{"t": "SECRET"}'}, index_too=False)
+    assert run_cli("drill", newer.name, env=env).returncode == 1
+    assert run_cli("drill", older.name, env=env).returncode == 0  # the last drill passed ...
+    st = json.loads(run_cli("status", "--json", env=env).stdout)
+    assert st["restorable"]["filename"] == older.name  # ... but the newest archive is not restorable
+    r = run_cli("status", env=env)
+    assert r.returncode == 1 and f"{newer.name} failed its restore drill" in r.stdout, r.stdout
+    target = tmp_path / "copy"
+    r = run_cli("restore", "--latest", "--target", str(target), "--yes", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (target / "auth" / "tokens.json").read_text() == '{"t": "secret"}'

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from datetime import UTC, datetime, timedelta
@@ -186,3 +187,20 @@ def test_the_service_checks_the_source_after_each_scheduled_backup(tmp_path: Pat
     assert run_cli("now", env=manual).returncode == 0
     es = json.loads((backups / "manifest.json").read_text())["backups"]
     assert [("spot_check" in e) for e in es] == [True, True, False]
+
+
+def test_a_source_that_is_gone_fails_the_check(tmp_path: Path) -> None:
+    """An unmounted data volume: the walk finds nothing, which once read as 'nothing missing',
+    passed, and cleared an earlier failed check."""
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    for i in range(3):
+        write(data / "storage" / f"doc{i}.json", "{}", mtime=T0)
+    env = cli_env(data, backups, **{"GOFR_{P}_BACKUP_PATHS": "storage:storage"})
+    assert run_cli("now", env=env).returncode == 0
+    assert run_cli("check-source", env=env).returncode == 0
+    shutil.rmtree(data / "storage")
+    r = run_cli("check-source", "--json", env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    d = json.loads(r.stdout)
+    assert d["ok"] is False and "storage" in d["error"] and "no such path" in d["error"], d
+    assert run_cli("status", env=env).returncode == 1

@@ -376,7 +376,11 @@ def check_paths_outside_backups(var: str, value: str, cfg: BackupConfig) -> None
                 f"path of {p.name!r} ({p.path}) is the backup directory itself; keep the backups "
                 "outside the data they back up (DIR)",
             )
-        for reserved in (*(lay.tier_dir(t) for t in ("daily", "weekly", "monthly")), lay.tmp):
+        for reserved in (
+            *(lay.tier_dir(t) for t in ("daily", "weekly", "monthly")),
+            lay.tmp,
+            lay.drill_dir(),
+        ):
             if p.path == reserved or reserved in p.path.parents:
                 raise _bad(
                     var,
@@ -438,22 +442,35 @@ def parse_drill_schedule(var: str, value: str) -> str:
     return parse_schedule(var, value) if value.strip() else ""
 
 
-def parse_drill_dir(var: str, value: str, data_dir: Path, paths: tuple[PathSpec, ...]) -> Path | None:
+def parse_drill_dir(
+    var: str, value: str, data_dir: Path, paths: tuple[PathSpec, ...], scratch_name: str
+) -> Path | None:
     """Empty: the backup dir. Never inside the data dir or a backed-up path: the restored copy would
     land in the app's volume and in the next backup."""
     if not value.strip():
         return None
+    if not value.strip().startswith("/"):
+        raise _bad(var, value, "expected an absolute path (a tmpfs or a volume mounted for drills)")
     p = Path(os.path.abspath(value.strip()))
-    if os.path.lexists(p) and not p.is_dir():
-        raise _bad(var, value, "it is not a directory (a file is in the way)")
+    # compared as resolved paths, both ways: through a link it is the same data, and the scratch
+    # dir (which a drill removes, and a backup removes when a killed drill left it) must hold none
+    real = Path(os.path.realpath(p))
+    scratch = real / scratch_name
     for what, root in [("the data directory", data_dir)] + [(f"the path {s.name}", s.path) for s in paths]:
-        if p == root or p.is_relative_to(root):
+        rroot = Path(os.path.realpath(root))
+        if real == rroot or real.is_relative_to(rroot) or rroot.is_relative_to(scratch):
             raise _bad(
                 var,
                 value,
-                f"it is inside {what} ({root}): a drill there would write into the app's data and be "
-                "backed up; leave it empty (the backup dir) or name a tmpfs",
+                f"it overlaps {what} ({root}): a drill there would write into (or remove) the app's "
+                "data; leave it empty (the backup dir) or name a tmpfs",
             )
+    if not p.is_dir():
+        raise _bad(
+            var,
+            value,
+            "it is not a directory" if os.path.lexists(p) else "it does not exist: create or mount it first",
+        )
     return p
 
 
@@ -666,7 +683,7 @@ def load(
         identity_file=parse_identity(*get("IDENTITY_FILE")),
         **observe_config.parse(get, lambda name: _secret(get, name), bdir),
         drill_schedule=parse_drill_schedule(*get("DRILL_SCHEDULE")),
-        drill_dir=parse_drill_dir(*get("DRILL_DIR"), ddir, paths),
+        drill_dir=parse_drill_dir(*get("DRILL_DIR"), ddir, paths, f".gofr-{project}.drill"),
         drill_command=get("DRILL_COMMAND")[1].strip(),
         drill_timeout=parse_duration(*get("DRILL_TIMEOUT")),
         drill_json_glob=parse_globs(*get("DRILL_JSON_GLOB")),

@@ -636,6 +636,15 @@ def _probe(
         kill_leftovers=True,
         cwd=str(scratch),
     )
+    # what it started in a session of its own (setsid) escapes the process group: found by its
+    # GOFR_DRILL_ID, as after a drill that was killed
+    stray = kill_probe_leftovers(token)
+    if stray:
+        event(
+            "drill.probe.leftovers",
+            f"killed {stray} process(es) the probe left running",
+            level=logging.WARNING,
+        )
     for line in r.lines:
         event("drill.probe.output", f"drill probe: {line}")
     res.checks["probe"] = {"exit": r.returncode, "seconds": r.seconds, "output": r.lines[-5:]}

@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import BackupConfig
 from .layout import TIERS, entry_problem
-from .manifest import Entry, Manifest, created_of, failed
+from .manifest import Entry, Manifest, created_of, drill_failed, failed
 from .schedule import interval
 from .state import dead_drill, dead_drill_error, read_state
 
@@ -43,11 +43,12 @@ def tier_summary(entries: list[Entry], backup_dir: Path) -> dict[str, Any]:
 
 def restorable(config: BackupConfig, entries: list[Entry]) -> Entry | None:
     """The newest archive that is complete and verified (with VERIFY_AFTER_BACKUP=false: not
-    known to be bad), going by the manifest alone."""
+    known to be bad) and did not fail its last restore drill, going by the manifest alone."""
     ok = [
         e
         for e in entries
         if e.get("complete") is not False
+        and not drill_failed(e)
         and (e.get("verified") is True or (not config.verify_after_backup and e.get("verified") is None))
     ]
     return max(ok, key=lambda e: (created_of(e), e["tier"] == "daily"), default=None)
@@ -160,6 +161,14 @@ def health(config: BackupConfig, now: datetime) -> Health:
             )
     reasons += _scrub_findings(st.get("last_scrub"))
     reasons += _failed_on_disk(config, entries)
+    reasons += [
+        f"{e['path']} failed its restore drill ({e['drill'].get('at')}): {e['drill'].get('error')}; "
+        "restore --latest and status pass it over"
+        for e in entries
+        if drill_failed(e)
+        and (good is None or created_of(e) > created_of(good))
+        and os.path.lexists(config.layout.archive(e["path"]))
+    ]
     return Health(not reasons, reasons, report)
 
 

@@ -123,6 +123,12 @@ def failed(e: Entry) -> bool:
     return e.get("verified") is False and not e.get("archive_intact")
 
 
+def drill_failed(e: Entry) -> bool:
+    """Its last restore drill failed: ``--latest`` and ``status`` pass it over."""
+    d = e.get("drill")
+    return isinstance(d, dict) and d.get("ok") is False
+
+
 def latest(entries: Iterable[Entry], usable: Callable[[Entry], bool] = lambda e: True) -> Entry | None:
     """The newest entry that has not failed verification and that ``usable`` accepts (a daily
     archive wins over its tier copies of the same moment)."""
@@ -137,6 +143,15 @@ def choose_archive(lay: layout.BackupLayout, name: str | None) -> tuple[Path, En
     entries = Manifest(lay.root).load(lay.project, repair=False)
     if name:
         archive = lay.find(name)
+        parsed = layout.parse(archive.name)
+        if parsed is None or parsed.project != lay.project:
+            from .errors import ConfigError
+
+            raise ConfigError(
+                f"{name} is not an archive of {lay.project} (expected gofr-{lay.project}_<tier>_<time>.tar.*): "
+                f"a drill or spot check records its result for {lay.project}; look at other files with "
+                "'restore NAME --target DIR'"
+            )
     else:
         e = latest(entries, usable=lambda e: lay.archive(e["path"]).is_file())
         if e is None:

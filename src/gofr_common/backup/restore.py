@@ -32,7 +32,7 @@ from .config import BackupConfig
 from .errors import BackupError, ConfigError, VerifyError
 from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
 from .fsutil import open_dir_nofollow, run_lock
-from .manifest import Entry, Manifest, latest
+from .manifest import Entry, Manifest, drill_failed, latest
 from .swap import Staging, commit, pending_journals, recover, roll_forward
 from .verify import verify_archive
 
@@ -505,8 +505,9 @@ class RestoreRequest:
 
 
 def restorable(e: Entry) -> bool:
-    """What ``--latest`` may choose: complete and verified."""
-    return e.get("complete") is True and e.get("verified") is True
+    """What ``--latest`` may choose: complete and verified, and its last restore drill (if any)
+    did not fail."""
+    return e.get("complete") is True and e.get("verified") is True and not drill_failed(e)
 
 
 def run_restore(

@@ -285,6 +285,18 @@ def check(
     if view.index is not None and sampled:
         _compare(view.index, sampled, {name: path for name, path, _ in tops}, res)
     problems = []
+    # a configured path the archive holds and the source lacks (an unmounted volume, a deleted
+    # directory): the walk finds nothing there, which must not read as "nothing missing"
+    present = {name for name, _, _ in tops}
+    held = view.meta.get("paths")
+    held = held if isinstance(held, dict) else {}
+    gone = [s for s in config.paths if s.name in held and s.name not in present]
+    if gone:
+        problems.append(
+            "the archive holds "
+            + ", ".join(f"{s.name} ({one_line(str(s.path))})" for s in gone)
+            + " but the source has no such path now: is the data volume mounted?"
+        )
     if res.missing:
         share = 100 * res.missing / max(res.files, 1)
         line = (
