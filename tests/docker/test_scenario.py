@@ -167,7 +167,11 @@ def test_3_wrapper_scripts_from_the_host(project: Project) -> None:
     r = project.script("list_backups.sh", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["summary"]["count"] >= 3
-    # damage the live data, then restore, letting the script stop and start the app
+    # damage the live data, then restore, letting the script stop and start the app. The service
+    # backs up every minute (test_2): damage it right after a scheduled backup, so that the next
+    # one cannot capture the damage before the restore holds the run lock (under load it did)
+    n = len(project.backups())
+    wait_for(lambda: len(project.backups()) > n, 120, "the next scheduled backup", every=1)
     project.as_root(
         "rm -rf /data/storage/docs && echo stray > /data/auth/stray.txt", f"{project.data_volume}:/data"
     )
