@@ -440,6 +440,7 @@ def bench_drill(mb: int, runs: int) -> str:
     data = generate(ROOT / "bench" / "data" / f"set-{mb}", mb)
     nfiles, nbytes = stats(data)
     work = Path(tempfile.mkdtemp(prefix="gofr-bench-drill-"))
+    (work / "scratch").mkdir()  # a DRILL_DIR must exist
     gofr = f"{sys.executable} -m gofr_common.backup"
     env = _env(
         data,
