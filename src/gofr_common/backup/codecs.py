@@ -228,10 +228,8 @@ class ParallelCompressor:
     def abort(self) -> None:
         """Cancel the pieces not started, wait for those being compressed, write nothing more."""
         self.buf.clear()
-        for f in self.pending:
-            f.cancel()
         self.pending.clear()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)  # cancels every piece not started
 
 
 class ReadAhead(io.RawIOBase):
