@@ -33,14 +33,20 @@ NOW = datetime(2027, 6, 15, 12, 0, tzinfo=UTC)
 ZONES = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))]
 
 
+def policies() -> st.SearchStrategy[Policy]:
+    """Any retention policy within the ranges both property test files use."""
+    return st.builds(
+        Policy,
+        retention_days=st.integers(1, 60),
+        max_count=st.integers(1, 20),
+        weekly_weeks=st.integers(1, 12),
+        monthly_months=st.integers(1, 18),
+    )
+
+
 @st.composite
 def scenario(draw: Any) -> tuple[list[dict[str, Any]], Policy]:
-    policy = Policy(
-        retention_days=draw(st.integers(1, 60)),
-        max_count=draw(st.integers(1, 20)),
-        weekly_weeks=draw(st.integers(1, 12)),
-        monthly_months=draw(st.integers(1, 18)),
-    )
+    policy = draw(policies())
     ages = draw(st.lists(st.integers(0, 800 * 24 * 60), max_size=40, unique=True))  # minutes
     entries = []
     for i, age in enumerate(ages):

@@ -9,6 +9,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_retention_properties import policies
 
 from gofr_common.backup.retention import Policy, plan_retention
 
@@ -48,12 +49,7 @@ def test_the_last_archive_of_a_tier_is_kept_when_it_failed_verification() -> Non
 
 @st.composite
 def catalogue(draw: Any) -> tuple[list[dict[str, Any]], Policy]:
-    policy = Policy(
-        retention_days=draw(st.integers(1, 60)),
-        max_count=draw(st.integers(1, 20)),
-        weekly_weeks=draw(st.integers(1, 12)),
-        monthly_months=draw(st.integers(1, 18)),
-    )
+    policy = draw(policies())
     entries = []
     for i in range(draw(st.integers(0, 30))):
         entries.append(
