@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 from dockerlib import REPO, RUN_ID, sh
 
-pytestmark = pytest.mark.docker
+# the first test's setup debootstraps the base and builds the backup image (4-5 min on a busy
+# 2-core machine): the suite's 300 s limit would cut it off there
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
 
 EXAMPLE = REPO / "examples" / "gofr-plot"
 HERE = Path(__file__).resolve().parent
