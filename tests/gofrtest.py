@@ -165,6 +165,19 @@ def manifest(backups: Path) -> list[dict[str, Any]]:
     return json.loads((backups / "manifest.json").read_text())["backups"]
 
 
+def partials(root: Path) -> dict[Path, int]:
+    """Every ``*.partial`` under ``root`` with its size, read while a backup may be creating and
+    removing directories (its ``.gofr-*.tmp``) and renaming the partial: ``os.walk`` skips a
+    directory that vanishes under it, where ``Path.glob``/``rglob`` raise FileNotFoundError."""
+    found: dict[Path, int] = {}
+    for d, _dirs, files in os.walk(root):
+        for f in files:
+            if f.endswith(".partial"):
+                with contextlib.suppress(FileNotFoundError):
+                    found[Path(d, f)] = os.stat(os.path.join(d, f)).st_size
+    return found
+
+
 def craft_archive(
     path: Path,
     members: list[tuple[tarfile.TarInfo, bytes | None]],

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gofrtest import SRC, Evidence, manifest, popen_cli, reliability, run_cli, write
+from gofrtest import SRC, Evidence, manifest, partials, popen_cli, reliability, run_cli, write
 
 KEYS = (
     "filename",
@@ -33,8 +33,8 @@ def _big(app: dict[str, Any], mb: int = 32) -> None:
 def _wait_for_partial(backups: Path, proc: Any, min_bytes: int = 1 << 16, timeout: float = 60) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for p in (backups / "daily").glob("*.partial") if (backups / "daily").is_dir() else []:
-            if p.stat().st_size >= min_bytes:
+        for p, size in partials(backups / "daily").items():
+            if size >= min_bytes:
                 return p
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)

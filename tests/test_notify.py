@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from gofrtest import SimClock, cli_env, needs, popen_cli, run_cli, without_dac, write
+from gofrtest import SimClock, cli_env, needs, partials, popen_cli, run_cli, without_dac, write
 
 from gofr_common.backup import BackupConfig, BackupService
 from gofr_common.backup import log as glog
@@ -429,7 +429,7 @@ def test_sigterm_mid_backup_does_not_wait_for_a_hanging_ping(tmp_path: Path, hoo
         write(data / "storage" / "big" / f"blob{i}.bin", os.urandom(8 << 20))
     proc = popen_cli("run", env=env)
     deadline = time.monotonic() + 60
-    while not any(p.stat().st_size > 65536 for p in backups.glob("daily/*.partial")):
+    while not any(n > 65536 for n in partials(backups).values()):
         assert time.monotonic() < deadline and proc.poll() is None, "the backup never got going"
         time.sleep(0.05)
     assert hooks.at("/hang/hc/start")  # the start ping went out, and hangs

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gofrtest import SimClock, manifest, popen_cli, run_cli, write
+from gofrtest import SimClock, manifest, partials, popen_cli, run_cli, write
 
 from gofr_common.backup import BackupConfig, BackupService
 from gofr_common.backup.health import health
@@ -34,14 +34,14 @@ def _wait(pred: Any, timeout: float = 60, proc: Any = None) -> None:
 
 
 def _partials(backups: Path) -> list[Path]:
-    return list(backups.glob("*/*.partial"))
+    return list(partials(backups))
 
 
 def test_sigterm_to_run_mid_backup_exits_0_within_10s_without_partial(app: dict[str, Any]) -> None:
     _big(app["data"])
     env = {**app["env"], "GOFR_PLOT_BACKUP_COMPRESSION": "xz"}
     proc = popen_cli("run", env=env)  # no backup yet: the service starts with a catch-up backup
-    _wait(lambda: any(p.stat().st_size > 65536 for p in _partials(app["backups"])), proc=proc)
+    _wait(lambda: any(n > 65536 for n in partials(app["backups"]).values()), proc=proc)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
