@@ -178,10 +178,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(failure_text(e), EXIT_FAILED)
 
 
+# options whose empty value (an unset shell variable: --target "$COPY_DIR") must never be taken
+# as "not given": --target '' would restore in place. --only '' has its own line (restore.py).
+_NOT_EMPTY = {
+    "target": (
+        "--target",
+        "name the directory to restore copies into, or leave --target out to restore in place",
+    ),
+    "identity": ("--identity", "name the age identity file, or leave --identity out"),
+    "output": ("--output", "name the file to write, or - for stdout"),
+    "name": ("NAME", "give an archive file name, or --latest"),
+}
+
+
+def _refuse_empty(args: argparse.Namespace) -> None:
+    for dest, (flag, what) in _NOT_EMPTY.items():
+        if getattr(args, dest, None) == "":
+            raise ConfigError(f"{flag} is empty (an unset shell variable?): {what}; nothing was changed")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from . import log as glog
     from .config import BackupConfig
 
+    _refuse_empty(args)
     config = BackupConfig.from_env(args.project, data_dir=args.data_dir, backup_dir=args.backup_dir)
     os.umask(config.umask)  # archives, sidecars, manifest, state: 0640 (0027) or 0600 (0077)
     # the service logs to stdout (docker logs); commands keep stdout for their output
@@ -294,9 +314,9 @@ def _print_warnings(warnings: list[str], indent: str, most: int = 5) -> None:
 
 def _identity(config: BackupConfig, args: argparse.Namespace) -> Path | None:
     v = getattr(args, "identity", None)
-    if v and not Path(v).is_file():
+    if v is not None and not Path(v).is_file():
         raise ConfigError(f"--identity {v}: no such file (the age identity made by age-keygen)")
-    return Path(v) if v else config.identity_file
+    return Path(v) if v is not None else config.identity_file
 
 
 def _remote(config: BackupConfig) -> Any:
@@ -577,7 +597,7 @@ def cmd_restore(config: BackupConfig, args: argparse.Namespace) -> int:
     req = RestoreRequest(
         name=_choose_interactively(config) if args.interactive else args.name,
         latest=args.latest,
-        target=Path(os.path.abspath(args.target)) if args.target else None,
+        target=Path(os.path.abspath(args.target)) if args.target is not None else None,
         only=[s.strip() for s in args.only.split(",") if s.strip()] if args.only is not None else None,
         dry_run=args.dry_run,
         from_remote=args.from_remote,
