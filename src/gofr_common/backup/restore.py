@@ -200,6 +200,13 @@ def resolve_targets(
     return targets
 
 
+def _foreign_project(config: BackupConfig, archive: Path, meta: dict[str, Any]) -> str | None:
+    """The other project an archive belongs to (its header's ``project``, or its name), if any."""
+    parsed = layout.parse(archive.name)
+    owners = {p for p in (meta.get("project"), parsed.project if parsed else None) if isinstance(p, str)}
+    return next(iter(sorted(owners - {config.project})), None)
+
+
 def _mount_points() -> set[str] | None:
     """Every mount point, from /proc/self/mountinfo. os.path.ismount cannot see a bind mount from
     the same device (a Docker volume on the same disk as the container's root, for one)."""
@@ -400,6 +407,13 @@ def restore(
     """Plan (``req.dry_run``) or restore ``archive``: the same pass and the same checks either way."""
     entry = entry or Entry()
     meta = _read_meta_or_refuse(archive)
+    other = _foreign_project(config, archive, meta)
+    if other is not None and req.target is None:
+        raise ConfigError(
+            f"{archive.name} is an archive of project {other}, not {config.project}: restoring it in place "
+            f"would replace {config.project}'s data with {other}'s; look at it with --target DIR, or "
+            f"restore it as {other} (GOFR_PROJECT={other})"
+        )
     targets = resolve_targets(config, meta, req.target, req.only)
     protect = {t.name: _protected(config, t, req.scratch) for t in targets}
     if entry.get("complete") is False and not req.allow_incomplete:
@@ -408,6 +422,10 @@ def restore(
             raise _refuse(archive, str(res.error))
         _apply_incomplete(archive, entry, meta, res.end, targets, False)
     notes = list(notes or [])
+    if other is not None:
+        notes.append(
+            f"{archive.name} is an archive of project {other}, not {config.project}: a copy under {req.target}"
+        )
     if req.dry_run:
         notes += [
             f"a restore that died after its commit ({j}) will be finished first; this plan compares "

@@ -1,0 +1,77 @@
+"""Restore trusts nothing it was not told: another project's archive, a --target that is the live
+data, an incomplete archive restored in part, a newer archive passed over by --latest.
+
+Every test here reproduced the defect on the code before its fix (named in each comment). Real
+files, the CLI as a subprocess, nothing of ours mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from gofrtest import cli_env, run_cli, snapshot, write
+
+
+def _one_line(r: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gofr-backup: "), r.stderr
+    return lines[0]
+
+
+def _disk(tmp: Path) -> dict[str, Any]:
+    """Everything under tmp but the project's run lock (made by the first restore that takes it)."""
+    snap = snapshot(tmp)
+    snap.pop("backups/.gofr-plot.lock", None)
+    snap.pop("backups", None)  # its mtime: the lock file
+    return snap
+
+
+def _now(env: dict[str, str]) -> dict[str, Any]:
+    r = run_cli("now", "--json", env=env)
+    assert r.returncode in (0, 3), r.stderr
+    return json.loads(r.stdout)
+
+
+def _plot(tmp: Path, paths: str = "storage:storage,auth:auth") -> tuple[Path, Path, dict[str, str]]:
+    data, backups = tmp / "data", tmp / "backups"
+    write(data / "storage" / "doc", "old")
+    write(data / "auth" / "k", "key")
+    return data, backups, cli_env(data, backups, **{"GOFR_{P}_BACKUP_PATHS": paths})
+
+
+# -- another project's archive ---------------------------------------------------------------------
+def test_another_projects_archive_is_never_restored_over_this_projects_data(tmp_path: Path) -> None:
+    # with GOFR_PROJECT=plot, `restore gofr-doc_daily_... --yes` (the shared backup dir) replaced
+    # plot's live data with doc's, without a word
+    data, backups, env = _plot(tmp_path)
+    write(data / "storage" / "plot.txt", "plot's own data")
+    docdata = tmp_path / "docdata"
+    write(docdata / "storage" / "doc.txt", "doc data")
+    write(docdata / "auth" / "k", "doc key")
+    denv = cli_env(docdata, backups, project="doc", **{"GOFR_{P}_BACKUP_PATHS": "storage:storage,auth:auth"})
+    doc = _now(denv)
+    assert doc["filename"].startswith("gofr-doc_")
+    before = _disk(tmp_path)
+    for name in (doc["filename"], str(backups / doc["path"])):
+        for extra in (["--yes"], ["--dry-run"], ["--yes", "--json"]):
+            r = run_cli("restore", name, *extra, env=env)
+            line = _one_line(r)
+            assert "doc" in line and "plot" in line and "--target" in line, line
+            assert "GOFR_PROJECT=doc" in line, line
+            assert _disk(tmp_path) == before
+    # looking at it is allowed, and it says whose archive it is
+    copy = tmp_path / "copy"
+    r = run_cli("restore", doc["filename"], "--target", str(copy), "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "project doc" in r.stderr, r.stderr
+    assert (copy / "storage" / "doc.txt").read_text() == "doc data"
+    assert (data / "storage" / "plot.txt").read_text() == "plot's own data"
+    # doc restores its own archive as before
+    write(docdata / "storage" / "doc.txt", "changed")
+    assert run_cli("restore", doc["filename"], "--yes", env=denv).returncode == 0
+    assert (docdata / "storage" / "doc.txt").read_text() == "doc data"
