@@ -8,6 +8,7 @@ files, the CLI as a subprocess, nothing of ours mocked.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -75,3 +76,47 @@ def test_another_projects_archive_is_never_restored_over_this_projects_data(tmp_
     write(docdata / "storage" / "doc.txt", "changed")
     assert run_cli("restore", doc["filename"], "--yes", env=denv).returncode == 0
     assert (docdata / "storage" / "doc.txt").read_text() == "doc data"
+
+
+# -- a --target that is the live data -----------------------------------------------------------------
+def test_a_target_that_is_the_live_data_is_refused(tmp_path: Path) -> None:
+    # `cd /data && restore --latest --target . --yes` (or --target $DATA_DIR) replaced the live
+    # paths, although --target is "a copy, live data untouched"
+    data, backups, env = _plot(tmp_path)
+    e = _now(env)
+    write(data / "storage" / "new", "work since the backup")
+    (data / "storage" / "doc").write_text("new")
+    before = _disk(tmp_path)
+    link = tmp_path / "link-to-data"
+    os.symlink(data, link)
+    before = _disk(tmp_path)
+    for target, cwd in ((".", data), (str(data), None), (str(link), None), ("..", data / "auth")):
+        for extra in (["--yes"], ["--dry-run"]):
+            r = run_cli("restore", e["filename"], "--target", target, *extra, env=env, cwd=cwd)
+            line = _one_line(r)
+            assert "--target" in line and "live" in line, line
+            assert _disk(tmp_path) == before
+    # a copy inside the backup dir is refused too
+    r = run_cli("restore", e["filename"], "--target", str(backups), "--yes", env=env)
+    _one_line(r)
+    assert _disk(tmp_path) == before
+    # a copy beside the live data is fine
+    r = run_cli("restore", e["filename"], "--target", str(tmp_path / "copy"), "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (data / "storage" / "new").exists() and (
+        tmp_path / "copy" / "storage" / "doc"
+    ).read_text() == "old"
+
+
+def test_a_target_that_holds_a_live_path_is_refused(tmp_path: Path) -> None:
+    # PATHS var:var/db: `--target DATA_DIR` would restore DATA_DIR/var, which holds the live var/db
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    write(data / "var" / "db" / "rows", "v1")
+    env = cli_env(data, backups, **{"GOFR_{P}_BACKUP_PATHS": "var:var/db"})
+    e = _now(env)
+    (data / "var" / "db" / "rows").write_text("v2")
+    before = _disk(tmp_path)
+    r = run_cli("restore", e["filename"], "--target", str(data), "--yes", env=env)
+    line = _one_line(r)
+    assert "live" in line and str(data / "var" / "db") in line, line
+    assert _disk(tmp_path) == before

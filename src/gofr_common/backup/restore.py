@@ -179,6 +179,8 @@ def resolve_targets(
             _no_link_on_the_way(config.data_dir, n, dest)
             dest = _through_followed_link(n, dest, (meta.get("followed") or {}).get(n))
         targets.append(Target(n, dest, mount=is_mount(Path(os.path.realpath(dest)), mps)))
+    if target_dir is not None:
+        _not_the_live_data(config, target_dir, targets)
     if os.environ.get("GOFR_BACKUP_IN_CONTAINER") == "1":
         for t in targets:
             if _mount_point(t.dest) == Path("/"):
@@ -198,6 +200,22 @@ def resolve_targets(
     # parents before children, so nested paths (e.g. data:. and embeddings:embeddings) end up right
     targets.sort(key=lambda t: len(t.dest.parts))
     return targets
+
+
+def _not_the_live_data(config: BackupConfig, target_dir: Path, targets: list[Target]) -> None:
+    """--target restores a copy: a DIR/<name> that is (after resolving links) a configured path, or
+    holds one (``--target .`` run in the data dir, ``--target $DATA_DIR``), would replace live data."""
+    live = {p.name: os.path.realpath(p.path) for p in config.paths}
+    for t in targets:
+        real = os.path.realpath(t.dest)
+        for n, lp in live.items():
+            if real == lp or _inside(lp, real):
+                raise ConfigError(
+                    f"--target {target_dir}: {t.name} would go to {real}, which "
+                    + ("is" if real == lp else "holds")
+                    + f" the live path {n} ({lp}); --target restores a copy and leaves the live data "
+                    "untouched: name another directory, or leave --target out to restore in place"
+                )
 
 
 def _foreign_project(config: BackupConfig, archive: Path, meta: dict[str, Any]) -> str | None:
