@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from gofrtest import cli_env, run_cli, snapshot, write
+from gofrtest import cli_env, needs, run_cli, snapshot, without_dac, write
 
 
 def _one_line(r: subprocess.CompletedProcess[str], code: int = 2) -> str:
@@ -120,3 +121,36 @@ def test_a_target_that_holds_a_live_path_is_refused(tmp_path: Path) -> None:
     line = _one_line(r)
     assert "live" in line and str(data / "var" / "db") in line, line
     assert _disk(tmp_path) == before
+
+
+# -- an incomplete archive, restored in part ---------------------------------------------------------
+def test_only_counts_the_unreadable_paths_of_the_selected_names(tmp_path: Path) -> None:
+    # `restore NAME --only auth` of an archive that could not read storage/locked/sub was refused as
+    # incomplete, for a path under storage/ that it was not going to restore
+    needs(os.geteuid() == 0 and bool(shutil.which("setpriv")), "root and setpriv (unreadable files)")
+    data, backups, env = _plot(tmp_path)
+    locked = write(data / "storage" / "locked" / "sub" / "s", "secret").parent
+    os.chown(locked, 65534, 65534)
+    os.chmod(locked, 0o700)
+    r = subprocess.run(without_dac("now", "--json"), env=env, capture_output=True, text=True)
+    assert r.returncode == 3, r.stderr
+    e = json.loads(r.stdout)
+    assert e["complete"] is False
+    (data / "auth" / "k").write_text("changed key")
+    write(data / "auth" / "new", "not in the backup")
+    write(data / "storage" / "new", "live work")
+    before = _disk(tmp_path)
+    dry = run_cli("restore", e["filename"], "--only", "auth", "--dry-run", "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["incomplete"] is False and [t["name"] for t in plan["targets"]] == ["auth"]
+    assert _disk(tmp_path) == before
+    # what it could not read is under storage/: still refused there, and for the whole archive
+    for only in (["--only", "storage"], ["--only", "auth,storage"], []):
+        line = _one_line(run_cli("restore", e["filename"], *only, "--yes", env=env))
+        assert "incomplete" in line and "storage/locked/sub" in line, line
+    assert _disk(tmp_path) == before
+    r = run_cli("restore", e["filename"], "--only", "auth", "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (data / "auth" / "k").read_text() == "key" and not (data / "auth" / "new").exists()
+    assert (data / "storage" / "new").read_text() == "live work"  # not restored, not touched

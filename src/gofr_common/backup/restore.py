@@ -293,10 +293,18 @@ def _apply_incomplete(
     end: dict[str, Any] | None,
     targets: list[Target],
     allow: bool,
+    only: bool = False,
 ) -> bool:
+    """True when the restore of ``targets`` is incomplete (then ``allow`` is needed). With ``--only``
+    (``only``), only what the archive could not read under the selected names counts, when the
+    end marker names every such path; otherwise all of it does."""
     if not is_incomplete(entry, end):
         return False
     names, unknown = missing_names(meta, end)
+    if only and names and not unknown:
+        names = [n for n in names if any(n == t.name or n.startswith(t.name + "/") for t in targets)]
+        if not names:
+            return False  # all it could not read lies outside the selected paths
     if not allow:
         what = _show(names + unknown) if names or unknown else "files it does not name"
         raise ConfigError(
@@ -438,7 +446,7 @@ def restore(
         res = verify_archive(archive, expected_sha256, should_stop=should_stop)  # to name what it misses
         if not res.ok:
             raise _refuse(archive, str(res.error))
-        _apply_incomplete(archive, entry, meta, res.end, targets, False)
+        _apply_incomplete(archive, entry, meta, res.end, targets, False, req.only is not None)
     notes = list(notes or [])
     if other is not None:
         notes.append(
@@ -471,7 +479,14 @@ def restore(
             raise _refuse(archive, str(res.error))
         if res.note:
             notes.append(res.note)
-        incomplete = _apply_incomplete(archive, entry, meta, res.end, targets, req.allow_incomplete)
+        incomplete = _apply_incomplete(
+            archive, entry, meta, res.end, targets, req.allow_incomplete, req.only is not None
+        )
+        if not incomplete and is_incomplete(entry, res.end):
+            notes.append(
+                f"{archive.name} is incomplete, but all it could not read lies outside --only "
+                f"{','.join(t.name for t in targets)}: these paths are complete in it"
+            )
         for t in targets:
             t.keep += protect[t.name]
         if not req.dry_run:
