@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,43 @@ def test_only_counts_the_unreadable_paths_of_the_selected_names(tmp_path: Path) 
     assert r.returncode == 0, r.stderr
     assert (data / "auth" / "k").read_text() == "key" and not (data / "auth" / "new").exists()
     assert (data / "storage" / "new").read_text() == "live work"  # not restored, not touched
+
+
+# -- --latest passing over a newer archive ----------------------------------------------------------
+def test_latest_says_which_newer_archives_it_passes_over_and_why(tmp_path: Path) -> None:
+    # when the newest archive failed its restore drill, `restore --latest` silently restored an
+    # older one: neither the output nor --dry-run (nor the menu) said a newer archive was passed over
+    data, backups, env = _plot(tmp_path)
+    write(data / "storage" / "orders", "monday")
+    older = _now(env)
+    time.sleep(1.1)
+    write(data / "storage" / "orders", "tuesday")
+    newer = _now(env)
+    env_probe = {**env, "GOFR_PLOT_BACKUP_DRILL_COMMAND": "echo broken probe; exit 7"}
+    assert run_cli("drill", newer["filename"], env=env_probe).returncode == 1
+    write(data / "storage" / "orders", "lost")
+
+    def said(r: subprocess.CompletedProcess[str]) -> None:
+        lines = [ln for ln in r.stderr.splitlines() if "passing over" in ln]
+        assert len(lines) == 1, r.stderr
+        assert newer["filename"] in lines[0] and "restore drill failed" in lines[0], lines
+        assert "exited with status 7" in lines[0] and older["filename"] in lines[0], lines
+
+    dry = run_cli("restore", "--latest", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    said(dry)
+    j = run_cli("restore", "--latest", "--dry-run", "--json", env=env)
+    plan = json.loads(j.stdout)
+    assert plan["archive"] == older["filename"]
+    [p] = plan["passed_over"]
+    assert p["filename"] == newer["filename"] and "restore drill failed" in p["reason"]
+    menu = run_cli("restore", "--interactive", "--dry-run", env=env, input="\n")
+    assert menu.returncode == 0, menu.stderr
+    said(menu)
+    r = run_cli("restore", "--latest", "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    said(r)
+    assert (data / "storage" / "orders").read_text() == "monday"
+    # by name, nothing is passed over and nothing said
+    r = run_cli("restore", newer["filename"], "--dry-run", env=env)
+    assert r.returncode == 0 and "passing over" not in r.stderr

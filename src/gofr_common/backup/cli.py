@@ -277,6 +277,8 @@ def _drill_text(d: Any) -> str:
         return f"drill ok {d.get('at')}" + (
             f" (restored in {secs:.1f} s)" if isinstance(secs, int | float) else ""
         )
+    if d.get("checked") is False:
+        return f"DRILL COULD NOT RUN {d.get('at')}: {d.get('error')}"
     return f"DRILL FAILED {d.get('at')}: {d.get('error')}"
 
 
@@ -635,7 +637,7 @@ def _print_notes(plan: RestorePlan) -> None:
 
 def _choose_interactively(config: BackupConfig) -> str:
     from .manifest import latest, listing
-    from .restore import restorable
+    from .restore import passed_over, passed_over_line, restorable
 
     lst = listing(config.layout)
     usable = [e for e in lst.entries if e["path"] not in lst.missing]
@@ -647,6 +649,9 @@ def _choose_interactively(config: BackupConfig) -> str:
         sys.stderr.write(
             f"  {i:>3}) {e['filename']}  {human_size(e.get('size_bytes'))}  {_verified_text(e)}{mark}\n"
         )
+    if best is not None:
+        for p in passed_over(lst.entries, best, lambda e: e["path"] not in lst.missing):
+            sys.stderr.write(f"{PROG}: note: {passed_over_line(p, best['filename'])}\n")
     ans = _ask(f"Restore which backup? [1-{len(usable)}] ")
     if ans == "" and best is not None:
         return best["path"]
@@ -688,7 +693,8 @@ def _proof_header(args: argparse.Namespace, res: Any, title: str) -> bool:
     if args.json:
         _print_json(res.record())
         return True
-    print(f"{title} {res.archive}: {'OK' if res.ok else 'FAILED'}")
+    verdict = "OK" if res.ok else ("COULD NOT RUN" if getattr(res, "checked", True) is False else "FAILED")
+    print(f"{title} {res.archive}: {verdict}")
     if res.error:
         print(f"  error: {res.error}")
     return False

@@ -32,7 +32,7 @@ from .config import BackupConfig
 from .errors import BackupError, ConfigError, VerifyError
 from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
 from .fsutil import open_dir_nofollow, run_lock
-from .manifest import Entry, Manifest, drill_failed, latest
+from .manifest import Entry, Manifest, created_of, drill_failed, latest
 from .swap import Staging, commit, pending_journals, recover, roll_forward
 from .verify import verify_archive
 
@@ -44,6 +44,8 @@ class RestorePlan:
     changes: dict[str, Change]
     incomplete: bool = False  # the archive could not read everything: c.kept are left as they are
     notes: list[str] = field(default_factory=list)  # what the operator should know (checksum used, ...)
+    # newer archives --latest passed over: {"filename", "reason"} (also in ``notes``)
+    passed_over: list[dict[str, str]] = field(default_factory=list)
 
     def summary(self, done: bool = False) -> list[str]:
         out = []
@@ -69,6 +71,7 @@ class RestorePlan:
             "archive": self.archive.name,
             "incomplete": self.incomplete,
             "notes": self.notes,
+            "passed_over": self.passed_over,
             "targets": [
                 {
                     "name": t.name,
@@ -429,6 +432,7 @@ def restore(
     confirm: Callable[[RestorePlan], bool] = lambda p: True,
     should_stop: Callable[[], bool] = lambda: False,
     notes: list[str] | None = None,
+    passed: list[dict[str, str]] | None = None,
 ) -> RestorePlan:
     """Plan (``req.dry_run``) or restore ``archive``: the same pass and the same checks either way."""
     entry = entry or Entry()
@@ -508,7 +512,7 @@ def restore(
                 f"{len(outside)} symlink(s) lead outside their path; restored as links, never followed: "
                 + _show(outside, 5)
             )
-        plan = RestorePlan(archive, targets, changes, incomplete, notes)
+        plan = RestorePlan(archive, targets, changes, incomplete, notes, list(passed or []))
         if req.dry_run:
             return plan
         if not confirm(plan):
@@ -561,6 +565,44 @@ def restorable(e: Entry) -> bool:
     return e.get("complete") is True and e.get("verified") is True and not drill_failed(e)
 
 
+def why_not_restorable(e: Entry, on_disk: bool = True) -> str | None:
+    """Why ``--latest`` passes over an archive (None: it does not)."""
+    why = []
+    if not on_disk:
+        why.append("its file is missing")
+    if e.get("verified") is False:
+        why.append(f"it failed verification ({e.get('verify_error')})")
+    if drill_failed(e):
+        d = e.get("drill") or {}
+        why.append(f"its restore drill failed ({d.get('error')}, {d.get('at')})")
+    if e.get("complete") is False:
+        why.append("it is incomplete (some files could not be read)")
+    elif e.get("complete") is not True:
+        why.append("it is not known to be complete")
+    if e.get("verified") is None:
+        why.append("it is not verified")
+    return "; ".join(why) or None
+
+
+def passed_over(
+    entries: Sequence[Entry], chosen: Entry | None, on_disk: Callable[[Entry], bool]
+) -> list[dict[str, str]]:
+    """The archives newer than ``chosen`` (all, without one) that ``--latest`` passes over, newest
+    first, each with why."""
+    out = []
+    for e in sorted(entries, key=created_of, reverse=True):
+        if chosen is not None and created_of(e) <= created_of(chosen):
+            break
+        why = why_not_restorable(e, on_disk(e))
+        if why:
+            out.append({"filename": e["filename"], "reason": why})
+    return out
+
+
+def passed_over_line(p: dict[str, str], chosen: str) -> str:
+    return f"passing over the newer {p['filename']}: {p['reason']}; restoring the older {chosen}"
+
+
 def run_restore(
     config: BackupConfig,
     req: RestoreRequest,
@@ -597,6 +639,7 @@ def run_restore(
             return _restore_plain(config, plain, None, rentry, req, confirm, should_stop)
     lay = config.layout
     entries = Manifest(lay.root).load(config.project)
+    passed: list[dict[str, str]] = []
     if req.latest:
         chosen = latest(entries, usable=lambda e: restorable(e) and lay.archive(e["path"]).is_file())
         if chosen is None:
@@ -605,9 +648,11 @@ def run_restore(
                 "'gofr-backup list'; 'gofr-backup verify --all' checks them again, and NAME restores one"
             )
         archive = lay.archive(chosen["path"])
+        passed = passed_over(entries, chosen, lambda e: lay.archive(e["path"]).is_file())
     else:
         archive = lay.find(req.name or "")
     entry = next((e for e in entries if lay.archive(e["path"]) == archive), None) or Entry()
+    said = [passed_over_line(p, archive.name) for p in passed]
     if layout.is_sealed(archive.name):
         _, err = sealed.checksum_error(archive, entry.get("sha256"))
         if err:
@@ -619,9 +664,19 @@ def run_restore(
             ]
         with open(archive, "rb") as f, sealed.decrypted(f, archive.name, identity) as plain:
             return _restore_plain(
-                config, plain, entry.get("plain_sha256"), entry, req, confirm, should_stop, note
+                config,
+                plain,
+                entry.get("plain_sha256"),
+                entry,
+                req,
+                confirm,
+                should_stop,
+                said + note,
+                passed,
             )
-    return _restore_plain(config, archive, entry.get("sha256"), entry, req, confirm, should_stop)
+    return _restore_plain(
+        config, archive, entry.get("sha256"), entry, req, confirm, should_stop, said, passed
+    )
 
 
 def _restore_plain(
@@ -633,9 +688,10 @@ def _restore_plain(
     confirm: Callable[[RestorePlan], bool],
     should_stop: Callable[[], bool],
     notes: list[str] | None = None,
+    passed: list[dict[str, str]] | None = None,
 ) -> RestorePlan:
     if req.dry_run:
-        return restore(config, archive, req, sha, entry, confirm, should_stop, notes)
+        return restore(config, archive, req, sha, entry, confirm, should_stop, notes, passed)
     # the backup volume may be mounted read-only for a restore
     with run_lock(config.layout, config.lock_timeout, should_stop, readonly_ok=True):
-        return restore(config, archive, req, sha, entry, confirm, should_stop, notes)
+        return restore(config, archive, req, sha, entry, confirm, should_stop, notes, passed)
