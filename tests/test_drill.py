@@ -619,3 +619,43 @@ def test_an_archive_that_failed_its_drill_is_not_restorable(tmp_path: Path) -> N
     r = run_cli("restore", "--latest", "--target", str(target), "--yes", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert (target / "auth" / "tokens.json").read_text() == '{"t": "secret"}'
+
+
+def test_a_drill_that_could_not_run_does_not_count_against_the_archive(tmp_path: Path) -> None:
+    """A drill stopped by its own surroundings (not enough space in DRILL_DIR, a scratch dir it
+    cannot make) says nothing about the archive: it was recorded as the archive failing its drill,
+    and `restore --latest` then silently restored an older archive."""
+    data, backups, env = setup_app(tmp_path)
+    older = the_archive(backups)
+    time.sleep(1.1)
+    write(data / "storage" / "big.bin", os.urandom(600_000))
+    assert run_cli("now", env=env).returncode == 0
+    newer = max((backups / "daily").glob("*.tar.gz"))
+    needs(os.geteuid() == 0, "root (mount small and read-only tmpfs)")
+    small, ro = tmp_path / "small", tmp_path / "ro"
+    for d, opts in ((small, "size=256k"), (ro, "ro,size=1m")):
+        d.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)]).returncode != 0:
+            needs(False, "mount -t tmpfs")
+    try:
+        for d, needle in ((small, "not enough space for a drill"), (ro, "scratch")):
+            r = run_cli("drill", "--json", env={**env, "GOFR_PLOT_BACKUP_DRILL_DIR": str(d)})
+            assert r.returncode == 1, r.stderr
+            res = json.loads(r.stdout)
+            assert res["ok"] is False and res["checked"] is False and needle in res["error"], res
+            assert state(backups)["last_drill"]["checked"] is False
+            e = next(x for x in manifest(backups) if x["filename"] == newer.name)
+            assert "drill" not in e  # nothing recorded against the archive
+            plan = json.loads(run_cli("restore", "--latest", "--dry-run", "--json", env=env).stdout)
+            assert plan["archive"] == newer.name and plan["passed_over"] == []
+            st = run_cli("status", env=env)
+            assert "could not run" in st.stdout and "failed its restore drill" not in st.stdout, st.stdout
+        out = run_cli("drill", env={**env, "GOFR_PLOT_BACKUP_DRILL_DIR": str(small)})
+        assert "COULD NOT RUN" in out.stdout, out.stdout
+    finally:
+        for d in (small, ro):
+            subprocess.run(["umount", str(d)])
+    # a drill that ran and failed still counts against the archive
+    assert run_cli("drill", env={**env, "GOFR_PLOT_BACKUP_DRILL_COMMAND": "exit 3"}).returncode == 1
+    plan = json.loads(run_cli("restore", "--latest", "--dry-run", "--json", env=env).stdout)
+    assert plan["archive"] == older.name and plan["passed_over"][0]["filename"] == newer.name

@@ -238,8 +238,9 @@ def _drill_reasons(
     if running is not None:
         out.append(f"{dead_drill_error(running)}; run `gofr-backup drill`")
     if last and not last.get("ok"):
+        how = "could not run" if last.get("checked") is False else "failed"
         out.append(
-            f"the last restore drill ({last.get('at')}, {last.get('archive')}) failed: {last.get('error')}"
+            f"the last restore drill ({last.get('at')}, {last.get('archive')}) {how}: {last.get('error')}"
         )
     if not config.drill_schedule:
         return out

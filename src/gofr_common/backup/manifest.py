@@ -124,9 +124,10 @@ def failed(e: Entry) -> bool:
 
 
 def drill_failed(e: Entry) -> bool:
-    """Its last restore drill failed: ``--latest`` and ``status`` pass it over."""
+    """Its last restore drill failed: ``--latest`` and ``status`` pass it over. A drill that could
+    not run (``checked: false``) says nothing about the archive."""
     d = e.get("drill")
-    return isinstance(d, dict) and d.get("ok") is False
+    return isinstance(d, dict) and d.get("ok") is False and d.get("checked") is not False
 
 
 def latest(entries: Iterable[Entry], usable: Callable[[Entry], bool] = lambda e: True) -> Entry | None:
