@@ -1,0 +1,122 @@
+"""What the manifest and the state file say is checked, never taken on trust.
+
+- An entry rebuilt from its archive (manifest lost, or an archive adopted after a crash) does not
+  know whether the backup was complete (``complete: null``): that is never read as "complete" by
+  retention, ``status`` or ``restore --latest``, and a verification reads the archive's end marker
+  and records it.
+- ``status`` says why the last success is not restorable, truthfully.
+- A wrongly typed field in the manifest or the state file is damaged input: reported in one line,
+  never a crash, never "healthy".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from gofrtest import cli_env, manifest, run_cli, write
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    data = tmp_path / "data"
+    write(data / "storage" / "f.txt", "v1")
+    (data / "real").mkdir()
+    write(data / "real" / "k.txt", "the key")
+    os.symlink("real", data / "link")
+    return cli_env(data, tmp_path / "backups", **{"GOFR_{P}_BACKUP_PATHS": "storage:storage,l:link", **extra})
+
+
+def _complete_then_incomplete(tmp_path: Path, env: dict[str, str]) -> tuple[str, str]:
+    """A complete backup, then an incomplete one (its path ``l`` became a link loop, which the
+    backup cannot follow): the names of both."""
+    r = run_cli("now", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    complete = json.loads(r.stdout)["filename"]
+    data = tmp_path / "data"
+    os.unlink(data / "link")
+    os.symlink("loop", data / "link")
+    os.symlink("link", data / "loop")
+    r = run_cli("now", "--json", env=env)
+    assert r.returncode == 3, r.stderr
+    incomplete = json.loads(r.stdout)
+    assert incomplete["complete"] is False and incomplete["verified"] is True
+    return complete, incomplete["filename"]
+
+
+def _on_disk(backups: Path) -> set[str]:
+    return {p.name for p in (backups / "daily").glob("*.tar.gz")}
+
+
+def _by_name(backups: Path) -> dict[str, dict[str, Any]]:
+    return {e["filename"]: e for e in manifest(backups)}
+
+
+def _status(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    r = run_cli("status", "--json", env=env)
+    assert "Traceback" not in r.stderr and "unexpected error" not in r.stderr, r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+# -- issue 13: wrongly typed fields crashed list, status and metrics ----------------------------------------
+def _edit(p: Path, fn: Any) -> None:
+    d = json.loads(p.read_text())
+    fn(d)
+    p.write_text(json.dumps(d))
+
+
+def test_a_wrongly_typed_manifest_field_is_reported_not_a_crash(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    backups = tmp_path / "backups"
+    r = run_cli("now", "--json", env=env)
+    name = json.loads(r.stdout)["filename"]
+    _edit(backups / "manifest.json", lambda d: d["backups"][0].update(size_bytes="big"))
+    before = (backups / "manifest.json").read_bytes()
+    for cmd in (["list"], ["list", "--json"], ["status"], ["metrics"], ["report"]):
+        r = run_cli(*cmd, env=env)
+        assert r.returncode in (0, 1), (cmd, r.stderr)
+        assert "unexpected error" not in r.stderr and "Traceback" not in r.stderr, (cmd, r.stderr)
+        lines = [x for x in r.stderr.splitlines() if "size_bytes" in x]
+        assert len(lines) == 1 and "'big'" in lines[0] and "rebuilt from its archive" in lines[0], r.stderr
+    assert (backups / "manifest.json").read_bytes() == before  # list and status write nothing
+    r = run_cli("list", "--json", env=env)
+    e = json.loads(r.stdout)["backups"][0]
+    assert e["filename"] == name and e["size_bytes"] == (backups / e["path"]).stat().st_size
+    # a writer keeps the rebuilt entry; it is verified again like any rebuilt one
+    assert run_cli("verify", "--all", env=env).returncode == 0
+    assert _by_name(backups)[name]["size_bytes"] == (backups / e["path"]).stat().st_size
+
+
+def test_a_wrongly_typed_state_field_is_a_damaged_state_never_healthy(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    backups = tmp_path / "backups"
+    assert run_cli("now", env=env).returncode == 0
+    assert _status(env)[0] == 0
+    state = backups / ".gofr-plot.state.json"
+    good = state.read_bytes()
+    for bad in (
+        {"last_success": "str"},
+        {"last_success": {"time": 5, "filename": "x"}},
+        {"last_warnings": "w"},
+        {"started_at": "yesterday"},
+        {"last_scrub": {"time": "2026-01-01T00:00:00+00:00", "checked": 3, "bad": [], "could_not_check": []}},
+        {"last_result": 7},
+    ):
+        state.write_bytes(good)
+        _edit(state, lambda d, bad=bad: d.update(bad))
+        before = state.read_bytes()
+        r = run_cli("status", env=env)
+        assert r.returncode == 1, (bad, r.stdout, r.stderr)
+        assert "HEALTHY" not in r.stdout.replace("UNHEALTHY", ""), (bad, r.stdout)
+        assert "unexpected error" not in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
+        key = next(iter(bad))
+        assert f"state file {state} is damaged: {key}" in r.stdout, (bad, r.stdout)
+        code, doc = _status(env)
+        assert code == 1 and doc["healthy"] is False, (bad, doc)
+        m = run_cli("metrics", env=env)
+        assert m.returncode == 0 and "gofr_backup_healthy" in m.stdout, (bad, m.stderr)
+        assert state.read_bytes() == before  # status and metrics write nothing
+    # the next run writes the state afresh: healthy again
+    assert run_cli("now", env=env).returncode == 0
+    assert _status(env)[0] == 0
