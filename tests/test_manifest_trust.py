@@ -59,6 +59,41 @@ def _status(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
     return r.returncode, json.loads(r.stdout)
 
 
+# -- issue 3: a rebuilt entry of an incomplete archive cost the only complete one -----------------------
+def test_prune_after_a_rebuild_keeps_the_only_complete_archive(tmp_path: Path) -> None:
+    # prune with MAX_COUNT=1 right after the manifest was rebuilt: completeness is unknown for both,
+    # and the complete one was deleted for the newer (incomplete) one
+    env = _env(tmp_path, **{"GOFR_{P}_BACKUP_MAX_COUNT": "1"})
+    backups = tmp_path / "backups"
+    complete, incomplete = _complete_then_incomplete(tmp_path, env)
+    assert _on_disk(backups) == {complete, incomplete}
+    (backups / "manifest.json").unlink()
+    r = run_cli("prune", env=env)
+    assert r.returncode == 0, r.stderr
+    assert complete in _on_disk(backups), r.stdout
+
+
+def test_verify_records_completeness_and_prune_keeps_the_complete_archive(tmp_path: Path) -> None:
+    # the breaker's r04: manifest lost, `verify --all`, then prune with MAX_COUNT=1 deleted the only
+    # complete archive (the rebuilt entries said complete: null and verify never filled it in)
+    env = _env(tmp_path, **{"GOFR_{P}_BACKUP_MAX_COUNT": "1"})
+    backups = tmp_path / "backups"
+    complete, incomplete = _complete_then_incomplete(tmp_path, env)
+    (backups / "manifest.json").unlink()
+    r = run_cli("verify", "--all", env=env)
+    assert r.returncode == 0, r.stderr
+    es = _by_name(backups)
+    assert es[complete]["complete"] is True and es[incomplete]["complete"] is False, es
+    # the end marker's warnings name what could not be read, as the backup itself records them
+    assert any("could not be read" in w for w in es[incomplete]["warnings"]), es[incomplete]
+    r = run_cli("prune", env=env)
+    assert r.returncode == 0, r.stderr
+    assert _on_disk(backups) == {complete, incomplete}, r.stdout  # both protected: two slots
+    dry = run_cli("restore", "--latest", "--dry-run", "--json", "--target", str(tmp_path / "copy"), env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["archive"] == complete
+
+
 # -- issue 13: wrongly typed fields crashed list, status and metrics ----------------------------------------
 def _edit(p: Path, fn: Any) -> None:
     d = json.loads(p.read_text())
