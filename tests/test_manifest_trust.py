@@ -94,6 +94,78 @@ def test_verify_records_completeness_and_prune_keeps_the_complete_archive(tmp_pa
     assert json.loads(dry.stdout)["archive"] == complete
 
 
+# -- issue 9: after a rebuild, restore --latest never worked and status named an unknown archive ----------
+def test_after_a_rebuild_verify_all_makes_restore_latest_work(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    backups = tmp_path / "backups"
+    r = run_cli("now", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    name = json.loads(r.stdout)["filename"]
+    (backups / "manifest.json").unlink()
+    # before a verification: refused, saying what to run
+    r = run_cli("restore", "--latest", "--dry-run", env=env)
+    assert r.returncode == 1
+    assert "completeness unknown: run `gofr-backup verify --all`" in r.stderr, r.stderr
+    assert len([x for x in r.stderr.splitlines() if x.startswith("gofr-backup:")]) == 1, r.stderr
+    code, doc = _status(env)
+    assert code == 1 and doc["restorable"] is None, doc
+    assert any("completeness unknown: run `gofr-backup verify --all`" in x for x in doc["reasons"]), doc
+    # the verification the message recommends records what the archive's end marker says
+    assert run_cli("verify", "--all", env=env).returncode == 0
+    assert _by_name(backups)[name]["complete"] is True
+    r = run_cli("restore", "--latest", "--dry-run", "--target", str(tmp_path / "copy"), env=env)
+    assert r.returncode == 0, r.stderr
+    code, doc = _status(env)
+    assert code == 0 and doc["restorable"]["filename"] == name, doc
+
+
+def test_status_never_calls_an_entry_of_unknown_completeness_restorable(tmp_path: Path) -> None:
+    # a manifest verified by an older version: verified, but complete still null
+    env = _env(tmp_path)
+    backups = tmp_path / "backups"
+    assert run_cli("now", env=env).returncode == 0
+    doc = json.loads((backups / "manifest.json").read_text())
+    doc["backups"][0]["complete"] = None
+    (backups / "manifest.json").write_text(json.dumps(doc))
+    code, st = _status(env)
+    assert code == 1 and st["restorable"] is None, st
+    assert any("completeness unknown: run `gofr-backup verify --all`" in x for x in st["reasons"]), st
+    assert not any("is gone" in x for x in st["reasons"]), st
+
+
+# -- issue 12: "the last success is gone" while it was on disk --------------------------------------------
+def test_status_says_the_manifest_is_unreadable_not_that_the_archive_is_gone(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    backups = tmp_path / "backups"
+    assert run_cli("now", env=env).returncode == 0
+    m = backups / "manifest.json"
+    m.write_bytes(m.read_bytes()[:200])  # truncated
+    code, st = _status(env)
+    assert code == 1, st
+    text = " | ".join(st["reasons"])
+    assert "is gone" not in text, text
+    assert "manifest" in text and "unreadable" in text, text
+    assert m.read_bytes() == m.read_bytes()[:200]  # status writes nothing
+
+
+def test_status_says_the_last_success_failed_verification_not_that_it_is_gone(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    backups = tmp_path / "backups"
+    r = run_cli("now", "--json", env=env)
+    a = backups / json.loads(r.stdout)["path"]
+    with open(a, "r+b") as f:  # a bit flip in the middle of the stream
+        f.seek(a.stat().st_size // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    assert run_cli("verify", a.name, env=env).returncode == 1
+    code, st = _status(env)
+    assert code == 1, st
+    text = " | ".join(st["reasons"])
+    assert "is gone" not in text, text
+    assert f"the last success, {a.name}, is on disk but failed verification" in text, text
+
+
 # -- issue 13: wrongly typed fields crashed list, status and metrics ----------------------------------------
 def _edit(p: Path, fn: Any) -> None:
     d = json.loads(p.read_text())

@@ -206,6 +206,16 @@ def drill_failed(e: Entry) -> bool:
     return isinstance(d, dict) and d.get("ok") is False
 
 
+UNKNOWN_HINT = "completeness unknown: run `gofr-backup verify --all`"
+
+
+def unknown_completeness(entries: list[Entry]) -> list[Entry]:
+    """Entries not known to be bad whose completeness is not known (rebuilt or adopted from the
+    archive alone): a verification reads their end marker and records it. Newest first."""
+    es = [e for e in entries if e.get("complete") is None and not failed(e) and not drill_failed(e)]
+    return sorted(es, key=created_of, reverse=True)
+
+
 def latest(entries: Iterable[Entry], usable: Callable[[Entry], bool] = lambda e: True) -> Entry | None:
     """The newest entry that has not failed verification and that ``usable`` accepts (a daily
     archive wins over its tier copies of the same moment)."""
@@ -245,6 +255,7 @@ class Manifest:
         self.dir = backup_dir
         self.path = backup_dir / layout.MANIFEST_NAME
         self.lock_path = backup_dir / layout.MANIFEST_LOCK
+        self.read_error: str | None = None  # why read() found no entries: missing, unreadable
 
     # -- reading -------------------------------------------------------------------------------
     def _parse(self) -> list[Entry] | None:
@@ -290,11 +301,17 @@ class Manifest:
         return entry_from_archive(self.dir, archive) if archive.is_file() else None
 
     def read(self) -> list[Entry]:
-        """Entries as they are on disk, without repairing anything (cheap; for status)."""
+        """Entries as they are on disk, without repairing anything (cheap; for status).
+        ``read_error`` then says why there are none: the manifest is missing or unreadable."""
+        self.read_error = None
         try:
-            return self._parse() or []
-        except (ValueError, OSError):
+            entries = self._parse()
+        except (ValueError, OSError) as e:
+            self.read_error = f"unreadable ({e})"
             return []
+        if entries is None:
+            self.read_error = "missing"
+        return entries or []
 
     def load(self, project: str | None = None, repair: bool = True) -> list[Entry]:
         """Entries, rebuilding the manifest first if it is missing or unreadable (``repair``: on
