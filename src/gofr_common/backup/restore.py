@@ -32,7 +32,7 @@ from .config import BackupConfig
 from .errors import BackupError, ConfigError, VerifyError
 from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
 from .fsutil import open_dir_nofollow, run_lock
-from .manifest import Entry, Manifest, created_of, drill_failed, latest
+from .manifest import UNKNOWN_HINT, Entry, Manifest, created_of, drill_failed, latest, unknown_completeness
 from .swap import Staging, commit, pending_journals, recover, roll_forward
 from .verify import verify_archive
 
@@ -643,6 +643,13 @@ def run_restore(
     if req.latest:
         chosen = latest(entries, usable=lambda e: restorable(e) and lay.archive(e["path"]).is_file())
         if chosen is None:
+            unknown = [e for e in unknown_completeness(entries) if lay.archive(e["path"]).is_file()]
+            if unknown:
+                raise BackupError(
+                    f"no complete, verified backup of {config.project} in {config.backup_dir}: "
+                    f"{UNKNOWN_HINT} ({len(unknown)} archive(s) whose manifest entry was rebuilt from the "
+                    f"archive, newest {unknown[0]['filename']}), then restore --latest again"
+                )
             raise BackupError(
                 f"no complete, verified backup of {config.project} in {config.backup_dir}: see "
                 "'gofr-backup list'; 'gofr-backup verify --all' checks them again, and NAME restores one"

@@ -68,7 +68,8 @@ def plan_retention(entries: Iterable[Entry], now: datetime, policy: Policy) -> l
        (flagged; ``status`` is unhealthy while it is there). prune() verifies each once more
        before it deletes it.
     2. Protected whatever their age (see :func:`protected`): the newest archive that is complete
-       and verified, and the newest verified one. So a service that was down for longer than the
+       and verified, and the newest verified one (and, while no archive is known to be complete,
+       every one whose completeness is unknown). So a service that was down for longer than the
        retention period never deletes its last good backup, and an incomplete backup never costs
        the last complete one.
     3. Older than the tier's age limit: deleted (unless protected).
@@ -105,13 +106,18 @@ def plan_retention(entries: Iterable[Entry], now: datetime, policy: Policy) -> l
 def protected(good: list[Entry]) -> list[Entry]:
     """Of one tier's archives not known to be bad (newest first), those kept whatever their age:
     the newest complete and verified one and the newest verified one; while none is complete and
-    verified, also the newest complete one; while none is verified, the newest one."""
-    vc = next((e for e in good if e.get("verified") is True and e.get("complete") is not False), None)
+    verified, also the newest complete one; while none is verified, the newest one. "Complete" is
+    known only from the writer or an archive's end marker (``complete: true``): an entry rebuilt or
+    adopted from the archive alone (``complete: null``) is not complete until a verification has
+    read its end marker, and while no archive of the tier is known to be complete, none of those
+    unknown ones is deleted for age or count (any of them may be the last complete backup)."""
+    vc = next((e for e in good if e.get("verified") is True and e.get("complete") is True), None)
     v = next((e for e in good if e.get("verified") is True), None)
-    c = next((e for e in good if e.get("complete") is not False), None) if vc is None else None
+    c = next((e for e in good if e.get("complete") is True), None) if vc is None else None
     n = good[0] if v is None else None
+    unknown = [e for e in good if e.get("complete") is None] if vc is None and c is None else []
     out: list[Entry] = []
-    for e in (vc, v, c, n):
+    for e in (vc, v, c, n, *unknown):
         if e is not None and not any(e is o for o in out):
             out.append(e)
     return out
@@ -275,7 +281,7 @@ def _prune(
             break
         for e in todo:
             res = check(config, e, should_stop)
-            fields = verdict_fields(res, now_iso(now))
+            fields = verdict_fields(res, now_iso(now), e)
             e.update(fields)  # type: ignore[typeddict-item]
             updates[e["path"]] = fields
             checked.add(e["path"])

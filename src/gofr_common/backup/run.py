@@ -237,7 +237,7 @@ class Run:
                 if cap is not None:
                     self.spot_view = spot_check.view_of(w.filename, cap, listing, index)
             if c.verify_after_backup:
-                entry.update(verdict_fields(res, self.now()))  # type: ignore[typeddict-item]
+                entry.update(verdict_fields(res, self.now(), entry))  # type: ignore[typeddict-item]
                 event(
                     "backup.verified" if res.ok else "backup.verify_failed",
                     "verification passed"
