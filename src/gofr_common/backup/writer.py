@@ -439,6 +439,12 @@ def emptied_error(config: BackupConfig, emptied: list[tuple[str, str, str]]) -> 
     )
 
 
+def vanished_paths(config: BackupConfig, names: list[str]) -> list[str]:
+    """The configured paths (as the header's ``resolved_paths`` records them, so that restore
+    knows them) of the PATHS names in ``names``."""
+    return [str(p.path) for p in config.paths if p.name in names]
+
+
 def any_path_exists(config: BackupConfig) -> bool:
     return any(os.path.lexists(p.path) for p in config.paths)
 
@@ -532,11 +538,20 @@ def write_archive(
         progress.begin("backup", s.source_bytes)
         try:
             for e in walk(s.tops, found, should_stop, excluded, skip):
+                added = w.count
                 w.add(e)
+                if e.arcname in s.kinds and w.count == added and e.path not in w.unreadable:
+                    found.vanished.append(e.arcname)  # a file path that went before it was read
         finally:
             progress.end()
         warnings = s.warnings + found.warnings + w.warnings
-        unreadable = s.unreadable + found.unreadable + w.unreadable
+        unreadable = s.unreadable + found.unreadable + w.unreadable + vanished_paths(config, found.vanished)
+        if found.vanished:
+            warnings.append(
+                f"{', '.join(found.vanished)}: a configured path that vanished (or was replaced) while it "
+                "was archived counts as unreadable: this archive is incomplete, and a restore of it "
+                "(--allow-incomplete) leaves that path as it is"
+            )
         if unreadable:
             warnings.append(f"{len(unreadable)} path(s) could not be read: " + ", ".join(unreadable[:20]))
         end = {

@@ -1,0 +1,156 @@
+"""Can a green run be trusted? A configured path that vanishes while `now` archives it, a data
+volume that is unmounted or emptied, what killed runs leave in the backup dir, and a failure on a
+full disk. Real files, a real tmpfs, the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gofrtest import cli_env, popen_cli, run_cli, snapshot, write
+
+
+# -- a configured path that vanishes while `now` archives ------------------------------------------
+def _open_in(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open now."""
+    fds = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fds)
+    except FileNotFoundError:
+        return False
+    for fd in names:
+        try:
+            if os.readlink(f"{fds}/{fd}") == str(path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _while_reading(env: dict[str, str], big: Path, act: Callable[[], None], tries: int = 5) -> Any:
+    """Run `now`; the moment it has ``big`` open (archiving it: the header, which declares every
+    path, is written), stop it with SIGSTOP, check it still has ``big`` open (so nothing after
+    ``big`` in the walk has been read), run ``act``, and let it go on. A run whose moment was
+    missed is thrown away and tried again, so the race is hit on purpose, never by luck.
+    Returns the finished run's (returncode, stdout, stderr)."""
+    backups = Path(env["GOFR_PLOT_BACKUP_DIR"])
+    for _ in range(tries):
+        p = popen_cli("now", "--json", env=env)
+        hit = False
+        deadline = time.monotonic() + 60
+        while p.poll() is None and time.monotonic() < deadline:
+            if _open_in(p.pid, big):
+                os.kill(p.pid, signal.SIGSTOP)
+                if _open_in(p.pid, big):
+                    hit = True
+                    act()
+                os.kill(p.pid, signal.SIGCONT)
+                break
+        out, err = p.communicate(timeout=120)
+        if hit:
+            return p.returncode, out, err
+        for d in backups.iterdir():  # missed: start again from an empty backup dir
+            shutil.rmtree(d) if d.is_dir() else d.unlink()
+    raise AssertionError(f"`now` was never caught reading {big} in {tries} runs")
+
+
+def _end(archive: Path) -> dict[str, Any]:
+    with tarfile.open(archive) as t:
+        for m in t:
+            if m.name == ".gofr-backup-end.json":
+                return json.loads(t.extractfile(m).read())  # type: ignore[union-attr]
+    raise AssertionError("no end marker")
+
+
+def _members(archive: Path) -> list[str]:
+    with tarfile.open(archive) as t:
+        return [m.name for m in t if not m.name.startswith(".gofr")]
+
+
+def _vanish_setup(tmp_path: Path) -> tuple[Path, dict[str, str], Path]:
+    data = tmp_path / "data"
+    # storage/big comes first in the walk (PATHS order, then names sorted): 9 MiB (more than
+    # SMALL_FILE), streamed through one descriptor while gzip takes a moment over it
+    big = write(data / "storage" / "big", os.urandom(9 << 20))
+    for i in range(5):
+        write(data / "storage" / "zz" / f"f{i}", f"zz {i}\n")
+    for i in range(20):
+        write(data / "auth" / f"k{i}", f"key {i}\n", 0o600)
+    env = cli_env(
+        data,
+        tmp_path / "backups",
+        **{
+            "GOFR_{P}_BACKUP_PATHS": "storage:storage,auth:auth",
+            "GOFR_{P}_BACKUP_COMPRESSION_LEVEL": "1",
+            "GOFR_{P}_BACKUP_REPORT_FILE": "off",
+        },
+    )
+    return data, env, big
+
+
+def test_a_path_that_vanishes_while_now_archives_makes_the_backup_incomplete_and_restore_keeps_it(
+    tmp_path: Path,
+) -> None:
+    """`auth` is declared in the header, then moved away (a volume unmounted) before the walk gets
+    to it: the archive holds none of it. It must not be a complete archive whose restore deletes
+    the live `auth`."""
+    data, env, big = _vanish_setup(tmp_path)
+    aside = tmp_path / "auth.aside"
+    rc, out, err = _while_reading(env, big, lambda: (data / "auth").rename(aside))
+    aside.rename(data / "auth")  # the volume is back
+    before = snapshot(data / "auth")
+    assert rc == 3, err
+    assert "auth" in err and "vanished" in err, err
+    e = json.loads(out)
+    assert e["complete"] is False
+    archive = tmp_path / "backups" / e["path"]
+    end = _end(archive)
+    assert end["complete"] is False and str(data / "auth") in end["unreadable"], end
+    assert not [m for m in _members(archive) if m.startswith("auth/")]
+    assert run_cli("status", env=env).returncode == 1
+    # restore: refused without --allow-incomplete (naming auth), and with it auth is left alone
+    r = run_cli("restore", e["filename"], "--yes", env=env)
+    assert r.returncode == 2 and "auth" in r.stderr and "--allow-incomplete" in r.stderr, r.stderr
+    r = run_cli("restore", e["filename"], "--allow-incomplete", "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert snapshot(data / "auth") == before
+    assert (data / "storage" / "big").read_bytes() == big.read_bytes()
+
+
+def test_a_path_moved_away_in_the_middle_of_its_own_walk_makes_the_backup_incomplete(
+    tmp_path: Path,
+) -> None:
+    """`storage` itself goes while its first file is read: the archive holds that file but not
+    `storage/zz/*`; restoring it as complete would delete them."""
+    data, env, big = _vanish_setup(tmp_path)
+    aside = tmp_path / "storage.aside"
+    rc, out, err = _while_reading(env, big, lambda: (data / "storage").rename(aside))
+    aside.rename(data / "storage")
+    assert rc == 3, err
+    e = json.loads(out)
+    end = _end(tmp_path / "backups" / e["path"])
+    assert end["complete"] is False and str(data / "storage") in end["unreadable"], end
+    before = snapshot(data / "storage")
+    r = run_cli("restore", e["filename"], "--allow-incomplete", "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert snapshot(data / "storage") == before  # storage/zz/* is still there
+
+
+def test_a_subdirectory_that_vanishes_mid_walk_is_a_warning_not_an_incomplete_backup(
+    tmp_path: Path,
+) -> None:
+    """Live data churns: a directory inside a path that goes away is not a reason for alarm."""
+    data, env, big = _vanish_setup(tmp_path)
+    rc, out, err = _while_reading(env, big, lambda: shutil.rmtree(data / "storage" / "zz"))
+    assert rc == 0, err
+    e = json.loads(out)
+    assert e["complete"] is True
+    assert any("zz" in w and "vanished" in w for w in e["warnings"]), e["warnings"]
+    assert run_cli("status", env=env).returncode == 0
