@@ -8,13 +8,15 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gofrtest import cli_env, popen_cli, run_cli, snapshot, write
+import pytest
+from gofrtest import cli_env, manifest, needs, popen_cli, run_cli, snapshot, write
 
 
 # -- a configured path that vanishes while `now` archives ------------------------------------------
@@ -154,3 +156,98 @@ def test_a_subdirectory_that_vanishes_mid_walk_is_a_warning_not_an_incomplete_ba
     assert e["complete"] is True
     assert any("zz" in w and "vanished" in w for w in e["warnings"]), e["warnings"]
     assert run_cli("status", env=env).returncode == 0
+
+
+# -- an unmounted or emptied data volume -------------------------------------------------------------
+@pytest.fixture
+def data_volume(tmp_path: Path) -> Iterator[Path]:
+    """A real tmpfs as the data volume, so that the test can unmount it as an operator would."""
+    needs(os.geteuid() == 0, "mounting a tmpfs needs root")
+    mnt = tmp_path / "data"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    needs(r.returncode == 0, f"cannot mount tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+
+
+def _empty_env(tmp_path: Path, data: Path, **extra: str) -> dict[str, str]:
+    return cli_env(
+        data,
+        tmp_path / "backups",
+        **{
+            "GOFR_{P}_BACKUP_PATHS": "storage:storage,auth:auth",
+            "GOFR_{P}_BACKUP_REPORT_FILE": "off",
+            **extra,
+        },
+    )
+
+
+def test_an_unmounted_data_volume_fails_the_backup_loudly_and_costs_no_archive(
+    tmp_path: Path, data_volume: Path
+) -> None:
+    data = data_volume
+    for i in range(100):
+        write(data / "storage" / f"d{i}", f"doc {i}\n")
+    write(data / "auth" / "k", "k\n")
+    env = _empty_env(tmp_path, data, **{"GOFR_{P}_BACKUP_MAX_COUNT": "1"})
+    r = run_cli("now", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    good = json.loads(r.stdout)
+    subprocess.run(["umount", str(data)], check=True)  # the volume is gone ...
+    (data / "storage").mkdir()  # ... and compose made its mount points again, empty
+    (data / "auth").mkdir()
+    before = sorted(p.name for p in (tmp_path / "backups" / "daily").iterdir())
+    time.sleep(1.1)  # a new archive would get a new name
+    r = run_cli("now", env=env)
+    assert r.returncode == 1, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("gofr-backup: ") and "Traceback" not in r.stderr, r.stderr
+    for word in ("storage", "auth", good["filename"], str(good["file_count"]), "unmounted", "ALLOW_EMPTY"):
+        assert word in line, (word, line)
+    # nothing written, nothing pruned (MAX_COUNT=1 would have taken the good archive)
+    assert sorted(p.name for p in (tmp_path / "backups" / "daily").iterdir()) == before
+    assert [e["filename"] for e in manifest(tmp_path / "backups")] == [good["filename"]]
+    st = run_cli("status", "--json", env=env)
+    assert st.returncode == 1 and "unmounted" in json.loads(st.stdout)["last_failure"]["error"], st.stdout
+    # the operator who means it says so
+    r = run_cli("now", "--json", env={**env, "GOFR_PLOT_BACKUP_ALLOW_EMPTY": "yes"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["file_count"] == 2
+
+
+def test_a_first_backup_of_empty_directories_is_made_with_a_warning(tmp_path: Path) -> None:
+    """A new deployment whose app has not written anything yet: nothing to lose, so the backup is
+    made (and says the data holds no file); once a backup has held files, emptiness fails."""
+    data = tmp_path / "data"
+    (data / "storage").mkdir(parents=True)
+    (data / "auth").mkdir()
+    env = _empty_env(tmp_path, data)
+    for _ in range(2):
+        r = run_cli("now", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        assert any("no regular file" in w for w in json.loads(r.stdout)["warnings"]), r.stdout
+        time.sleep(1.1)
+    write(data / "storage" / "doc", "doc\n")
+    assert run_cli("now", env=env).returncode == 0
+    (data / "storage" / "doc").unlink()
+    time.sleep(1.1)
+    r = run_cli("now", env=env)
+    assert r.returncode == 1 and "unmounted or emptied" in r.stderr, r.stderr
+
+
+def test_allow_empty_is_a_validated_boolean(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "storage").mkdir(parents=True)
+    r = run_cli("config", "--json", env=_empty_env(tmp_path, data, **{"GOFR_{P}_BACKUP_ALLOW_EMPTY": "On"}))
+    assert r.returncode == 0 and json.loads(r.stdout)["allow_empty"] is True, r.stderr
+    r = run_cli("config", env=_empty_env(tmp_path, data))
+    assert "allow_empty = False" in r.stdout
+    r = run_cli("now", env=_empty_env(tmp_path, data, **{"GOFR_{P}_BACKUP_ALLOW_EMPTY": "maybe"}))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "GOFR_PLOT_BACKUP_ALLOW_EMPTY='maybe'" in r.stderr and "true/false" in r.stderr
+    assert not (tmp_path / "backups").exists()

@@ -27,7 +27,7 @@ from .errors import BackupError, Interrupted
 from .fsutil import remove_quietly, run_lock
 from .hooks import run_hook
 from .log import event
-from .manifest import Entry, Manifest, new_entry
+from .manifest import Entry, Manifest, created_of, new_entry
 from .offsite import sync_and_record
 from .retention import PruneReport, prune
 from .schedule import Clock, now_iso
@@ -187,9 +187,17 @@ class Run:
 
     def write(self, created: datetime) -> WriteResult:
         c = self.config
-        ratio = last_ratio(self.manifest.read(), c.project, c.compression)
+        entries = self.manifest.read()
+        ratio = last_ratio(entries, c.project, c.compression)
         try:
-            w = write_archive(c, self.tier, created, self.should_stop, expected_ratio=ratio)
+            w = write_archive(
+                c,
+                self.tier,
+                created,
+                self.should_stop,
+                expected_ratio=ratio,
+                previous=last_complete(entries, c.project),
+            )
         except OSError as e:
             raise BackupError(
                 f"cannot write archive in {c.layout.tier_dir(self.tier)}: {e.strerror or e}"
@@ -394,6 +402,19 @@ def failure_text(exc: BaseException) -> str:
         return f"unexpected error: {exc.strerror}{where}"
     text = " ".join(str(exc).split()) or "no message"
     return f"unexpected error ({type(exc).__name__}: {text})"
+
+
+def last_complete(entries: list[Entry], project: str) -> Entry | None:
+    """The newest archive of ``project`` that is complete and not known to be bad (any tier)."""
+    es = [
+        e
+        for e in entries
+        if e.get("project") == project
+        and layout.entry_problem(e, project) is None
+        and e.get("complete") is not False
+        and e.get("verified") is not False
+    ]
+    return max(es, key=created_of, default=None)
 
 
 def last_ratio(entries: list[Entry], project: str, compression: str) -> float | None:

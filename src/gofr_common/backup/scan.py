@@ -50,6 +50,7 @@ class Survey(Found):
     missing: list[str] = field(default_factory=list)  # "name=path"
     file_count: int = 0
     source_bytes: int = 0
+    regular_files: int = 0
     followed: dict[str, str] = field(default_factory=dict)  # name -> what its configured link points at
     emptied: list[tuple[str, str, str]] = field(default_factory=list)  # (name, path, a file EXCLUDE took)
 
@@ -84,6 +85,7 @@ def survey(
         result.file_count += 1
         if stat.S_ISREG(e.st.st_mode):
             result.source_bytes += e.st.st_size
+            result.regular_files += 1
     result.left_out = found.left_out
     # EXCLUDE patterns that took every file of a path that has some: a backup of empty dirs
     for name, path, kind in result.tops:
