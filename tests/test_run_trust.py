@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gofrtest import cli_env, manifest, needs, popen_cli, run_cli, snapshot, write
+from gofrtest import cli_env, manifest, needs, partials, popen_cli, run_cli, snapshot, write
 
 
 # -- a configured path that vanishes while `now` archives ------------------------------------------
@@ -251,3 +251,76 @@ def test_allow_empty_is_a_validated_boolean(tmp_path: Path) -> None:
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "GOFR_PLOT_BACKUP_ALLOW_EMPTY='maybe'" in r.stderr and "true/false" in r.stderr
     assert not (tmp_path / "backups").exists()
+
+
+# -- what killed runs leave in the backup dir ----------------------------------------------------------
+def _tmpfs(where: Path, size: str) -> None:
+    needs(os.geteuid() == 0, "mounting a tmpfs needs root")
+    where.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True
+    )
+    needs(r.returncode == 0, f"cannot mount tmpfs here: {r.stderr.strip()}")
+
+
+@pytest.fixture
+def small_backups(tmp_path: Path) -> Iterator[Path]:
+    """A 12 MB tmpfs as the backup volume."""
+    mnt = tmp_path / "backups"
+    _tmpfs(mnt, "12m")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+
+
+def _kill_while_writing(env: dict[str, str], backups: Path, at_least: int = 1 << 20) -> None:
+    """SIGKILL a `now` once its partial archive holds ``at_least`` bytes (stopped first, so the
+    size is what it leaves)."""
+    old = set(partials(backups))
+    p = popen_cli("now", env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and p.poll() is None:
+        if any(n >= at_least for f, n in partials(backups).items() if f not in old):
+            os.kill(p.pid, signal.SIGSTOP)
+            break
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate(timeout=30)
+    assert p.returncode == -signal.SIGKILL
+
+
+def test_partials_of_killed_runs_are_removed_before_the_space_check(
+    tmp_path: Path, small_backups: Path
+) -> None:
+    """`now`s killed mid-write leave their partial archives (and the run's temp dir); once they
+    take the room the next `now` needs, it must remove them (it holds the run lock: their writers
+    are dead) rather than fail 'not enough space' until someone runs `prune`. (With the fix the
+    second killed run already removed the first one's partial: they no longer pile up.)"""
+    data = tmp_path / "data"
+    write(data / "storage" / "big", os.urandom(3 << 20))
+    write(data / "auth" / "k", "k\n")
+    env = _empty_env(tmp_path, data)
+    backups = small_backups
+    assert run_cli("now", env=env).returncode == 0
+    good = manifest(backups)
+    for _ in range(2):
+        _kill_while_writing(env, backups)
+    left = partials(backups)
+    assert left, "the killed runs left no partial archive"
+    tmp = backups / ".gofr-plot.tmp"
+    assert tmp.is_dir()  # the killed run's scratch dir (SQLite snapshots) is left too
+    write(tmp / "snapshot-0.db", os.urandom(1 << 20))  # as a snapshot being copied when it died
+    # fill the rest, so that only what the dead runs left stands between the next run and its room
+    st = os.statvfs(backups)
+    need = int((3 << 20) * 1.2) + (1 << 20) + (256 << 10)  # the pre-flight's estimate, and some
+    free = st.f_bavail * st.f_frsize
+    assert free + sum(left.values()) + (1 << 20) > need + (512 << 10), "the test's sizes do not fit 12 MB"
+    if free > need - (512 << 10):
+        write(backups / "filler", b"\0" * (free - need + (512 << 10)))
+    r = run_cli("now", env=env)
+    assert r.returncode == 0, r.stderr
+    assert partials(backups) == {}
+    assert not tmp.exists()
+    for p in left:
+        assert p.name in r.stderr, r.stderr  # what was removed is logged, by name
+    assert [e["filename"] for e in manifest(backups)][: len(good)] == [e["filename"] for e in good]

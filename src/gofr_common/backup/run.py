@@ -29,7 +29,7 @@ from .hooks import run_hook
 from .log import event
 from .manifest import Entry, Manifest, created_of, new_entry
 from .offsite import sync_and_record
-from .retention import PruneReport, prune
+from .retention import PruneReport, prune, remove_dead_leftovers
 from .schedule import Clock, now_iso
 from .scrub import scrub, verdict_fields
 from .state import SCHEDULED, record_failure, record_remote, record_result, record_scrub
@@ -123,6 +123,7 @@ class Run:
             raise no_data_error(c)  # before anything is logged or written
         self.manifest.load(c.project)  # rebuilds a missing/corrupt manifest before a new archive appears
         self.clean_drill_leftovers()
+        self.clean_dead_runs()
         created = self.clock.now()
         event(
             "backup.start",
@@ -180,6 +181,21 @@ class Run:
             return
         if msg:
             event("drill.cleaned", msg, level=logging.WARNING)
+
+    def clean_dead_runs(self) -> None:
+        """The partial archives and temp dir of killed runs go before the space check needs the
+        room (we hold the run lock: their writers are dead). Never fatal: housekeeping tries again."""
+        try:
+            removed = remove_dead_leftovers(self.config)
+        except Exception as e:  # noqa: BLE001
+            event("backup.clean_failed", f"could not remove what killed runs left: {failure_text(e)}")
+            return
+        if removed:
+            event(
+                "backup.cleaned",
+                f"removed what killed runs left: {', '.join(removed)}",
+                level=logging.WARNING,
+            )
 
     @property
     def spot_checks(self) -> bool:
