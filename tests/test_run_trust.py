@@ -324,3 +324,44 @@ def test_partials_of_killed_runs_are_removed_before_the_space_check(
     for p in left:
         assert p.name in r.stderr, r.stderr  # what was removed is logged, by name
     assert [e["filename"] for e in manifest(backups)][: len(good)] == [e["filename"] for e in good]
+
+
+# -- a failure on a full disk is recorded -----------------------------------------------------------------
+def _fill(fs: Path) -> None:
+    """Write until the file system says ENOSPC, in smaller and smaller pieces: nothing is left."""
+    fd = os.open(fs / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for piece in (1 << 20, 64 << 10, 4 << 10, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * piece)
+            except OSError as e:
+                assert e.errno == 28, e  # ENOSPC
+    finally:
+        os.close(fd)
+    f_bavail = os.statvfs(fs).f_bavail
+    assert f_bavail == 0, f_bavail
+
+
+def test_a_backup_that_fails_on_a_full_disk_makes_status_unhealthy(
+    tmp_path: Path, small_backups: Path
+) -> None:
+    data = tmp_path / "data"
+    write(data / "storage" / "r1", os.urandom(1 << 20))
+    write(data / "auth" / "k", "k\n")
+    env = _empty_env(tmp_path, data)
+    assert run_cli("now", env=env).returncode == 0
+    assert run_cli("status", env=env).returncode == 0
+    _fill(small_backups)
+    write(data / "storage" / "new", "more\n")
+    r = run_cli("now", env=env)
+    assert r.returncode == 1 and "not enough space" in r.stderr, r.stderr
+    st = run_cli("status", "--json", env=env)
+    assert st.returncode == 1, st.stdout
+    d = json.loads(st.stdout)
+    assert "not enough space" in d["last_failure"]["error"], d
+    assert d["last_success"]["filename"] == manifest(small_backups)[0]["filename"]  # nothing else was lost
+    # once there is room again, the next backup is recorded as usual
+    (small_backups / "filler").unlink()
+    assert run_cli("now", env=env).returncode == 0
+    assert run_cli("status", env=env).returncode == 0
