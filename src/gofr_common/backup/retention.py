@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -361,8 +362,52 @@ def _orphan(name: str, project: str, fd: int) -> str | None:
                 os.stat(a.filename, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 return "checksum file without archive"
-    elif name.endswith(layout.PARTIAL_SUFFIX):
-        a = layout.parse(name[: -len(layout.PARTIAL_SUFFIX)])
-        if a and a.project == project:
-            return "unfinished archive of a dead process"
+    elif _dead_partial(name, project):
+        return "unfinished archive of a dead process"
     return None
+
+
+def _dead_partial(name: str, project: str) -> bool:
+    """Whether ``name`` is a partial archive of this project (dead: the caller holds the run lock)."""
+    if not name.endswith(layout.PARTIAL_SUFFIX):
+        return False
+    a = layout.parse(name[: -len(layout.PARTIAL_SUFFIX)])
+    return a is not None and a.project == project
+
+
+def remove_dead_leftovers(config: BackupConfig) -> list[str]:
+    """Remove what killed runs of this project left: their partial archives (every tier) and the
+    run's temp dir (``.gofr-{project}.tmp``: SQLite snapshots, encryption). Only these: a backup
+    calls it before its space check, where the rest of housekeeping waits until after the new
+    archive. The caller holds the run lock, so the processes that wrote them are dead. Returns
+    what was removed, with sizes."""
+    removed: list[str] = []
+    for tier in TIERS:
+        try:
+            fd = tier_dir_fd(config.backup_dir, tier)
+        except NotOurs:
+            continue  # reported by prune
+        if fd is None:
+            continue
+        try:
+            for n in sorted(os.listdir(fd)):
+                if not _dead_partial(n, config.project):
+                    continue
+                try:
+                    st = regular_in(fd, n)
+                    if st is not None and unlink_regular(fd, n):
+                        removed.append(f"{tier}/{n} ({_size(st.st_size)})")
+                except NotOurs:
+                    continue
+        finally:
+            os.close(fd)
+    tmp = config.layout.tmp
+    if tmp.is_dir() and not tmp.is_symlink():
+        size = sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(tmp) for f in fs)
+        shutil.rmtree(tmp)
+        removed.append(f"{tmp.name}/ ({_size(size)})")
+    return removed
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"

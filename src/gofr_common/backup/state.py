@@ -1,19 +1,28 @@
 """The service's state file: ``{backup_dir}/.gofr-{project}.state.json``, written atomically
 under its own lock. It records the last result, success, failure, warnings, the next run and the
 off-site outcome; ``status`` reads it (and the manifest) without opening any archive.
+
+On a full disk (ENOSPC, EDQUOT) no temp file can be written, yet a failure there is exactly what
+``status`` must report: so the file is padded with trailing spaces (JSON ignores them) to at least
+STATE_SLACK bytes more than its content, and when the atomic write fails for want of space, the
+new content is written over the old in place, within the blocks the file already has.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .config import BackupConfig
-from .fsutil import atomic_write_json, file_lock, lock_is_held
+from .fsutil import atomic_write_bytes, file_lock, lock_is_held
 
+STATE_SLACK = 2048  # spare bytes (trailing spaces) kept in the state file for a full disk
+BLOCK = 4096
 SCHEDULED = ("schedule", "catch-up")  # triggers of the service's own runs
 DRILL_RUNNING = "drill_running"  # a restore drill that started and has not finished: {pid, at, archive, path}
 
@@ -144,8 +153,42 @@ def update_state(config: BackupConfig, fn: Callable[[dict[str, Any]], None]) -> 
         st.pop("corrupt", None)
         st["project"] = config.project
         fn(st)
-        atomic_write_json(p, st)
+        write_state(p, st)
         return st
+
+
+def write_state(p: Path, st: dict[str, Any]) -> None:
+    """Atomically, padded (see the module's docstring); on a full disk, in place."""
+    text = (json.dumps(st, indent=1) + "\n").encode()
+    size = -(-(len(text) + STATE_SLACK) // BLOCK) * BLOCK  # whole blocks, at least STATE_SLACK spare
+    try:
+        atomic_write_bytes(p, text.ljust(size))
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not _in_place(p, text):
+            raise
+
+
+def _in_place(p: Path, text: bytes) -> bool:
+    """Write ``text``, padded to the file's size, over the existing file (never growing it: no new
+    block is needed on an ordinary file system). False when it does not fit or cannot be written."""
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if len(text) > size:
+            return False
+        view = memoryview(text.ljust(size))
+        done = 0
+        while done < size:
+            done += os.pwrite(fd, view[done:], done)
+        os.fsync(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 # -- what each outcome records ---------------------------------------------------------------------
