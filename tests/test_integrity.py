@@ -179,20 +179,36 @@ def _member_added(members: Members) -> Members:
     return out
 
 
+def _link_repointed(members: Members) -> Members:
+    """The hard link storage/hl (of doc1.json) re-pointed at another file; its index line kept."""
+    out: Members = []
+    for m, d in members:
+        if m.islnk() and m.name == "storage/hl":
+            m.linkname = "storage/exec.sh"
+        out.append((m, d))
+    assert any(m.islnk() and m.linkname == "storage/exec.sh" for m, _ in out)
+    return out
+
+
 @pytest.mark.parametrize(
     ("edit", "expect"),
     [
         (_members_altered, "1 member(s) differ from the archive's own record of their content (BLAKE3)"),
         (_index_dropped, "names an index (.gofr-backup-files.b3) that the archive lacks"),
-        (_member_added, "the archive's index lists 10 files, the archive holds 11"),
+        (_member_added, "the archive's index lists 11 files, the archive holds 12"),
+        (
+            _link_repointed,
+            "1 member(s) differ from the archive's own record of their content (BLAKE3): storage/hl",
+        ),
     ],
-    ids=["content-altered", "index-dropped", "member-added"],
+    ids=["content-altered", "index-dropped", "member-added", "hard-link-repointed"],
 )
 def test_a_re_signed_archive_whose_content_disagrees_with_its_index_is_refused(
     app: dict[str, Any], edit: Any, expect: str
 ) -> None:
     """Every checksum agrees (the archive was rewritten, its .sha256 and the manifest's checksum
     recomputed): only the archive's own per-file record can tell, and verify and restore read it."""
+    os.link(app["data"] / "storage" / "doc1.json", app["data"] / "storage" / "hl")
     a = _backup(app)
     rewrite_archive(a, app["backups"], edit)
     _refused(app, a, expect)

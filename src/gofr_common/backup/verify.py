@@ -123,6 +123,7 @@ class _ContentHashes:
         self.hash: Any = None  # of the member being read
         self.got = 0
         self.entries = 0
+        self.link_targets: set[str] = set()  # what hard links point at (memory: one per link)
 
     def _lose(self, e: OSError) -> None:
         self.close()
@@ -155,15 +156,19 @@ class _ContentHashes:
             self.got += len(b)
 
     def finish(self, m: tarfile.TarInfo) -> None:
-        """Record the member just read: its digest if it is a regular file read whole, None for a
-        hard link (the index repeats its target's digest, checked under the target's name)."""
+        """Record the member just read: its digest if it is a regular file read whole; for a hard
+        link, the name it points at (the index repeats the target's digest: compared with the
+        index's line for that target, itself checked against the target's content)."""
         if self.f is None or not (m.isreg() or m.islnk()):
             return
         whole = m.isreg() and self.hash is not None and self.got == m.size
         digest = self.hash.hexdigest() if whole else None
+        link = m.linkname.rstrip("/") if m.islnk() else None
+        if link is not None:
+            self.link_targets.add(link)
         self.hash = None
         try:
-            self.f.write(json.dumps([m.name, digest]).encode() + b"\n")
+            self.f.write(json.dumps([m.name, digest, link]).encode() + b"\n")
         except OSError as e:
             self._lose(e)
             return
@@ -174,6 +179,7 @@ class _ContentHashes:
         else what is wrong (the first few differences)."""
         differ: list[str] = []
         n_differ = listed = 0
+        targets: dict[str, str] = {}  # hard link target -> its (checked) digest
         try:
             assert self.f is not None
             self.f.flush()
@@ -182,10 +188,14 @@ class _ContentHashes:
                 line = self.f.readline()
                 if not line:
                     return f"the archive's index lists {name!r}, which is not among its members"
-                ours, got = json.loads(line)
+                ours, got, link = json.loads(line)
                 listed += 1
                 if ours != name:
                     return f"the archive's index lists {name!r} where the archive holds {ours!r}"
+                if link is not None:  # a hard link holds what its target holds
+                    got = targets.get(link, "")
+                elif name in self.link_targets and got is not None:
+                    targets[name] = got
                 if got is not None and got != digest:
                     n_differ += 1
                     if len(differ) < 5:
