@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import string
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +213,27 @@ def test_an_empty_value_is_never_taken_as_no_option(tmp_path: Path) -> None:
         assert len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
         assert tree(tmp_path) == before, args
     assert (data / "s" / "a.txt").read_text() == "live change"
+
+
+def test_a_closed_stdout_never_turns_a_result_into_exit_0(app: dict[str, Any]) -> None:
+    """`verify --all | head -1` and `status | head -1`: the reader goes away, the command cannot
+    report (and verify --all stops early). Exit 1 with one line, never 0 (it was 0: an unhealthy
+    status and a damaged archive read as success under `set -o pipefail`)."""
+    assert run_cli("now", env=app["env"]).returncode == 0
+    for args in (("status",), ("verify", "--all"), ("list",)):
+        p = subprocess.Popen(
+            [sys.executable, "-m", "gofr_common.backup", *args],
+            env=app["env"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert p.stdout is not None
+        p.stdout.close()  # the reader is gone before the first line
+        err = p.communicate(timeout=60)[1]
+        assert p.returncode == 1, (args, p.returncode, err)
+        assert (
+            err.strip().splitlines()[-1]
+            == "gofr-backup: output cut short: stdout was closed before the command finished"
+        ), err
+        assert "Traceback" not in err and "Exception ignored" not in err, err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tarfile
 from pathlib import Path
 
 from gofrtest import cli_env, manifest, run_cli, write
@@ -64,3 +66,28 @@ def test_boolean_error_lists_every_accepted_spelling(tmp_path: Path) -> None:
     assert r.returncode == 2
     for spelling in ("true/false", "1/0", "yes/no", "y/n", "on/off"):
         assert spelling in r.stderr, r.stderr
+
+
+def test_a_name_that_is_not_utf8_in_a_warning_never_breaks_a_backup_or_its_json(tmp_path: Path) -> None:
+    """A symlink pointing outside its path whose name is not valid UTF-8: the backup warns about
+    it. Writing that warning into the end marker raised UnicodeEncodeError, and the backup failed
+    ("unexpected error"); `list --json` must stay valid JSON, text output one escaped line."""
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    write(data / "storage" / "doc.txt", "x")
+    os.symlink("/etc/hostname", os.fsencode(data / "storage") + b"/link-\xff")
+    env = cli_env(data, backups, **{"GOFR_{P}_BACKUP_PATHS": "storage:storage"})
+    r = run_cli("now", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "link-\\udcff" in r.stdout + r.stderr  # the name, escaped, in the warning
+    e = manifest(backups)[0]
+    assert any("link-\udcff" in w for w in e["warnings"]), e["warnings"]
+    for args in (("list", "--json"), ("status", "--json"), ("verify", "--all", "--json")):
+        r = run_cli(*args, env=env)
+        assert r.returncode == 0, (args, r.stderr)
+        json.loads(r.stdout)
+    for args in (("list",), ("status",)):
+        r = run_cli(*args, env=env)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (args, r.stderr)
+    with tarfile.open(backups / e["path"]) as tar:
+        end = json.loads(tar.extractfile(".gofr-backup-end.json").read())  # type: ignore[union-attr]
+    assert any("link-\udcff" in w for w in end["warnings"])

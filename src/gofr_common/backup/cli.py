@@ -8,6 +8,7 @@ Exit codes: 0 ok; 1 operation failed; 2 usage or configuration error; 3 complete
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, BackupError, ConfigError, one_line
+from .fsutil import json_text
 from .layout import TIERS
 
 if TYPE_CHECKING:
@@ -159,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     global _json_errors
+    # a name that is not valid UTF-8 (a lone surrogate) is printed escaped, as in error lines,
+    # whatever the locale (a UTF-8 locale's stdout raised UnicodeEncodeError on it, the C
+    # locale's wrote its raw bytes)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     argv = list(sys.argv[1:] if argv is None else argv)
     _json_errors = "--json" in argv
     args = build_parser().parse_args(argv)
@@ -169,7 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _error("interrupted", EXIT_FAILED)
     except BrokenPipeError:
-        return EXIT_OK
+        # the reader went away (`| head`): what the command found was not all reported (and a
+        # `verify --all` stopped early), so never exit 0 for it; stdout goes nowhere from now on,
+        # so that the interpreter's own flush at exit does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.stderr.write(f"{PROG}: output cut short: stdout was closed before the command finished\n")
+        return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - a bug of ours: still one line, the traceback in the debug log
         from .log import event
         from .run import failure_text
@@ -238,7 +250,7 @@ def _service(config: BackupConfig, stop_on_signals: bool = True) -> BackupServic
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+    print(json_text(obj, indent=2, default=str))
 
 
 def _now() -> datetime:

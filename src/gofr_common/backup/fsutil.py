@@ -71,6 +71,19 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     fsync_dir(path.parent)
 
 
+def json_text(obj: Any, **kw: Any) -> str:
+    """``json.dumps`` keeping non-ASCII text readable (``ensure_ascii=False``) unless the object
+    holds a name that is not valid UTF-8 (a lone surrogate from ``surrogateescape``), which can
+    only be written escaped (``\\udcff``): the text is then valid JSON that encodes as UTF-8, and
+    reads back as the same str."""
+    text = json.dumps(obj, ensure_ascii=False, **kw)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, **kw)
+    return text
+
+
 def atomic_write_json(path: Path, obj: Any, mode: int = FILE_MODE) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode(), mode)
 

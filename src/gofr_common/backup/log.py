@@ -9,6 +9,8 @@ import sys
 from datetime import datetime
 from typing import Any, TextIO
 
+from .fsutil import json_text
+
 log = logging.getLogger("gofr_backup")
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -38,7 +40,7 @@ class _Json(logging.Formatter):
             "message": r.getMessage(),
         }
         d.update({k: v for k, v in _fields(r).items() if k not in d})
-        return json.dumps(d, default=str, ensure_ascii=False)
+        return json_text(d, default=str)
 
 
 def _fmt(v: Any) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import grp
 import hashlib
 import io
-import json
 import os
 import pwd
 import shutil
@@ -35,7 +34,7 @@ from .codecs import CHUNK, CODECS, close_after_error
 from .config import BackupConfig
 from .errors import BackupError, Interrupted, NoDataError
 from .excludes import compile_excludes
-from .fsutil import FILE_MODE, free_bytes, fsync_dir, remove_quietly
+from .fsutil import FILE_MODE, free_bytes, fsync_dir, json_text, remove_quietly
 from .scan import Found, ScanEntry, Survey, backup_dir_ids, survey, walk
 from .tarstream import TarStream
 
@@ -175,7 +174,7 @@ class _Names:
 
 
 def _json_member(tar: TarStream, name: str, obj: dict[str, Any]) -> None:
-    data = json.dumps(obj, indent=1, ensure_ascii=False).encode()
+    data = json_text(obj, indent=1).encode()
     ti = tarfile.TarInfo(name)
     ti.size = len(data)
     ti.mode = 0o600
