@@ -36,7 +36,13 @@ def _open_in(pid: int, path: Path) -> bool:
     return False
 
 
-def _while_reading(env: dict[str, str], big: Path, act: Callable[[], None], tries: int = 5) -> Any:
+def _while_reading(
+    env: dict[str, str],
+    big: Path,
+    act: Callable[[], None],
+    tries: int = 5,
+    before_each: Callable[[], None] = lambda: None,
+) -> Any:
     """Run `now`; the moment it has ``big`` open (archiving it: the header, which declares every
     path, is written), stop it with SIGSTOP, check it still has ``big`` open (so nothing after
     ``big`` in the walk has been read), run ``act``, and let it go on. A run whose moment was
@@ -44,6 +50,7 @@ def _while_reading(env: dict[str, str], big: Path, act: Callable[[], None], trie
     Returns the finished run's (returncode, stdout, stderr)."""
     backups = Path(env["GOFR_PLOT_BACKUP_DIR"])
     for _ in range(tries):
+        before_each()
         p = popen_cli("now", "--json", env=env)
         hit = False
         deadline = time.monotonic() + 60
@@ -85,16 +92,7 @@ def _vanish_setup(tmp_path: Path) -> tuple[Path, dict[str, str], Path]:
         write(data / "storage" / "zz" / f"f{i}", f"zz {i}\n")
     for i in range(20):
         write(data / "auth" / f"k{i}", f"key {i}\n", 0o600)
-    env = cli_env(
-        data,
-        tmp_path / "backups",
-        **{
-            "GOFR_{P}_BACKUP_PATHS": "storage:storage,auth:auth",
-            "GOFR_{P}_BACKUP_COMPRESSION_LEVEL": "1",
-            "GOFR_{P}_BACKUP_REPORT_FILE": "off",
-        },
-    )
-    return data, env, big
+    return data, _vanish_env(data, tmp_path / "backups"), big
 
 
 def test_a_path_that_vanishes_while_now_archives_makes_the_backup_incomplete_and_restore_keeps_it(
@@ -143,6 +141,103 @@ def test_a_path_moved_away_in_the_middle_of_its_own_walk_makes_the_backup_incomp
     r = run_cli("restore", e["filename"], "--allow-incomplete", "--yes", env=env)
     assert r.returncode == 0, r.stderr
     assert snapshot(data / "storage") == before  # storage/zz/* is still there
+
+
+def _incomplete_without_auth(tmp_path: Path, rc: int, out: str, err: str, auth: Path) -> None:
+    """The run that lost `auth` before its walk: exit 3 naming it, an incomplete archive without
+    any of it, status unhealthy, and a restore that leaves the live `auth` as it is."""
+    assert rc == 3, err
+    assert "auth" in err and "replaced" in err, err
+    e = json.loads(out)
+    assert e["complete"] is False
+    archive = tmp_path / "backups" / e["path"]
+    end = _end(archive)
+    assert end["complete"] is False and str(auth) in end["unreadable"], end
+    assert not [m for m in _members(archive) if m.startswith("auth/")]
+    assert run_cli("status", env=_env_of(tmp_path)).returncode == 1
+    # what `auth` holds (its own mtime aside: a mount point's restore stages inside it)
+    before = {k: v for k, v in snapshot(auth).items() if k != "."}
+    r = run_cli("restore", "--latest", "--dry-run", env=_env_of(tmp_path))
+    assert e["filename"] not in r.stdout, r.stdout  # --latest never picks it
+    r = run_cli("restore", e["filename"], "--allow-incomplete", "--yes", env=_env_of(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert {k: v for k, v in snapshot(auth).items() if k != "."} == before and before, before
+
+
+def _env_of(tmp_path: Path) -> dict[str, str]:
+    return _vanish_env(tmp_path / "data", tmp_path / "backups")
+
+
+def _vanish_env(data: Path, backups: Path) -> dict[str, str]:
+    return cli_env(
+        data,
+        backups,
+        **{
+            "GOFR_{P}_BACKUP_PATHS": "storage:storage,auth:auth",
+            "GOFR_{P}_BACKUP_COMPRESSION_LEVEL": "1",
+            "GOFR_{P}_BACKUP_REPORT_FILE": "off",
+        },
+    )
+
+
+def test_a_path_replaced_by_another_directory_before_the_walk_reaches_it_makes_the_backup_incomplete(
+    tmp_path: Path,
+) -> None:
+    """`auth` is swapped for a new, empty directory after the backup started, before the walk gets
+    to it: the walk must not take the empty directory for `auth` (a complete archive of it would
+    make a restore delete the live keys)."""
+    data, env, big = _vanish_setup(tmp_path)
+    aside = tmp_path / "auth.aside"
+
+    def swap() -> None:
+        (data / "auth").rename(aside)
+        (data / "auth").mkdir()
+
+    rc, out, err = _while_reading(env, big, swap)
+    (data / "auth").rmdir()
+    aside.rename(data / "auth")  # the real one is back
+    _incomplete_without_auth(tmp_path, rc, out, err, data / "auth")
+
+
+def test_a_path_whose_volume_is_unmounted_before_the_walk_reaches_it_makes_the_backup_incomplete(
+    tmp_path: Path,
+) -> None:
+    """`auth` is a real tmpfs, unmounted after the backup started and before the walk gets to it:
+    the empty mount point left behind is not `auth`."""
+    needs(os.geteuid() == 0, "mounting a tmpfs needs root")
+    data, env, big = _vanish_setup(tmp_path)
+    auth = data / "auth"
+    keys = {p.name: p.read_bytes() for p in auth.iterdir()}
+    shutil.rmtree(auth)
+    auth.mkdir()
+
+    def mount() -> None:
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(auth)], capture_output=True, text=True
+        )
+        needs(r.returncode == 0, f"cannot mount tmpfs here: {r.stderr.strip()}")
+        for k, v in keys.items():
+            write(auth / k, v, 0o600)
+
+    mount()
+    try:
+        backups = tmp_path / "backups"
+
+        def again() -> None:  # a missed run is retried: the volume must be there at its start
+            if not os.path.ismount(auth):
+                mount()
+
+        def umount() -> None:
+            subprocess.run(["umount", str(auth)], check=True)
+
+        rc, out, err = _while_reading(env, big, umount, before_each=again)
+        mount()  # the volume is back
+        assert backups.is_dir()
+        _incomplete_without_auth(tmp_path, rc, out, err, auth)
+        assert sorted(p.name for p in auth.iterdir()) == sorted(keys)
+    finally:
+        while os.path.ismount(auth):
+            subprocess.run(["umount", "-l", str(auth)], check=False, capture_output=True)
 
 
 def test_a_subdirectory_that_vanishes_mid_walk_is_a_warning_not_an_incomplete_backup(

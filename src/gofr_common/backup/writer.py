@@ -567,7 +567,7 @@ def write_archive(
         found = Found()
         progress.begin("backup", s.source_bytes)
         try:
-            for e in walk(s.tops, found, should_stop, excluded, skip):
+            for e in walk(s.tops, found, should_stop, excluded, skip, s.ids):
                 added = w.count
                 w.add(e)
                 if e.arcname in s.kinds and w.count == added and e.path not in w.unreadable:
