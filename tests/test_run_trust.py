@@ -460,3 +460,64 @@ def test_a_backup_that_fails_on_a_full_disk_makes_status_unhealthy(
     (small_backups / "filler").unlink()
     assert run_cli("now", env=env).returncode == 0
     assert run_cli("status", env=env).returncode == 0
+
+
+def test_a_full_disk_failure_is_recorded_over_an_unpadded_state_file_of_an_older_version(
+    tmp_path: Path, small_backups: Path
+) -> None:
+    """An older version wrote the state file unpadded (a few hundred bytes): the first full disk
+    after the upgrade must still be recorded, in the rest of the file's block."""
+    data = tmp_path / "data"
+    write(data / "storage" / "r1", os.urandom(1 << 20))
+    write(data / "auth" / "k", "k\n")
+    env = _empty_env(tmp_path, data)
+    assert run_cli("now", env=env).returncode == 0
+    state = small_backups / ".gofr-plot.state.json"
+    state.write_text(json.dumps(json.loads(state.read_text())))  # as an older version left it
+    assert state.stat().st_size < 1024
+    _fill(small_backups)
+    write(data / "storage" / "new", "more\n")
+    r = run_cli("now", env=env)
+    assert r.returncode == 1 and "not enough space" in r.stderr, r.stderr
+    assert "could not be recorded" not in r.stderr, r.stderr
+    st = run_cli("status", "--json", env=env)
+    assert st.returncode == 1, st.stdout
+    d = json.loads(st.stdout)
+    assert "not enough space" in d["last_failure"]["error"], d
+    assert d["last_success"]["filename"] == manifest(small_backups)[0]["filename"]
+
+
+def test_a_state_file_that_is_a_symlink_is_neither_read_nor_written_through(
+    tmp_path: Path, small_backups: Path
+) -> None:
+    """Writes refuse a symlinked state file (O_NOFOLLOW); status must not read through it either
+    (a healthy copy elsewhere would hide failures), and a failure that cannot be recorded says so."""
+    data = tmp_path / "data"
+    write(data / "storage" / "r1", os.urandom(1 << 20))
+    write(data / "auth" / "k", "k\n")
+    env = _empty_env(tmp_path, data)
+    assert run_cli("now", env=env).returncode == 0
+    state = small_backups / ".gofr-plot.state.json"
+    victim = tmp_path / "victim.json"
+    victim.write_bytes(state.read_bytes())  # a healthy state, padded, outside the backup dir
+    state.unlink()
+    state.symlink_to(victim)
+    st = run_cli("status", "--json", env=env)
+    assert st.returncode == 1, st.stdout
+    assert any("is a symlink" in r for r in json.loads(st.stdout)["reasons"]), st.stdout
+    _fill(small_backups)
+    write(data / "storage" / "new", "more\n")
+    before = victim.read_bytes()
+    r = run_cli("now", env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("gofr-backup: not enough space"), r.stderr
+    said = [x for x in r.stderr.splitlines() if "could not be recorded in the state file" in x]
+    assert len(said) == 1 and "status will not show it" in said[0], r.stderr
+    assert victim.read_bytes() == before and state.is_symlink()
+    assert run_cli("status", env=env).returncode == 1
+    # with room again, the next run replaces the link with a state file of its own
+    (small_backups / "filler").unlink()
+    assert run_cli("now", env=env).returncode == 0
+    assert not state.is_symlink() and victim.read_bytes() == before
+    assert run_cli("status", env=env).returncode == 0

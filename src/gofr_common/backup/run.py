@@ -358,12 +358,13 @@ class Run:
         try:
             record_failure(self.config, self.now(), error, self.trigger)
         except Exception as e:  # noqa: BLE001 - a full disk, a read-only dir: the error itself is reported
-            if self.log_failures:  # the CLI prints the error itself, as its one line
-                event(
-                    "state.write_failed",
-                    f"cannot record the failure in the state file: {failure_text(e)}",
-                    level=logging.ERROR,
-                )
+            # always (the CLI prints only the error itself): status would go on saying what it said
+            event(
+                "state.write_failed",
+                f"the failure could not be recorded in the state file {self.config.layout.state} "
+                f"({failure_text(e)}): status will not show it",
+                level=logging.ERROR,
+            )
         return error
 
     def spot_check(self, entry: Entry) -> None:
