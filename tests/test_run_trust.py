@@ -521,3 +521,25 @@ def test_a_state_file_that_is_a_symlink_is_neither_read_nor_written_through(
     assert run_cli("now", env=env).returncode == 0
     assert not state.is_symlink() and victim.read_bytes() == before
     assert run_cli("status", env=env).returncode == 0
+
+
+def test_one_allow_empty_backup_does_not_let_later_empty_backups_through(tmp_path: Path) -> None:
+    """ALLOW_EMPTY=true for one run (the operator meant it then) must not turn the guard off for
+    good: the next empty run without it compares with the newest archive that held files."""
+    data = tmp_path / "data"
+    write(data / "storage" / "doc", "doc\n")
+    (data / "auth").mkdir()
+    env = _empty_env(tmp_path, data)
+    r = run_cli("now", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    good = json.loads(r.stdout)
+    (data / "storage" / "doc").unlink()
+    time.sleep(1.1)
+    r = run_cli("now", "--json", env={**env, "GOFR_PLOT_BACKUP_ALLOW_EMPTY": "true"})
+    assert r.returncode == 0, r.stderr
+    time.sleep(1.1)
+    before = sorted(p.name for p in (tmp_path / "backups" / "daily").iterdir())
+    r = run_cli("now", env=env)
+    assert r.returncode == 1 and "unmounted or emptied" in r.stderr, r.stderr
+    assert good["filename"] in r.stderr and "Backed up" not in r.stderr, r.stderr
+    assert sorted(p.name for p in (tmp_path / "backups" / "daily").iterdir()) == before

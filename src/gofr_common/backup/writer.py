@@ -21,7 +21,7 @@ import stat
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from .config import BackupConfig
 from .errors import BackupError, Interrupted, NoDataError
 from .excludes import compile_excludes
 from .fsutil import FILE_MODE, free_bytes, fsync_dir, remove_quietly
+from .manifest import Entry, created_of
 from .scan import Found, ScanEntry, Survey, backup_dir_ids, survey, walk
 from .tarstream import TarStream
 
@@ -445,16 +446,20 @@ def held_files(previous: Mapping[str, Any], s: Survey) -> bool:
     return int(previous.get("source_bytes") or 0) > 0 or int(previous.get("file_count") or 0) > s.file_count
 
 
-def check_not_empty(config: BackupConfig, s: Survey, previous: Mapping[str, Any] | None) -> None:
-    """Data with no regular file at all, after an archive that held files, is an unmounted or
-    emptied volume, not a backup: refuse it (ALLOW_EMPTY=true allows it). Otherwise (a first
-    backup of a new deployment) it goes ahead with a warning."""
+def check_not_empty(config: BackupConfig, s: Survey, earlier: Sequence[Entry] = ()) -> None:
+    """Data with no regular file at all, after a complete archive that held files (``earlier``:
+    this project's complete archives; the newest that held files counts, so one ALLOW_EMPTY backup
+    of nothing does not turn the guard off), is an unmounted or emptied volume, not a backup: refuse
+    it (ALLOW_EMPTY=true allows it). Otherwise (a first backup of a new deployment) it goes ahead
+    with a warning."""
     if s.regular_files or config.allow_empty:
         return
     where = ", ".join(f"{name}={path}" for name, path, _ in s.tops)
-    if previous is not None and held_files(previous, s):
+    held = [e for e in earlier if held_files(e, s)]
+    if held:
+        previous = max(held, key=created_of)
         raise BackupError(
-            f"no file to back up: {where} hold no regular file, but the last complete archive "
+            f"no file to back up: {where} hold no regular file, but the complete archive "
             f"{previous.get('filename')} held {previous.get('file_count')} files and directories: "
             "the data volume looks unmounted or emptied. "
             "Nothing was written and no archive was deleted; mount the volume (or restore the data), or "
@@ -462,7 +467,8 @@ def check_not_empty(config: BackupConfig, s: Survey, previous: Mapping[str, Any]
         )
     s.warnings.append(
         f"the data holds no regular file ({where}): an unmounted or emptied volume? Backed up, since "
-        f"no earlier archive held files; once one has, such a backup fails unless {config.prefix}ALLOW_EMPTY=true"
+        f"no earlier complete archive held files; once one has, such a backup fails unless "
+        f"{config.prefix}ALLOW_EMPTY=true"
     )
 
 
@@ -519,10 +525,10 @@ def write_archive(
     created: datetime,
     should_stop: Callable[[], bool] = lambda: False,
     expected_ratio: float | None = None,
-    previous: Mapping[str, Any] | None = None,
+    earlier: Sequence[Entry] = (),
 ) -> WriteResult:
-    """Write one archive into ``{backup_dir}/{tier}/`` and its ``.sha256`` sidecar. ``previous``:
-    the manifest entry of the newest complete archive, if any (see :func:`check_not_empty`).
+    """Write one archive into ``{backup_dir}/{tier}/`` and its ``.sha256`` sidecar. ``earlier``:
+    the manifest entries of this project's complete archives (see :func:`check_not_empty`).
 
     The archive is written as ``<name>.partial``, fsynced, and renamed only when complete.
     On any error or interruption the partial file is removed before the exception propagates.
@@ -534,7 +540,7 @@ def write_archive(
         raise no_data_error(config)
     if s.emptied:
         raise emptied_error(config, s.emptied)
-    check_not_empty(config, s, previous)
+    check_not_empty(config, s, earlier)
     preflight(config, s.source_bytes, expected_ratio)
     lay = config.layout
     tier_dir = lay.tier_dir(tier)
