@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tarfile
 import time
@@ -543,3 +544,48 @@ def test_one_allow_empty_backup_does_not_let_later_empty_backups_through(tmp_pat
     assert r.returncode == 1 and "unmounted or emptied" in r.stderr, r.stderr
     assert good["filename"] in r.stderr and "Backed up" not in r.stderr, r.stderr
     assert sorted(p.name for p in (tmp_path / "backups" / "daily").iterdir()) == before
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_a_stray_file_or_symlink_named_like_the_temp_dir_is_removed_not_a_failure_of_every_backup(
+    tmp_path: Path, kind: str
+) -> None:
+    """`.gofr-plot.tmp` is the run's scratch dir; a file or symlink of that name (left by hand, or
+    by another tool) made every backup fail with 'cannot write archive in .../daily: File exists'.
+    The cleanup under the run lock removes it (a link is unlinked, never followed)."""
+    data = tmp_path / "data"
+    write(data / "storage" / "doc", "doc\n")
+    write(data / "auth" / "k", "k\n")
+    env = _empty_env(tmp_path, data)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    stray = backups / ".gofr-plot.tmp"
+    victim = write(tmp_path / "victim" / "keep", "precious\n")
+    if kind == "file":
+        stray.write_text("stray\n")
+    else:
+        stray.symlink_to(victim.parent)
+    r = run_cli("now", env=env)
+    assert r.returncode == 0, r.stderr
+    assert ".gofr-plot.tmp" in r.stderr, r.stderr  # what was removed is logged
+    assert not os.path.lexists(stray)
+    assert victim.read_text() == "precious\n" and sorted(os.listdir(victim.parent)) == ["keep"]
+    assert len(manifest(backups)) == 1
+
+
+def test_a_temp_dir_name_that_cannot_be_cleared_is_named_in_the_error(tmp_path: Path) -> None:
+    """Something in the way that the cleanup does not remove (here: a FIFO, neither ours nor a
+    plain file): the one line names `.gofr-plot.tmp`, not the tier directory."""
+    data = tmp_path / "data"
+    write(data / "storage" / "doc", "doc\n")
+    env = _empty_env(tmp_path, data)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    os.mkfifo(backups / ".gofr-plot.tmp")
+    r = run_cli("now", env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("gofr-backup: ") and ".gofr-plot.tmp" in last, r.stderr
+    assert not list(backups.rglob("*.tar.gz*")) and stat.S_ISFIFO(
+        os.lstat(backups / ".gofr-plot.tmp").st_mode
+    )

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -402,10 +403,19 @@ def remove_dead_leftovers(config: BackupConfig) -> list[str]:
         finally:
             os.close(fd)
     tmp = config.layout.tmp
-    if tmp.is_dir() and not tmp.is_symlink():
+    try:
+        mode = os.lstat(tmp).st_mode
+    except FileNotFoundError:
+        return removed
+    if stat.S_ISDIR(mode):
         size = sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(tmp) for f in fs)
         shutil.rmtree(tmp)
         removed.append(f"{tmp.name}/ ({_size(size)})")
+    elif stat.S_ISREG(mode) or stat.S_ISLNK(mode):  # in the way of the temp dir: unlinked, never followed
+        os.unlink(tmp)
+        removed.append(
+            f"{tmp.name} (a {'symlink' if stat.S_ISLNK(mode) else 'file'} where the temp dir goes)"
+        )
     return removed
 
 

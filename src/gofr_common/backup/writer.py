@@ -519,6 +519,28 @@ def reserve_name(tier_dir: Path, config: BackupConfig, tier: str, created: datet
     raise BackupError(f"could not find a free archive name in {tier_dir}")
 
 
+def _real_dir(p: Path) -> bool:
+    """A directory, not a link to one (never opened: a FIFO there would block)."""
+    try:
+        return stat.S_ISDIR(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def fresh_tmp(tmp: Path) -> None:
+    """Create the run's temp dir anew (one left by a dead run goes first: we hold the run lock);
+    anything else in its way is named in the error, never the tier directory."""
+    try:
+        if _real_dir(tmp):
+            shutil.rmtree(tmp)
+        tmp.mkdir(mode=0o700)
+    except OSError as e:
+        raise BackupError(
+            f"cannot create the run's temp dir {tmp}: {e.strerror or e}; remove what is in the way "
+            f"there ({tmp.name} must be a directory of ours, or absent)"
+        ) from None
+
+
 def write_archive(
     config: BackupConfig,
     tier: str,
@@ -562,8 +584,7 @@ def write_archive(
     index = tempfile.TemporaryFile(dir=tier_dir, buffering=1 << 16)
     try:
         if sqlite_tmp is not None:
-            shutil.rmtree(sqlite_tmp, ignore_errors=True)  # left by a dead run (we hold the lock)
-            sqlite_tmp.mkdir(mode=0o700)
+            fresh_tmp(sqlite_tmp)
         hw = HashingWriter(fd)
         stream = CODECS[config.compression].writer(hw, config.compression_level)  # type: ignore[arg-type]
         sink = _Sink(stream)
@@ -623,7 +644,7 @@ def write_archive(
         raise
     finally:
         index.close()
-        if sqlite_tmp is not None:
+        if sqlite_tmp is not None and _real_dir(sqlite_tmp):
             shutil.rmtree(sqlite_tmp, ignore_errors=True)
     return WriteResult(
         path=final,
