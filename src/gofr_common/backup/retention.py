@@ -266,6 +266,11 @@ def _prune(
                 continue
             orphan = _orphan(n, config.project, fd)
             if orphan is not None:
+                try:
+                    regular_in(fd, n)
+                except NotOurs as x:  # a link or a directory of that name: skipped, never "cleaned"
+                    report.skipped.append(f"{tier}/{x}")
+                    continue
                 orphans.append((tier, n, orphan))
     report.adopted = [e["path"] for e in new_entries]
     report.cleaned += [f"{tier}/{n} ({why})" for tier, n, why in orphans]
@@ -346,10 +351,11 @@ def _prune(
         if e["tier"] in dirs.fds:
             with contextlib.suppress(NotOurs):
                 unlink_regular(dirs.fds[e["tier"]], e["filename"] + layout.SIDECAR_SUFFIX)
-    for tier, n, _ in orphans:
+    for tier, n, why in orphans:
         try:
             unlink_regular(dirs.fds[tier], n)
-        except NotOurs as x:
+        except NotOurs as x:  # replaced since it was listed: reported as what happened
+            report.cleaned.remove(f"{tier}/{n} ({why})")
             report.skipped.append(f"{tier}/{x}")
 
 
