@@ -176,3 +176,32 @@ def test_a_manifest_entry_with_a_time_without_offset_is_rebuilt_from_its_archive
     entries = json.loads((backups / "manifest.json").read_text())["backups"]
     assert entries and all(datetime.fromisoformat(e["created"]).utcoffset() is not None for e in entries)
     assert len(list(backups.glob("daily/*.tar.gz"))) == 1
+
+
+def test_prune_reports_a_leftover_it_does_not_delete_only_as_skipped(tmp_path: Path) -> None:
+    """A symlinked `.partial` and a directory named `*.partial` are not ours to delete: they were
+    listed under both "cleaned" and "skipped"; only what happened may be said."""
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    write(data / "storage" / "f.txt", "x")
+    env = cli_env(data, backups, **{"GOFR_{P}_BACKUP_PATHS": "storage:storage"})
+    assert run_cli("now", env=env).returncode == 0
+    victim = write(tmp_path / "victim", "precious\n")
+    link = "gofr-plot_daily_20260101_000001.tar.gz.partial"
+    folder = "gofr-plot_daily_20260101_000002.tar.gz.partial"
+    (backups / "daily" / link).symlink_to(victim)
+    (backups / "daily" / folder).mkdir()
+    real = "gofr-plot_daily_20260101_000003.tar.gz.partial"  # a real leftover is still cleaned
+    write(backups / "daily" / real, b"\0" * 10)
+    for args in (("prune", "--dry-run", "--json"), ("prune", "--json")):
+        r = run_cli(*args, env=env)
+        assert r.returncode == 0, r.stderr
+        d = json.loads(r.stdout)
+        for name in (link, folder):
+            assert any(name in s for s in d["skipped"]), (args, d)
+            assert not any(name in c for c in d["cleaned"]), (args, d)
+        assert any(real in c for c in d["cleaned"]), (args, d)
+    assert not (backups / "daily" / real).exists()
+    r = run_cli("prune", env=env)
+    cleaned = r.stdout.split("skipped")[0]
+    assert link not in cleaned and folder not in cleaned and link in r.stdout, r.stdout
+    assert victim.read_text() == "precious\n" and (backups / "daily" / folder).is_dir()

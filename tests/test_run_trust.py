@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tarfile
 import time
@@ -36,7 +37,13 @@ def _open_in(pid: int, path: Path) -> bool:
     return False
 
 
-def _while_reading(env: dict[str, str], big: Path, act: Callable[[], None], tries: int = 5) -> Any:
+def _while_reading(
+    env: dict[str, str],
+    big: Path,
+    act: Callable[[], None],
+    tries: int = 5,
+    before_each: Callable[[], None] = lambda: None,
+) -> Any:
     """Run `now`; the moment it has ``big`` open (archiving it: the header, which declares every
     path, is written), stop it with SIGSTOP, check it still has ``big`` open (so nothing after
     ``big`` in the walk has been read), run ``act``, and let it go on. A run whose moment was
@@ -44,6 +51,7 @@ def _while_reading(env: dict[str, str], big: Path, act: Callable[[], None], trie
     Returns the finished run's (returncode, stdout, stderr)."""
     backups = Path(env["GOFR_PLOT_BACKUP_DIR"])
     for _ in range(tries):
+        before_each()
         p = popen_cli("now", "--json", env=env)
         hit = False
         deadline = time.monotonic() + 60
@@ -85,16 +93,7 @@ def _vanish_setup(tmp_path: Path) -> tuple[Path, dict[str, str], Path]:
         write(data / "storage" / "zz" / f"f{i}", f"zz {i}\n")
     for i in range(20):
         write(data / "auth" / f"k{i}", f"key {i}\n", 0o600)
-    env = cli_env(
-        data,
-        tmp_path / "backups",
-        **{
-            "GOFR_{P}_BACKUP_PATHS": "storage:storage,auth:auth",
-            "GOFR_{P}_BACKUP_COMPRESSION_LEVEL": "1",
-            "GOFR_{P}_BACKUP_REPORT_FILE": "off",
-        },
-    )
-    return data, env, big
+    return data, _vanish_env(data, tmp_path / "backups"), big
 
 
 def test_a_path_that_vanishes_while_now_archives_makes_the_backup_incomplete_and_restore_keeps_it(
@@ -143,6 +142,103 @@ def test_a_path_moved_away_in_the_middle_of_its_own_walk_makes_the_backup_incomp
     r = run_cli("restore", e["filename"], "--allow-incomplete", "--yes", env=env)
     assert r.returncode == 0, r.stderr
     assert snapshot(data / "storage") == before  # storage/zz/* is still there
+
+
+def _incomplete_without_auth(tmp_path: Path, rc: int, out: str, err: str, auth: Path) -> None:
+    """The run that lost `auth` before its walk: exit 3 naming it, an incomplete archive without
+    any of it, status unhealthy, and a restore that leaves the live `auth` as it is."""
+    assert rc == 3, err
+    assert "auth" in err and "replaced" in err, err
+    e = json.loads(out)
+    assert e["complete"] is False
+    archive = tmp_path / "backups" / e["path"]
+    end = _end(archive)
+    assert end["complete"] is False and str(auth) in end["unreadable"], end
+    assert not [m for m in _members(archive) if m.startswith("auth/")]
+    assert run_cli("status", env=_env_of(tmp_path)).returncode == 1
+    # what `auth` holds (its own mtime aside: a mount point's restore stages inside it)
+    before = {k: v for k, v in snapshot(auth).items() if k != "."}
+    r = run_cli("restore", "--latest", "--dry-run", env=_env_of(tmp_path))
+    assert e["filename"] not in r.stdout, r.stdout  # --latest never picks it
+    r = run_cli("restore", e["filename"], "--allow-incomplete", "--yes", env=_env_of(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert {k: v for k, v in snapshot(auth).items() if k != "."} == before and before, before
+
+
+def _env_of(tmp_path: Path) -> dict[str, str]:
+    return _vanish_env(tmp_path / "data", tmp_path / "backups")
+
+
+def _vanish_env(data: Path, backups: Path) -> dict[str, str]:
+    return cli_env(
+        data,
+        backups,
+        **{
+            "GOFR_{P}_BACKUP_PATHS": "storage:storage,auth:auth",
+            "GOFR_{P}_BACKUP_COMPRESSION_LEVEL": "1",
+            "GOFR_{P}_BACKUP_REPORT_FILE": "off",
+        },
+    )
+
+
+def test_a_path_replaced_by_another_directory_before_the_walk_reaches_it_makes_the_backup_incomplete(
+    tmp_path: Path,
+) -> None:
+    """`auth` is swapped for a new, empty directory after the backup started, before the walk gets
+    to it: the walk must not take the empty directory for `auth` (a complete archive of it would
+    make a restore delete the live keys)."""
+    data, env, big = _vanish_setup(tmp_path)
+    aside = tmp_path / "auth.aside"
+
+    def swap() -> None:
+        (data / "auth").rename(aside)
+        (data / "auth").mkdir()
+
+    rc, out, err = _while_reading(env, big, swap)
+    (data / "auth").rmdir()
+    aside.rename(data / "auth")  # the real one is back
+    _incomplete_without_auth(tmp_path, rc, out, err, data / "auth")
+
+
+def test_a_path_whose_volume_is_unmounted_before_the_walk_reaches_it_makes_the_backup_incomplete(
+    tmp_path: Path,
+) -> None:
+    """`auth` is a real tmpfs, unmounted after the backup started and before the walk gets to it:
+    the empty mount point left behind is not `auth`."""
+    needs(os.geteuid() == 0, "mounting a tmpfs needs root")
+    data, env, big = _vanish_setup(tmp_path)
+    auth = data / "auth"
+    keys = {p.name: p.read_bytes() for p in auth.iterdir()}
+    shutil.rmtree(auth)
+    auth.mkdir()
+
+    def mount() -> None:
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(auth)], capture_output=True, text=True
+        )
+        needs(r.returncode == 0, f"cannot mount tmpfs here: {r.stderr.strip()}")
+        for k, v in keys.items():
+            write(auth / k, v, 0o600)
+
+    mount()
+    try:
+        backups = tmp_path / "backups"
+
+        def again() -> None:  # a missed run is retried: the volume must be there at its start
+            if not os.path.ismount(auth):
+                mount()
+
+        def umount() -> None:
+            subprocess.run(["umount", str(auth)], check=True)
+
+        rc, out, err = _while_reading(env, big, umount, before_each=again)
+        mount()  # the volume is back
+        assert backups.is_dir()
+        _incomplete_without_auth(tmp_path, rc, out, err, auth)
+        assert sorted(p.name for p in auth.iterdir()) == sorted(keys)
+    finally:
+        while os.path.ismount(auth):
+            subprocess.run(["umount", "-l", str(auth)], check=False, capture_output=True)
 
 
 def test_a_subdirectory_that_vanishes_mid_walk_is_a_warning_not_an_incomplete_backup(
@@ -365,3 +461,131 @@ def test_a_backup_that_fails_on_a_full_disk_makes_status_unhealthy(
     (small_backups / "filler").unlink()
     assert run_cli("now", env=env).returncode == 0
     assert run_cli("status", env=env).returncode == 0
+
+
+def test_a_full_disk_failure_is_recorded_over_an_unpadded_state_file_of_an_older_version(
+    tmp_path: Path, small_backups: Path
+) -> None:
+    """An older version wrote the state file unpadded (a few hundred bytes): the first full disk
+    after the upgrade must still be recorded, in the rest of the file's block."""
+    data = tmp_path / "data"
+    write(data / "storage" / "r1", os.urandom(1 << 20))
+    write(data / "auth" / "k", "k\n")
+    env = _empty_env(tmp_path, data)
+    assert run_cli("now", env=env).returncode == 0
+    state = small_backups / ".gofr-plot.state.json"
+    state.write_text(json.dumps(json.loads(state.read_text())))  # as an older version left it
+    assert state.stat().st_size < 1024
+    _fill(small_backups)
+    write(data / "storage" / "new", "more\n")
+    r = run_cli("now", env=env)
+    assert r.returncode == 1 and "not enough space" in r.stderr, r.stderr
+    assert "could not be recorded" not in r.stderr, r.stderr
+    st = run_cli("status", "--json", env=env)
+    assert st.returncode == 1, st.stdout
+    d = json.loads(st.stdout)
+    assert "not enough space" in d["last_failure"]["error"], d
+    assert d["last_success"]["filename"] == manifest(small_backups)[0]["filename"]
+
+
+def test_a_state_file_that_is_a_symlink_is_neither_read_nor_written_through(
+    tmp_path: Path, small_backups: Path
+) -> None:
+    """Writes refuse a symlinked state file (O_NOFOLLOW); status must not read through it either
+    (a healthy copy elsewhere would hide failures), and a failure that cannot be recorded says so."""
+    data = tmp_path / "data"
+    write(data / "storage" / "r1", os.urandom(1 << 20))
+    write(data / "auth" / "k", "k\n")
+    env = _empty_env(tmp_path, data)
+    assert run_cli("now", env=env).returncode == 0
+    state = small_backups / ".gofr-plot.state.json"
+    victim = tmp_path / "victim.json"
+    victim.write_bytes(state.read_bytes())  # a healthy state, padded, outside the backup dir
+    state.unlink()
+    state.symlink_to(victim)
+    st = run_cli("status", "--json", env=env)
+    assert st.returncode == 1, st.stdout
+    assert any("is a symlink" in r for r in json.loads(st.stdout)["reasons"]), st.stdout
+    _fill(small_backups)
+    write(data / "storage" / "new", "more\n")
+    before = victim.read_bytes()
+    r = run_cli("now", env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("gofr-backup: not enough space"), r.stderr
+    said = [x for x in r.stderr.splitlines() if "could not be recorded in the state file" in x]
+    assert len(said) == 1 and "status will not show it" in said[0], r.stderr
+    assert victim.read_bytes() == before and state.is_symlink()
+    assert run_cli("status", env=env).returncode == 1
+    # with room again, the next run replaces the link with a state file of its own
+    (small_backups / "filler").unlink()
+    assert run_cli("now", env=env).returncode == 0
+    assert not state.is_symlink() and victim.read_bytes() == before
+    assert run_cli("status", env=env).returncode == 0
+
+
+def test_one_allow_empty_backup_does_not_let_later_empty_backups_through(tmp_path: Path) -> None:
+    """ALLOW_EMPTY=true for one run (the operator meant it then) must not turn the guard off for
+    good: the next empty run without it compares with the newest archive that held files."""
+    data = tmp_path / "data"
+    write(data / "storage" / "doc", "doc\n")
+    (data / "auth").mkdir()
+    env = _empty_env(tmp_path, data)
+    r = run_cli("now", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    good = json.loads(r.stdout)
+    (data / "storage" / "doc").unlink()
+    time.sleep(1.1)
+    r = run_cli("now", "--json", env={**env, "GOFR_PLOT_BACKUP_ALLOW_EMPTY": "true"})
+    assert r.returncode == 0, r.stderr
+    time.sleep(1.1)
+    before = sorted(p.name for p in (tmp_path / "backups" / "daily").iterdir())
+    r = run_cli("now", env=env)
+    assert r.returncode == 1 and "unmounted or emptied" in r.stderr, r.stderr
+    assert good["filename"] in r.stderr and "Backed up" not in r.stderr, r.stderr
+    assert sorted(p.name for p in (tmp_path / "backups" / "daily").iterdir()) == before
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_a_stray_file_or_symlink_named_like_the_temp_dir_is_removed_not_a_failure_of_every_backup(
+    tmp_path: Path, kind: str
+) -> None:
+    """`.gofr-plot.tmp` is the run's scratch dir; a file or symlink of that name (left by hand, or
+    by another tool) made every backup fail with 'cannot write archive in .../daily: File exists'.
+    The cleanup under the run lock removes it (a link is unlinked, never followed)."""
+    data = tmp_path / "data"
+    write(data / "storage" / "doc", "doc\n")
+    write(data / "auth" / "k", "k\n")
+    env = _empty_env(tmp_path, data)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    stray = backups / ".gofr-plot.tmp"
+    victim = write(tmp_path / "victim" / "keep", "precious\n")
+    if kind == "file":
+        stray.write_text("stray\n")
+    else:
+        stray.symlink_to(victim.parent)
+    r = run_cli("now", env=env)
+    assert r.returncode == 0, r.stderr
+    assert ".gofr-plot.tmp" in r.stderr, r.stderr  # what was removed is logged
+    assert not os.path.lexists(stray)
+    assert victim.read_text() == "precious\n" and sorted(os.listdir(victim.parent)) == ["keep"]
+    assert len(manifest(backups)) == 1
+
+
+def test_a_temp_dir_name_that_cannot_be_cleared_is_named_in_the_error(tmp_path: Path) -> None:
+    """Something in the way that the cleanup does not remove (here: a FIFO, neither ours nor a
+    plain file): the one line names `.gofr-plot.tmp`, not the tier directory."""
+    data = tmp_path / "data"
+    write(data / "storage" / "doc", "doc\n")
+    env = _empty_env(tmp_path, data)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    os.mkfifo(backups / ".gofr-plot.tmp")
+    r = run_cli("now", env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("gofr-backup: ") and ".gofr-plot.tmp" in last, r.stderr
+    assert not list(backups.rglob("*.tar.gz*")) and stat.S_ISFIFO(
+        os.lstat(backups / ".gofr-plot.tmp").st_mode
+    )

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -265,6 +266,11 @@ def _prune(
                 continue
             orphan = _orphan(n, config.project, fd)
             if orphan is not None:
+                try:
+                    regular_in(fd, n)
+                except NotOurs as x:  # a link or a directory of that name: skipped, never "cleaned"
+                    report.skipped.append(f"{tier}/{x}")
+                    continue
                 orphans.append((tier, n, orphan))
     report.adopted = [e["path"] for e in new_entries]
     report.cleaned += [f"{tier}/{n} ({why})" for tier, n, why in orphans]
@@ -345,10 +351,11 @@ def _prune(
         if e["tier"] in dirs.fds:
             with contextlib.suppress(NotOurs):
                 unlink_regular(dirs.fds[e["tier"]], e["filename"] + layout.SIDECAR_SUFFIX)
-    for tier, n, _ in orphans:
+    for tier, n, why in orphans:
         try:
             unlink_regular(dirs.fds[tier], n)
-        except NotOurs as x:
+        except NotOurs as x:  # replaced since it was listed: reported as what happened
+            report.cleaned.remove(f"{tier}/{n} ({why})")
             report.skipped.append(f"{tier}/{x}")
 
 
@@ -402,10 +409,19 @@ def remove_dead_leftovers(config: BackupConfig) -> list[str]:
         finally:
             os.close(fd)
     tmp = config.layout.tmp
-    if tmp.is_dir() and not tmp.is_symlink():
+    try:
+        mode = os.lstat(tmp).st_mode
+    except FileNotFoundError:
+        return removed
+    if stat.S_ISDIR(mode):
         size = sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(tmp) for f in fs)
         shutil.rmtree(tmp)
         removed.append(f"{tmp.name}/ ({_size(size)})")
+    elif stat.S_ISREG(mode) or stat.S_ISLNK(mode):  # in the way of the temp dir: unlinked, never followed
+        os.unlink(tmp)
+        removed.append(
+            f"{tmp.name} (a {'symlink' if stat.S_ISLNK(mode) else 'file'} where the temp dir goes)"
+        )
     return removed
 
 

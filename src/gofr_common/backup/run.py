@@ -27,7 +27,7 @@ from .errors import BackupError, Interrupted
 from .fsutil import remove_quietly, run_lock
 from .hooks import run_hook
 from .log import event
-from .manifest import Entry, Manifest, created_of, new_entry
+from .manifest import Entry, Manifest, new_entry
 from .offsite import sync_and_record
 from .retention import PruneReport, prune, remove_dead_leftovers
 from .schedule import Clock, now_iso
@@ -212,7 +212,7 @@ class Run:
                 created,
                 self.should_stop,
                 expected_ratio=ratio,
-                previous=last_complete(entries, c.project),
+                earlier=complete_entries(entries, c.project),
             )
         except OSError as e:
             raise BackupError(
@@ -358,12 +358,13 @@ class Run:
         try:
             record_failure(self.config, self.now(), error, self.trigger)
         except Exception as e:  # noqa: BLE001 - a full disk, a read-only dir: the error itself is reported
-            if self.log_failures:  # the CLI prints the error itself, as its one line
-                event(
-                    "state.write_failed",
-                    f"cannot record the failure in the state file: {failure_text(e)}",
-                    level=logging.ERROR,
-                )
+            # always (the CLI prints only the error itself): status would go on saying what it said
+            event(
+                "state.write_failed",
+                f"the failure could not be recorded in the state file {self.config.layout.state} "
+                f"({failure_text(e)}): status will not show it",
+                level=logging.ERROR,
+            )
         return error
 
     def spot_check(self, entry: Entry) -> None:
@@ -420,9 +421,9 @@ def failure_text(exc: BaseException) -> str:
     return f"unexpected error ({type(exc).__name__}: {text})"
 
 
-def last_complete(entries: list[Entry], project: str) -> Entry | None:
-    """The newest archive of ``project`` that is complete and not known to be bad (any tier)."""
-    es = [
+def complete_entries(entries: list[Entry], project: str) -> list[Entry]:
+    """The archives of ``project`` that are complete and not known to be bad (any tier)."""
+    return [
         e
         for e in entries
         if e.get("project") == project
@@ -430,7 +431,6 @@ def last_complete(entries: list[Entry], project: str) -> Entry | None:
         and e.get("complete") is not False
         and e.get("verified") is not False
     ]
-    return max(es, key=created_of, default=None)
 
 
 def last_ratio(entries: list[Entry], project: str, compression: str) -> float | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .config import PathSpec
@@ -47,6 +47,8 @@ class Survey(Found):
     counts, not the file list, so memory does not grow with the number of files."""
 
     tops: list[tuple[str, str, str]] = field(default_factory=list)  # (name, path, dir|file|link)
+    # name -> (st_dev, st_ino) of each top when the run started: what :func:`walk` expects to meet
+    ids: dict[str, tuple[int, int]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # "name=path"
     file_count: int = 0
     source_bytes: int = 0
@@ -81,7 +83,7 @@ def survey(
     result = find_tops(paths, backup_dir)
     found = Found()
     skip = backup_dir_ids(backup_dir)
-    for e in walk(result.tops, found, should_stop, excluded, skip):
+    for e in walk(result.tops, found, should_stop, excluded, skip, result.ids):
         result.file_count += 1
         if stat.S_ISREG(e.st.st_mode):
             result.source_bytes += e.st.st_size
@@ -124,6 +126,7 @@ def find_tops(paths: tuple[PathSpec, ...], backup_dir: str | os.PathLike[str] | 
         if bdir is not None:
             _not_the_backup_dir(spec, path, bdir)
         result.tops.append((spec.name, path, kind))
+        result.ids[spec.name] = (st.st_dev, st.st_ino)
     return result
 
 
@@ -207,12 +210,16 @@ def walk(
     should_stop: Callable[[], bool] = lambda: False,
     excluded: Callable[[str, bool], bool] | None = None,
     skip_ids: frozenset[tuple[int, int]] = frozenset(),
+    ids: Mapping[str, tuple[int, int]] | None = None,
 ) -> Iterator[ScanEntry]:
     """Yield every entry under ``tops`` (from :func:`survey`) without following symlinks, sorted
     by name within each directory (so archives are stable), one directory listing in memory at a
-    time. A top that is gone or whose kind changed since the survey is skipped, and a directory
+    time. A top that is gone, whose kind changed, or (``ids``: each top's (dev, ino) when the run
+    started) that is another directory or volume than at the start is skipped, and a directory
     top that is gone or is another directory once its walk is done (moved away, unmounted) is
-    noticed: both are in ``found.vanished``, since the archive's header already declared them.
+    noticed: all are in ``found.vanished``, since the archive's header already declared them.
+    A file top is another file only on another device (an unmounted bind mount): a file replaced
+    by rename on its own file system (an atomic rewrite) is archived as it is now.
     ``excluded(rel, is_dir)`` drops entries (and whole directories); directories whose (dev, ino)
     is in ``skip_ids`` (the backup dir) are left out with a warning."""
     for name, path, kind in tops:
@@ -229,6 +236,13 @@ def walk(
             found.warnings.append(f"path {name}={path} is no longer a {kind}; skipped")
             found.vanished.append(name)
             continue
+        if ids is not None and name in ids and _replaced(kind, ids[name], st):
+            found.warnings.append(
+                f"path {name}={path} was replaced (by another directory, or its volume was unmounted) "
+                "after the backup started; nothing of it was saved"
+            )
+            found.vanished.append(name)
+            continue
         yield ScanEntry(name, path, st)
         if kind == "file":
             found.files_in[name] = found.files_in.get(name, 0) + 1
@@ -240,6 +254,13 @@ def walk(
                     "unmounted?): the archive holds only part of it"
                 )
                 found.vanished.append(name)
+
+
+def _replaced(kind: str, was: tuple[int, int], st: os.stat_result) -> bool:
+    """Whether the top ``st`` is not the one whose (dev, ino) was ``was`` at the start."""
+    if kind == "dir":
+        return (st.st_dev, st.st_ino) != was
+    return st.st_dev != was[0]
 
 
 def _still(path: str, st: os.stat_result) -> bool:

@@ -5,7 +5,9 @@ off-site outcome; ``status`` reads it (and the manifest) without opening any arc
 On a full disk (ENOSPC, EDQUOT) no temp file can be written, yet a failure there is exactly what
 ``status`` must report: so the file is padded with trailing spaces (JSON ignores them) to at least
 STATE_SLACK bytes more than its content, and when the atomic write fails for want of space, the
-new content is written over the old in place, within the blocks the file already has.
+new content is written over the old in place, within the blocks the file already has (an
+unpadded file of an older version too: its last block has room). The file is never read or
+written through a symlink.
 """
 
 from __future__ import annotations
@@ -35,18 +37,39 @@ def read_state(config: BackupConfig) -> dict[str, Any]:
     """The state, or ``{"corrupt": why}`` when the file is damaged: not JSON, not an object, or a
     field of the wrong type (read from disk, so untrusted; ``status`` is unhealthy while it is, and
     the next write starts it afresh)."""
+    p = state_path(config)
     try:
-        d = json.loads(state_path(config).read_bytes())
+        d = json.loads(_read_nofollow(p))
     except FileNotFoundError:
         return {}
-    except (ValueError, OSError) as e:
-        return {"corrupt": f"state file {state_path(config)} unreadable: {e}"}
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # writes never go through a link (O_NOFOLLOW): reads agree
+            return {
+                "corrupt": f"state file {p} is a symlink (to {_readlink(p)!r}): it is neither read nor "
+                "written through; the next run replaces it with a file"
+            }
+        return {"corrupt": f"state file {p} unreadable: {e}"}
+    except ValueError as e:
+        return {"corrupt": f"state file {p} unreadable: {e}"}
     why = "it is not a JSON object" if not isinstance(d, dict) else field_problem(d)
     if why:
         return {
             "corrupt": f"state file {state_path(config)} is damaged: {why}; the next run writes it afresh"
         }
     return d
+
+
+def _read_nofollow(p: Path) -> bytes:
+    fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _readlink(p: Path) -> str:
+    try:
+        return os.readlink(p)
+    except OSError:
+        return "?"
 
 
 _TIME = "time"  # an ISO 8601 time with a UTC offset
@@ -169,16 +192,18 @@ def write_state(p: Path, st: dict[str, Any]) -> None:
 
 
 def _in_place(p: Path, text: bytes) -> bool:
-    """Write ``text``, padded to the file's size, over the existing file (never growing it: no new
-    block is needed on an ordinary file system). False when it does not fit or cannot be written."""
+    """Write ``text``, padded, over the existing file, within the space it already has allocated
+    (``st_blocks``: a 300-byte file written by an older version, unpadded, still has the rest of
+    its 4 KiB block), so no new block is needed. False when it does not fit or cannot be written."""
     try:
         fd = os.open(p, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:
-        size = os.fstat(fd).st_size
-        if len(text) > size:
+        st = os.fstat(fd)
+        if len(text) > max(st.st_size, st.st_blocks * 512):
             return False
+        size = max(st.st_size, len(text))  # the old content is overwritten to its end
         view = memoryview(text.ljust(size))
         done = 0
         while done < size:

@@ -20,7 +20,7 @@ import stat
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from .config import BackupConfig
 from .errors import BackupError, Interrupted, NoDataError
 from .excludes import compile_excludes
 from .fsutil import FILE_MODE, free_bytes, fsync_dir, json_text, remove_quietly
+from .manifest import Entry, created_of
 from .scan import Found, ScanEntry, Survey, backup_dir_ids, survey, walk
 from .tarstream import TarStream
 
@@ -444,16 +445,20 @@ def held_files(previous: Mapping[str, Any], s: Survey) -> bool:
     return int(previous.get("source_bytes") or 0) > 0 or int(previous.get("file_count") or 0) > s.file_count
 
 
-def check_not_empty(config: BackupConfig, s: Survey, previous: Mapping[str, Any] | None) -> None:
-    """Data with no regular file at all, after an archive that held files, is an unmounted or
-    emptied volume, not a backup: refuse it (ALLOW_EMPTY=true allows it). Otherwise (a first
-    backup of a new deployment) it goes ahead with a warning."""
+def check_not_empty(config: BackupConfig, s: Survey, earlier: Sequence[Entry] = ()) -> None:
+    """Data with no regular file at all, after a complete archive that held files (``earlier``:
+    this project's complete archives; the newest that held files counts, so one ALLOW_EMPTY backup
+    of nothing does not turn the guard off), is an unmounted or emptied volume, not a backup: refuse
+    it (ALLOW_EMPTY=true allows it). Otherwise (a first backup of a new deployment) it goes ahead
+    with a warning."""
     if s.regular_files or config.allow_empty:
         return
     where = ", ".join(f"{name}={path}" for name, path, _ in s.tops)
-    if previous is not None and held_files(previous, s):
+    held = [e for e in earlier if held_files(e, s)]
+    if held:
+        previous = max(held, key=created_of)
         raise BackupError(
-            f"no file to back up: {where} hold no regular file, but the last complete archive "
+            f"no file to back up: {where} hold no regular file, but the complete archive "
             f"{previous.get('filename')} held {previous.get('file_count')} files and directories: "
             "the data volume looks unmounted or emptied. "
             "Nothing was written and no archive was deleted; mount the volume (or restore the data), or "
@@ -461,7 +466,8 @@ def check_not_empty(config: BackupConfig, s: Survey, previous: Mapping[str, Any]
         )
     s.warnings.append(
         f"the data holds no regular file ({where}): an unmounted or emptied volume? Backed up, since "
-        f"no earlier archive held files; once one has, such a backup fails unless {config.prefix}ALLOW_EMPTY=true"
+        f"no earlier complete archive held files; once one has, such a backup fails unless "
+        f"{config.prefix}ALLOW_EMPTY=true"
     )
 
 
@@ -512,16 +518,38 @@ def reserve_name(tier_dir: Path, config: BackupConfig, tier: str, created: datet
     raise BackupError(f"could not find a free archive name in {tier_dir}")
 
 
+def _real_dir(p: Path) -> bool:
+    """A directory, not a link to one (never opened: a FIFO there would block)."""
+    try:
+        return stat.S_ISDIR(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def fresh_tmp(tmp: Path) -> None:
+    """Create the run's temp dir anew (one left by a dead run goes first: we hold the run lock);
+    anything else in its way is named in the error, never the tier directory."""
+    try:
+        if _real_dir(tmp):
+            shutil.rmtree(tmp)
+        tmp.mkdir(mode=0o700)
+    except OSError as e:
+        raise BackupError(
+            f"cannot create the run's temp dir {tmp}: {e.strerror or e}; remove what is in the way "
+            f"there ({tmp.name} must be a directory of ours, or absent)"
+        ) from None
+
+
 def write_archive(
     config: BackupConfig,
     tier: str,
     created: datetime,
     should_stop: Callable[[], bool] = lambda: False,
     expected_ratio: float | None = None,
-    previous: Mapping[str, Any] | None = None,
+    earlier: Sequence[Entry] = (),
 ) -> WriteResult:
-    """Write one archive into ``{backup_dir}/{tier}/`` and its ``.sha256`` sidecar. ``previous``:
-    the manifest entry of the newest complete archive, if any (see :func:`check_not_empty`).
+    """Write one archive into ``{backup_dir}/{tier}/`` and its ``.sha256`` sidecar. ``earlier``:
+    the manifest entries of this project's complete archives (see :func:`check_not_empty`).
 
     The archive is written as ``<name>.partial``, fsynced, and renamed only when complete.
     On any error or interruption the partial file is removed before the exception propagates.
@@ -533,7 +561,7 @@ def write_archive(
         raise no_data_error(config)
     if s.emptied:
         raise emptied_error(config, s.emptied)
-    check_not_empty(config, s, previous)
+    check_not_empty(config, s, earlier)
     preflight(config, s.source_bytes, expected_ratio)
     lay = config.layout
     tier_dir = lay.tier_dir(tier)
@@ -555,8 +583,7 @@ def write_archive(
     index = tempfile.TemporaryFile(dir=tier_dir, buffering=1 << 16)
     try:
         if sqlite_tmp is not None:
-            shutil.rmtree(sqlite_tmp, ignore_errors=True)  # left by a dead run (we hold the lock)
-            sqlite_tmp.mkdir(mode=0o700)
+            fresh_tmp(sqlite_tmp)
         hw = HashingWriter(fd)
         stream = CODECS[config.compression].writer(hw, config.compression_level)  # type: ignore[arg-type]
         sink = _Sink(stream)
@@ -566,7 +593,7 @@ def write_archive(
         found = Found()
         progress.begin("backup", s.source_bytes)
         try:
-            for e in walk(s.tops, found, should_stop, excluded, skip):
+            for e in walk(s.tops, found, should_stop, excluded, skip, s.ids):
                 added = w.count
                 w.add(e)
                 if e.arcname in s.kinds and w.count == added and e.path not in w.unreadable:
@@ -616,7 +643,7 @@ def write_archive(
         raise
     finally:
         index.close()
-        if sqlite_tmp is not None:
+        if sqlite_tmp is not None and _real_dir(sqlite_tmp):
             shutil.rmtree(sqlite_tmp, ignore_errors=True)
     return WriteResult(
         path=final,
