@@ -36,7 +36,9 @@ def _split(name: bytes) -> tuple[bytes, bytes] | None:
 
 
 def ustar_header(ti: tarfile.TarInfo) -> bytes | None:
-    """A 512-byte ustar header for ``ti``, or None when it needs PAX."""
+    """A 512-byte ustar header for ``ti``, or None when it needs PAX (or carries pax_headers)."""
+    if ti.pax_headers:
+        return None
     try:
         name = ti.name.encode("ascii")
         if ti.type == tarfile.DIRTYPE and not name.endswith(b"/"):
@@ -112,6 +114,13 @@ class TarStream:
         self._write(body)
         if pad:
             self._write(_ZEROS[:pad])
+
+    def add_dir(self, ti: tarfile.TarInfo, dumpdir: bytes) -> None:
+        """A directory member carrying GNU tar's incremental listing ``dumpdir`` (from
+        dumpdir.encode) in the pax keyword GNU.dumpdir: see dumpdir.py."""
+        from .dumpdir import dir_header  # dumpdir.py builds on this module's ustar_header
+
+        self._write(dir_header(ti, dumpdir))
 
     def add_stream(self, ti: tarfile.TarInfo, src: Any, chunk: int = 1 << 20) -> None:
         """A member whose content is read from ``src`` (which yields exactly ti.size bytes)."""
