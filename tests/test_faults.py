@@ -518,7 +518,8 @@ def _corruption_trial(tmp_path: Path, where: str) -> None:
         assert "unreadable" in v.stderr and v.returncode == 0
         assert left == {e["filename"] for e in entries}
     elif where == "state":
-        assert st.returncode == 1 and "state file unreadable" in json.loads(st.stdout)["reasons"][0]
+        why = json.loads(st.stdout)["reasons"][0]
+        assert st.returncode == 1 and f"state file {backups}/.gofr-plot.state.json unreadable" in why, why
         assert left == {e["filename"] for e in entries}
         assert run_cli("now", env=env).returncode == 0 and run_cli("status", env=env).returncode == 0
     elif where == "sidecar":
