@@ -636,7 +636,7 @@ def _print_notes(plan: RestorePlan) -> None:
 
 
 def _choose_interactively(config: BackupConfig) -> str:
-    from .manifest import latest, listing
+    from .manifest import drill_failed, latest, listing
     from .restore import passed_over, passed_over_line, restorable
 
     lst = listing(config.layout)
@@ -646,8 +646,9 @@ def _choose_interactively(config: BackupConfig) -> str:
     best = latest(usable, usable=restorable)
     for i, e in enumerate(usable, 1):
         mark = "  <- newest complete and verified (Enter)" if e is best else ""
+        drill = f", drill failed {(e.get('drill') or {}).get('at')}" if drill_failed(e) else ""
         sys.stderr.write(
-            f"  {i:>3}) {e['filename']}  {human_size(e.get('size_bytes'))}  {_verified_text(e)}{mark}\n"
+            f"  {i:>3}) {e['filename']}  {human_size(e.get('size_bytes'))}  {_verified_text(e)}{drill}{mark}\n"
         )
     if best is not None:
         for p in passed_over(lst.entries, best, lambda e: e["path"] not in lst.missing):

@@ -29,7 +29,7 @@ from typing import Any
 from . import layout, sealed
 from .archive_format import read_meta
 from .config import BackupConfig
-from .errors import BackupError, ConfigError, VerifyError
+from .errors import BackupError, ConfigError, LocalFault, VerifyError
 from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
 from .fsutil import open_dir_nofollow, run_lock
 from .manifest import UNKNOWN_HINT, Entry, Manifest, created_of, drill_failed, latest, unknown_completeness
@@ -524,15 +524,17 @@ def restore(
         try:
             roll_forward(journal)
         except (OSError, BackupError) as e:
-            raise BackupError(
+            raise (LocalFault if isinstance(e, OSError | LocalFault) else BackupError)(
                 f"the restore stopped while swapping paths into place ({e}); run the same restore again "
                 f"to finish it (its journal is {journal})"
             ) from None
         return plan
-    except OSError as e:
+    except (OSError, LocalFault) as e:  # a write of ours (the staging, the journal): not the archive
         if committed:
             raise
-        raise BackupError(f"cannot stage the restore: {e}; nothing was changed") from None
+        if isinstance(e, LocalFault):  # it names what it could not write, and where
+            raise LocalFault(f"{e}; nothing was changed", e.cause) from None
+        raise LocalFault(f"cannot stage the restore: {e}; nothing was changed", e) from None
     finally:
         staging.close()
         if not committed:
