@@ -643,6 +643,8 @@ def test_a_drill_that_could_not_run_does_not_count_against_the_archive(tmp_path:
             assert r.returncode == 1, r.stderr
             res = json.loads(r.stdout)
             assert res["ok"] is False and res["checked"] is False and needle in res["error"], res
+            # the log line says what `drill` prints, not FAILED
+            assert "could not run" in r.stderr and "FAILED" not in r.stderr, r.stderr
             assert state(backups)["last_drill"]["checked"] is False
             e = next(x for x in manifest(backups) if x["filename"] == newer.name)
             assert "drill" not in e  # nothing recorded against the archive
@@ -700,6 +702,7 @@ def test_a_drill_whose_scratch_side_fails_midway_could_not_run(tmp_path: Path) -
             assert "No space left on device" in res["error"], (inodes, res)
             e = next(x for x in manifest(backups) if x["filename"] == newer.name)
             assert "drill" not in e, (inodes, e)  # nothing recorded against the archive
+            assert "could not run" in r.stderr and "FAILED" not in r.stderr, r.stderr  # the log line
             could_not_run += 1
         else:
             raise AssertionError("the drill never passed")

@@ -293,6 +293,10 @@ def _log_result(res: DrillResult) -> None:
             restore_seconds=res.restore_seconds,
             seconds=res.seconds,
         )
+    elif not res.checked:  # nothing is known about the archive: say so, as `drill` prints it
+        event(
+            "drill.failed", f"restore drill of {res.archive} could not run: {res.error}", level=logging.ERROR
+        )
     else:
         event("drill.failed", f"restore drill of {res.archive} FAILED: {res.error}", level=logging.ERROR)
 
