@@ -124,6 +124,33 @@ def test_a_target_that_holds_a_live_path_is_refused(tmp_path: Path) -> None:
     assert _disk(tmp_path) == before
 
 
+def test_a_target_inside_a_live_path_is_refused(tmp_path: Path) -> None:
+    # `restore --latest --target $DATA/storage/copy --yes` wrote the "copy" into the live storage
+    # path (and the next backup held it too), although --target is "a copy, live data untouched"
+    data, backups, env = _plot(tmp_path)
+    e = _now(env)
+    link = tmp_path / "alias"
+    os.symlink(data / "storage", link)
+    before = _disk(tmp_path)
+    for target, cwd in (
+        (str(data / "storage" / "copy"), None),
+        (str(data / "storage" / "deep" / "er"), None),
+        (str(link / "copy"), None),  # through a link
+        ("copy", data / "auth"),  # relative, run in the live path
+    ):
+        for extra in (["--yes"], ["--dry-run"], ["--yes", "--json"]):
+            r = run_cli("restore", e["filename"], "--target", target, *extra, env=env, cwd=cwd)
+            if "--json" in extra:
+                assert json.loads(r.stdout)["exit_code"] == 2, r.stdout
+            line = _one_line(r)
+            assert "inside the live path" in line and "outside the data" in line, line
+            live = "auth" if cwd else "storage"
+            assert str(data / live) in line, line
+            assert _disk(tmp_path) == before
+    r = run_cli("restore", e["filename"], "--target", str(tmp_path / "copy"), "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+
+
 # -- an incomplete archive, restored in part ---------------------------------------------------------
 def test_only_counts_the_unreadable_paths_of_the_selected_names(tmp_path: Path) -> None:
     # `restore NAME --only auth` of an archive that could not read storage/locked/sub was refused as

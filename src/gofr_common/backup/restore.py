@@ -207,8 +207,16 @@ def resolve_targets(
 
 def _not_the_live_data(config: BackupConfig, target_dir: Path, targets: list[Target]) -> None:
     """--target restores a copy: a DIR/<name> that is (after resolving links) a configured path, or
-    holds one (``--target .`` run in the data dir, ``--target $DATA_DIR``), would replace live data."""
+    holds one (``--target .`` run in the data dir, ``--target $DATA_DIR``), would replace live data;
+    a DIR inside a configured path would write the copy into it."""
     live = {p.name: os.path.realpath(p.path) for p in config.paths}
+    real_dir = os.path.realpath(target_dir)
+    for n, lp in live.items():
+        if _inside(real_dir, lp):  # a "copy" written into the live data, that the next backup holds
+            raise ConfigError(
+                f"--target {target_dir} lies inside the live path {n} ({lp}): a copy there would be "
+                "written into the live data; pick a directory outside the data"
+            )
     for t in targets:
         real = os.path.realpath(t.dest)
         for n, lp in live.items():
