@@ -188,6 +188,7 @@ _NOT_EMPTY = {
     "identity": ("--identity", "name the age identity file, or leave --identity out"),
     "output": ("--output", "name the file to write, or - for stdout"),
     "name": ("NAME", "give an archive file name, or --latest"),
+    "project": ("--project ''", "name the project (plot, doc, iq), or leave --project out for GOFR_PROJECT"),
 }
 
 
