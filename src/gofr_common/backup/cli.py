@@ -467,7 +467,12 @@ def _print_verify(results: list[dict[str, Any]], as_json: bool) -> int:
             if r["error"]:
                 detail = f"  {r['error']}"
             else:  # remote results say what was checked; local ones how much
-                detail = r["note"] if "note" in r else f"  ({r['file_count']} members)"
+                if "note" in r:
+                    detail = r["note"]
+                elif r.get("checksum_only"):
+                    detail = "  (checksum only: pass --identity to read its contents)"
+                else:
+                    detail = f"  ({r['file_count']} members)"
                 if r.get("checksum_note"):
                     detail += f"; {r['checksum_note']}"
             label = "OK    " if r["ok"] else ("FAILED" if r.get("checked", True) else "NOT CHECKED")
@@ -517,6 +522,8 @@ def cmd_verify(config: BackupConfig, args: argparse.Namespace) -> int:
                 "error": r.error,
                 "sha256": r.sha256,
                 "file_count": r.file_count,
+                # True: encrypted and no identity: the checksum was checked, not the contents
+                "checksum_only": r.checksum_only,
                 "checksum_note": r.note,
             }
         )

@@ -32,7 +32,7 @@ from .config import BackupConfig
 from .errors import BackupError, ConfigError, LocalFault, VerifyError
 from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
 from .fsutil import open_dir_nofollow, run_lock
-from .manifest import UNKNOWN_HINT, Entry, Manifest, created_of, drill_failed, latest, unknown_completeness
+from .manifest import Entry, Manifest, created_of, drill_failed, latest, unknown_completeness, unknown_hint
 from .swap import Staging, commit, pending_journals, recover, roll_forward
 from .verify import verify_archive
 
@@ -657,7 +657,7 @@ def run_restore(
             if unknown:
                 raise BackupError(
                     f"no complete, verified backup of {config.project} in {config.backup_dir}: "
-                    f"{UNKNOWN_HINT} ({len(unknown)} archive(s) whose manifest entry was rebuilt from the "
+                    f"{unknown_hint(unknown)} ({len(unknown)} archive(s) whose manifest entry was rebuilt from the "
                     f"archive, newest {unknown[0]['filename']}), then restore --latest again"
                 )
             raise BackupError(

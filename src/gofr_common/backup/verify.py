@@ -264,6 +264,9 @@ class VerifyResult:
     # retention never deletes such an archive
     archive_intact: bool = False
     note: str | None = None  # e.g. the .sha256 file is missing and the manifest's checksum was used
+    # True: only the checksum was checked (a sealed archive without an identity): its contents,
+    # member count and completeness were not read
+    checksum_only: bool = False
     meta: dict[str, Any] | None = None
     end: dict[str, Any] | None = None
     members: list[Member] = field(default_factory=list)
