@@ -206,6 +206,9 @@ def test_an_empty_value_is_never_taken_as_no_option(tmp_path: Path) -> None:
         (["restore", "", "--yes"], "NAME"),
         (["verify", ""], "NAME"),
         (["report", "--output", ""], "--output"),
+        # with GOFR_PROJECT set, `--project ''` said "GOFR_PROJECT is not set"
+        (["--project", "", "list"], "--project ''"),
+        (["list", "--project="], "--project ''"),
     ]
     for args, flag in cases:
         r = run_cli(*args, env=env)

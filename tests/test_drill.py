@@ -643,6 +643,8 @@ def test_a_drill_that_could_not_run_does_not_count_against_the_archive(tmp_path:
             assert r.returncode == 1, r.stderr
             res = json.loads(r.stdout)
             assert res["ok"] is False and res["checked"] is False and needle in res["error"], res
+            # the log line says what `drill` prints, not FAILED
+            assert "could not run" in r.stderr and "FAILED" not in r.stderr, r.stderr
             assert state(backups)["last_drill"]["checked"] is False
             e = next(x for x in manifest(backups) if x["filename"] == newer.name)
             assert "drill" not in e  # nothing recorded against the archive
@@ -659,3 +661,71 @@ def test_a_drill_that_could_not_run_does_not_count_against_the_archive(tmp_path:
     assert run_cli("drill", env={**env, "GOFR_PLOT_BACKUP_DRILL_COMMAND": "exit 3"}).returncode == 1
     plan = json.loads(run_cli("restore", "--latest", "--dry-run", "--json", env=env).stdout)
     assert plan["archive"] == older.name and plan["passed_over"][0]["filename"] == newer.name
+
+
+def _tmpfs(d: Path, opts: str) -> None:
+    needs(os.geteuid() == 0, "root (mount a small tmpfs)")
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)]).returncode != 0:
+        needs(False, "mount -t tmpfs")
+
+
+def test_a_drill_whose_scratch_side_fails_midway_could_not_run(tmp_path: Path) -> None:
+    """A DRILL_DIR with room for the bytes but not for the entries (out of inodes: ENOSPC while
+    extracting, creating a directory, a symlink, the drill's own index copy) says nothing about the
+    archive. It was recorded against the archive ("its restore drill failed"), so `restore --latest`
+    passed over a good archive and restored older data. Every inode count from almost none up to
+    enough: never held against the archive; then the drill passes."""
+    data, backups, env = setup_app(tmp_path)
+    older = the_archive(backups)
+    time.sleep(1.1)
+    for i in range(12):
+        write(data / "storage" / "many" / f"f{i}", str(i))
+    assert run_cli("now", env=env).returncode == 0
+    newer = max((backups / "daily").glob("*.tar.gz"))
+    assert newer != older
+    drill_dir = tmp_path / "drill"
+    could_not_run = 0
+    try:
+        for inodes in range(2, 60, 3):
+            if os.path.ismount(drill_dir):
+                subprocess.run(["umount", str(drill_dir)], check=True)
+                drill_dir.rmdir()
+            _tmpfs(drill_dir, f"size=8m,nr_inodes={inodes}")
+            r = run_cli("drill", "--json", env={**env, "GOFR_PLOT_BACKUP_DRILL_DIR": str(drill_dir)})
+            res = json.loads(r.stdout)
+            if res["ok"]:
+                assert r.returncode == 0
+                break
+            assert r.returncode == 1, r.stderr
+            assert res["checked"] is False, (inodes, res)
+            assert "No space left on device" in res["error"], (inodes, res)
+            e = next(x for x in manifest(backups) if x["filename"] == newer.name)
+            assert "drill" not in e, (inodes, e)  # nothing recorded against the archive
+            assert "could not run" in r.stderr and "FAILED" not in r.stderr, r.stderr  # the log line
+            could_not_run += 1
+        else:
+            raise AssertionError("the drill never passed")
+    finally:
+        if os.path.ismount(drill_dir):
+            subprocess.run(["umount", str(drill_dir)])
+    assert could_not_run >= 3  # not only the pre-flight: the extraction itself ran out
+    plan = json.loads(run_cli("restore", "--latest", "--dry-run", "--json", env=env).stdout)
+    assert plan["archive"] == newer.name and plan["passed_over"] == []
+
+
+def test_the_restore_menu_marks_an_archive_whose_drill_failed(tmp_path: Path) -> None:
+    """`restore --interactive` listed an archive that failed its drill as a plain "verified" entry."""
+    data, backups, env = setup_app(tmp_path)
+    older = the_archive(backups)
+    time.sleep(1.1)
+    assert run_cli("now", env=env).returncode == 0
+    newer = max((backups / "daily").glob("*.tar.gz"))
+    _resign(newer, backups, {"auth/tokens.json": b'{"t": "SECRET"}'}, index_too=False)
+    assert run_cli("drill", newer.name, env=env).returncode == 1
+    r = run_cli("restore", "--interactive", "--dry-run", env=env, input="\n")
+    assert r.returncode == 0, r.stderr
+    [line_new] = [x for x in r.stderr.splitlines() if newer.name in x and ")" in x.split(newer.name)[0]]
+    [line_old] = [x for x in r.stderr.splitlines() if older.name in x and x.strip().startswith("2)")]
+    assert "drill failed" in line_new, r.stderr
+    assert "drill failed" not in line_old and "Enter" in line_old, r.stderr

@@ -124,6 +124,33 @@ def test_a_target_that_holds_a_live_path_is_refused(tmp_path: Path) -> None:
     assert _disk(tmp_path) == before
 
 
+def test_a_target_inside_a_live_path_is_refused(tmp_path: Path) -> None:
+    # `restore --latest --target $DATA/storage/copy --yes` wrote the "copy" into the live storage
+    # path (and the next backup held it too), although --target is "a copy, live data untouched"
+    data, backups, env = _plot(tmp_path)
+    e = _now(env)
+    link = tmp_path / "alias"
+    os.symlink(data / "storage", link)
+    before = _disk(tmp_path)
+    for target, cwd in (
+        (str(data / "storage" / "copy"), None),
+        (str(data / "storage" / "deep" / "er"), None),
+        (str(link / "copy"), None),  # through a link
+        ("copy", data / "auth"),  # relative, run in the live path
+    ):
+        for extra in (["--yes"], ["--dry-run"], ["--yes", "--json"]):
+            r = run_cli("restore", e["filename"], "--target", target, *extra, env=env, cwd=cwd)
+            if "--json" in extra:
+                assert json.loads(r.stdout)["exit_code"] == 2, r.stdout
+            line = _one_line(r)
+            assert "inside the live path" in line and "outside the data" in line, line
+            live = "auth" if cwd else "storage"
+            assert str(data / live) in line, line
+            assert _disk(tmp_path) == before
+    r = run_cli("restore", e["filename"], "--target", str(tmp_path / "copy"), "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+
+
 # -- an incomplete archive, restored in part ---------------------------------------------------------
 def test_only_counts_the_unreadable_paths_of_the_selected_names(tmp_path: Path) -> None:
     # `restore NAME --only auth` of an archive that could not read storage/locked/sub was refused as
@@ -195,3 +222,39 @@ def test_latest_says_which_newer_archives_it_passes_over_and_why(tmp_path: Path)
     # by name, nothing is passed over and nothing said
     r = run_cli("restore", newer["filename"], "--dry-run", env=env)
     assert r.returncode == 0 and "passing over" not in r.stderr
+
+
+def test_a_sealed_archive_verified_without_an_identity_says_what_was_checked(tmp_path: Path) -> None:
+    # ENCRYPT_LOCAL: `verify` without an identity printed `OK ... (0 members)` having checked only
+    # the checksum; after a manifest rebuild `restore --latest` said to run `verify --all`, which
+    # cannot learn completeness without an identity
+    import pyrage
+
+    ident = pyrage.x25519.Identity.generate()
+    key = tmp_path / "key.txt"
+    key.write_text(str(ident) + "\n")
+    data, backups, env = _plot(tmp_path)
+    env = {
+        **env,
+        "GOFR_PLOT_BACKUP_ENCRYPT_RECIPIENTS": str(ident.to_public()),
+        "GOFR_PLOT_BACKUP_ENCRYPT_LOCAL": "true",
+    }
+    e = _now(env)
+    assert e["filename"].endswith(".age")
+    (backups / "manifest.json").unlink()
+    r = run_cli("verify", "--all", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "0 members" not in r.stdout and "checksum only" in r.stdout and "--identity" in r.stdout, r.stdout
+    d = json.loads(run_cli("verify", "--all", "--json", env=env).stdout)
+    assert d["results"][0]["checksum_only"] is True, d
+    r = run_cli("restore", "--latest", "--dry-run", env=env)
+    assert r.returncode == 1 and "verify --all --identity" in r.stderr, r.stderr
+    st = run_cli("status", env=env)
+    assert "verify --all --identity" in st.stdout, st.stdout
+    # with the identity: its contents are read, and it says how many members
+    r = run_cli("verify", "--all", "--identity", str(key), env=env)
+    assert r.returncode == 0 and "checksum only" not in r.stdout and "members" in r.stdout, r.stdout
+    d = json.loads(run_cli("verify", "--all", "--identity", str(key), "--json", env=env).stdout)
+    assert d["results"][0]["checksum_only"] is False, d
+    r = run_cli("restore", "--latest", "--dry-run", "--identity", str(key), env=env)
+    assert r.returncode == 0, r.stderr

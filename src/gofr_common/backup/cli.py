@@ -200,6 +200,7 @@ _NOT_EMPTY = {
     "identity": ("--identity", "name the age identity file, or leave --identity out"),
     "output": ("--output", "name the file to write, or - for stdout"),
     "name": ("NAME", "give an archive file name, or --latest"),
+    "project": ("--project ''", "name the project (plot, doc, iq), or leave --project out for GOFR_PROJECT"),
 }
 
 
@@ -478,7 +479,12 @@ def _print_verify(results: list[dict[str, Any]], as_json: bool) -> int:
             if r["error"]:
                 detail = f"  {r['error']}"
             else:  # remote results say what was checked; local ones how much
-                detail = r["note"] if "note" in r else f"  ({r['file_count']} members)"
+                if "note" in r:
+                    detail = r["note"]
+                elif r.get("checksum_only"):
+                    detail = "  (checksum only: pass --identity to read its contents)"
+                else:
+                    detail = f"  ({r['file_count']} members)"
                 if r.get("checksum_note"):
                     detail += f"; {r['checksum_note']}"
             label = "OK    " if r["ok"] else ("FAILED" if r.get("checked", True) else "NOT CHECKED")
@@ -528,6 +534,8 @@ def cmd_verify(config: BackupConfig, args: argparse.Namespace) -> int:
                 "error": r.error,
                 "sha256": r.sha256,
                 "file_count": r.file_count,
+                # True: encrypted and no identity: the checksum was checked, not the contents
+                "checksum_only": r.checksum_only,
                 "checksum_note": r.note,
             }
         )
@@ -648,7 +656,7 @@ def _print_notes(plan: RestorePlan) -> None:
 
 
 def _choose_interactively(config: BackupConfig) -> str:
-    from .manifest import latest, listing
+    from .manifest import drill_failed, latest, listing
     from .restore import passed_over, passed_over_line, restorable
 
     lst = listing(config.layout)
@@ -658,8 +666,9 @@ def _choose_interactively(config: BackupConfig) -> str:
     best = latest(usable, usable=restorable)
     for i, e in enumerate(usable, 1):
         mark = "  <- newest complete and verified (Enter)" if e is best else ""
+        drill = f", drill failed {(e.get('drill') or {}).get('at')}" if drill_failed(e) else ""
         sys.stderr.write(
-            f"  {i:>3}) {e['filename']}  {human_size(e.get('size_bytes'))}  {_verified_text(e)}{mark}\n"
+            f"  {i:>3}) {e['filename']}  {human_size(e.get('size_bytes'))}  {_verified_text(e)}{drill}{mark}\n"
         )
     if best is not None:
         for p in passed_over(lst.entries, best, lambda e: e["path"] not in lst.missing):

@@ -38,7 +38,7 @@ from . import layout
 from .archive_format import read_index
 from .codecs import CHUNK
 from .config import BackupConfig
-from .errors import BackupError, ConfigError, Interrupted, one_line
+from .errors import BackupError, ConfigError, Interrupted, LocalFault, one_line
 from .excludes import compile_excludes
 from .fsutil import file_lock, free_bytes, remove_tree, run_lock
 from .hooks import run_shell
@@ -253,6 +253,10 @@ def drill(
             res.error = str(e)
         except _CouldNotRun as e:
             res.error, res.checked = str(e), False
+        except OSError as e:  # ours (the scratch dir, the state, a lock): no verdict on the archive
+            from .run import failure_text
+
+            res.error, res.checked = failure_text(e), False
         except Exception as e:  # noqa: BLE001 - the drill's boundary: every failure is recorded
             from .run import failure_text
 
@@ -288,6 +292,10 @@ def _log_result(res: DrillResult) -> None:
             f"restored in {res.restore_seconds} s",
             restore_seconds=res.restore_seconds,
             seconds=res.seconds,
+        )
+    elif not res.checked:  # nothing is known about the archive: say so, as `drill` prints it
+        event(
+            "drill.failed", f"restore drill of {res.archive} could not run: {res.error}", level=logging.ERROR
         )
     else:
         event("drill.failed", f"restore drill of {res.archive} FAILED: {res.error}", level=logging.ERROR)
@@ -348,12 +356,18 @@ def _run(
     # wait for a running backup first, so that the time measured is the restore's own
     with run_lock(config.layout, config.lock_timeout, should_stop, readonly_ok=True):
         pass
-    with tempfile.TemporaryFile(dir=scratch) as index, capturing(Capture(index=index)) as cap:
+    try:
+        index = tempfile.TemporaryFile(dir=scratch)  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise _CouldNotRun(f"cannot write in the drill's scratch dir {scratch}: {e.strerror or e}") from None
+    with index, capturing(Capture(index=index)) as cap:
         t0 = time.monotonic()
         try:
             run_restore(config, _restore_request(archive, scratch, identity), should_stop=should_stop)
         except Interrupted:
             raise
+        except LocalFault as e:  # writing the copy failed (ENOSPC, EDQUOT, EIO, EROFS, ...): not the archive
+            raise _CouldNotRun(f"the restore could not write its copy: {e}") from None
         except BackupError as e:
             raise _Failed(f"the restore failed: {e}") from None
         res.restore_seconds = round(time.monotonic() - t0, 3)
@@ -361,7 +375,10 @@ def _run(
         if vr is None or vr.meta is None or vr.end is None:  # pragma: no cover - run_restore verified it
             raise _Failed("the restore did not read the archive's record")
         names = list((vr.meta.get("paths") or {}).keys())
-        _check_copy(config, scratch, names, vr.end, index if cap.has_index else None, should_stop, res)
+        try:
+            _check_copy(config, scratch, names, vr.end, index if cap.has_index else None, should_stop, res)
+        except OSError as e:  # reading our own copy back (EIO on the scratch disk): not the archive
+            raise _CouldNotRun(f"cannot read the restored copy in {scratch} back: {e}") from None
     if config.drill_command:
         _probe(config, scratch, archive, should_stop, res, token)
 

@@ -43,6 +43,17 @@ class VerifyError(BackupError):
     """An archive failed verification."""
 
 
+class LocalFault(BackupError):
+    """A write on this side failed (the staging or scratch copy of a restore, a decrypted temp
+    copy): the disk is full or out of inodes, over quota, read-only, failing, not ours to write
+    (ENOSPC, EDQUOT, EROFS, EIO, EACCES, ...). It says nothing about the archive being read, so a
+    restore drill that meets one could not run rather than failed. ``cause``: the OSError."""
+
+    def __init__(self, message: str, cause: OSError | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
 def one_line(text: str) -> str:
     """``text`` with every control character shown escaped (a name holding a newline or a stray
     \\r stays on one line)."""

@@ -23,15 +23,19 @@ run reports and refuses exactly what the restore does.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import hashlib
 import os
 import stat
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import LocalFault
 from .fsutil import free_bytes, open_dir_nofollow
 from .verify import StopVerify, read_member
 
@@ -250,7 +254,7 @@ class Extractor:
         t = self.by_name[top]
         verdict = self._compare(t, name, m) if self.live_exists[top] else "created"
         hasher = hashlib.sha256() if verdict == "content" else None
-        try:
+        try:  # an OSError here is a read of the archive (its stream, its disk); writes raise LocalFault
             if m.isreg():
                 self._room(t, m)
             if self.dry:
@@ -278,11 +282,13 @@ class Extractor:
         room = self.room.get(t.name, 0)
         if m.size > room:  # statvfs only when the estimate runs out
             where = t.parent if self.dry else t.base
-            room = free_bytes(where)
-            if m.size > room:
-                raise StopVerify(
+            with self._writing(t, m.name):
+                room = free_bytes(where)
+            if m.size > room:  # too little room to find out whether the claim is true: not a verdict
+                raise LocalFault(
                     f"member {m.name!r} claims {m.size} bytes, more than the {room} free "
-                    f"where it would be staged ({t.parent})"
+                    f"where it would be staged ({t.parent})",
+                    OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
                 )
         self.room[t.name] = room - m.size
 
@@ -335,12 +341,31 @@ class Extractor:
         return ok
 
     # -- writing the staging -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self, t: Target, name: str) -> Iterator[None]:
+        """A write into the staging (every member was checked before it is written: what fails
+        here is the disk, its inodes, its quota, its permissions): a LocalFault, never a verdict
+        on the archive."""
+        try:
+            yield
+        except OSError as e:
+            raise LocalFault(f"cannot write {name!r} in {t.parent}: {e.strerror or e}", e) from None
+
     def _extract(self, tar: tarfile.TarFile, t: Target, name: str, m: tarfile.TarInfo, hasher: Any) -> None:
         dest = f"{t.base}/{name}"
-        if m.isdir():
-            os.makedirs(dest, mode=0o700, exist_ok=True)
-            self.dirs.append((m, dest))
-        elif m.isreg():
+        if m.issym():  # created after every other member: see finish()
+            self.links[name] = m.linkname
+            self.delayed.append(copy.copy(m))
+            return
+        with self._writing(t, name):
+            if m.isdir():
+                os.makedirs(dest, mode=0o700, exist_ok=True)
+                self.dirs.append((m, dest))
+                return
+            if not m.isreg():  # a hard link, checked in _check; no symlink exists in the staging yet
+                os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+                os.link(f"{t.base}/{m.linkname.rstrip('/')}", dest, follow_symlinks=False)
+                return
             parent, _, base = name.rpartition("/")
             fd = os.open(
                 base,
@@ -348,17 +373,12 @@ class Extractor:
                 0o600,
                 dir_fd=self._dirfd(t, parent),
             )
-            try:
-                read_member(tar, m, fd, hasher)
+        try:
+            read_member(tar, m, fd, hasher)  # reads the archive (OSError), writes fd (LocalFault)
+            with self._writing(t, name):
                 self._attrs(fd, m)
-            finally:
-                os.close(fd)
-        elif m.issym():  # created after every other member: see finish()
-            self.links[name] = m.linkname
-            self.delayed.append(copy.copy(m))
-        else:  # a hard link, checked in _check; no symlink exists in the staging yet
-            os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-            os.link(f"{t.base}/{m.linkname.rstrip('/')}", dest, follow_symlinks=False)
+        finally:
+            os.close(fd)
 
     def _dirfd(self, t: Target, rel: str) -> int:
         """A descriptor of the staged directory ``rel`` (created if needed), from a small LRU:
@@ -398,13 +418,17 @@ class Extractor:
                 finally:
                     os.close(fd)
             except OSError as e:
-                raise Refused(f"cannot create the symlink {name!r}: {e.strerror}") from None
+                if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):  # something in the way
+                    raise Refused(f"cannot create the symlink {name!r}: {e.strerror}") from None
+                raise LocalFault(f"cannot write {name!r} in {t.parent}: {e.strerror or e}", e) from None
         for ti, path in sorted(self.dirs, key=lambda x: x[1].count("/"), reverse=True):
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                self._attrs(fd, ti)
-            finally:
-                os.close(fd)
+            t = self.by_name[ti.name.rstrip("/").split("/", 1)[0]]
+            with self._writing(t, ti.name.rstrip("/")):
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    self._attrs(fd, ti)
+                finally:
+                    os.close(fd)
 
     def _attrs(self, fd: int, m: tarfile.TarInfo) -> None:
         """Owner (as root), mode (:func:`restored_mode`), mtime: through the descriptor (the

@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import BackupConfig
 from .layout import TIERS, entry_problem
-from .manifest import UNKNOWN_HINT, Entry, Manifest, created_of, drill_failed, failed, unknown_completeness
+from .manifest import Entry, Manifest, created_of, drill_failed, failed, unknown_completeness, unknown_hint
 from .schedule import interval
 from .state import dead_drill, dead_drill_error, read_state
 
@@ -180,11 +180,11 @@ def _why_not_restorable(
     completeness; "" when there is nothing more to say."""
     unknown = unknown_completeness(entries)
     if not last:
-        return f"{unknown[0]['filename']}: {UNKNOWN_HINT}" if unknown else ""
+        return f"{unknown[0]['filename']}: {unknown_hint(unknown[:1])}" if unknown else ""
     name = last.get("filename")
     rel = last.get("path") or next((e["path"] for e in entries if e.get("filename") == name), None)
     if not (isinstance(rel, str) and os.path.lexists(config.layout.archive(rel))):
-        more = f"; {unknown[0]['filename']}: {UNKNOWN_HINT}" if unknown else ""
+        more = f"; {unknown[0]['filename']}: {unknown_hint(unknown[:1])}" if unknown else ""
         return f"the last success, {name}, is gone{more}"
     e = next((e for e in entries if e["path"] == rel), None)
     said = f"the last success, {name}, is on disk but"
@@ -197,7 +197,7 @@ def _why_not_restorable(
     if drill_failed(e):
         return f"{said} failed its restore drill"
     if e.get("complete") is None:
-        return f"the last success, {name}, is on disk: {UNKNOWN_HINT}"
+        return f"the last success, {name}, is on disk: {unknown_hint([e])}"
     if e.get("complete") is False:
         return f"{said} it is incomplete"
     return f"{said} not verified: run `gofr-backup verify --all`"

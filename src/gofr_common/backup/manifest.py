@@ -208,6 +208,17 @@ def drill_failed(e: Entry) -> bool:
 
 
 UNKNOWN_HINT = "completeness unknown: run `gofr-backup verify --all`"
+SEALED_UNKNOWN_HINT = (
+    "completeness unknown: run `gofr-backup verify --all --identity FILE` (encrypted: without an "
+    "identity, or IDENTITY_FILE, verify checks only the checksum and cannot read the end marker)"
+)
+
+
+def unknown_hint(entries: list[Entry]) -> str:
+    """What to run to learn the completeness of ``entries``: sealed ones need an identity."""
+    from .layout import is_sealed
+
+    return SEALED_UNKNOWN_HINT if any(is_sealed(str(e.get("filename"))) for e in entries) else UNKNOWN_HINT
 
 
 def unknown_completeness(entries: list[Entry]) -> list[Entry]:

@@ -29,10 +29,10 @@ from typing import Any
 from . import layout, sealed
 from .archive_format import read_meta
 from .config import BackupConfig
-from .errors import BackupError, ConfigError, VerifyError
+from .errors import BackupError, ConfigError, LocalFault, VerifyError
 from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
 from .fsutil import open_dir_nofollow, run_lock
-from .manifest import UNKNOWN_HINT, Entry, Manifest, created_of, drill_failed, latest, unknown_completeness
+from .manifest import Entry, Manifest, created_of, drill_failed, latest, unknown_completeness, unknown_hint
 from .swap import Staging, commit, pending_journals, recover, roll_forward
 from .verify import verify_archive
 
@@ -207,8 +207,16 @@ def resolve_targets(
 
 def _not_the_live_data(config: BackupConfig, target_dir: Path, targets: list[Target]) -> None:
     """--target restores a copy: a DIR/<name> that is (after resolving links) a configured path, or
-    holds one (``--target .`` run in the data dir, ``--target $DATA_DIR``), would replace live data."""
+    holds one (``--target .`` run in the data dir, ``--target $DATA_DIR``), would replace live data;
+    a DIR inside a configured path would write the copy into it."""
     live = {p.name: os.path.realpath(p.path) for p in config.paths}
+    real_dir = os.path.realpath(target_dir)
+    for n, lp in live.items():
+        if _inside(real_dir, lp):  # a "copy" written into the live data, that the next backup holds
+            raise ConfigError(
+                f"--target {target_dir} lies inside the live path {n} ({lp}): a copy there would be "
+                "written into the live data; pick a directory outside the data"
+            )
     for t in targets:
         real = os.path.realpath(t.dest)
         for n, lp in live.items():
@@ -524,15 +532,17 @@ def restore(
         try:
             roll_forward(journal)
         except (OSError, BackupError) as e:
-            raise BackupError(
+            raise (LocalFault if isinstance(e, OSError | LocalFault) else BackupError)(
                 f"the restore stopped while swapping paths into place ({e}); run the same restore again "
                 f"to finish it (its journal is {journal})"
             ) from None
         return plan
-    except OSError as e:
+    except (OSError, LocalFault) as e:  # a write of ours (the staging, the journal): not the archive
         if committed:
             raise
-        raise BackupError(f"cannot stage the restore: {e}; nothing was changed") from None
+        if isinstance(e, LocalFault):  # it names what it could not write, and where
+            raise LocalFault(f"{e}; nothing was changed", e.cause) from None
+        raise LocalFault(f"cannot stage the restore: {e}; nothing was changed", e) from None
     finally:
         staging.close()
         if not committed:
@@ -647,7 +657,7 @@ def run_restore(
             if unknown:
                 raise BackupError(
                     f"no complete, verified backup of {config.project} in {config.backup_dir}: "
-                    f"{UNKNOWN_HINT} ({len(unknown)} archive(s) whose manifest entry was rebuilt from the "
+                    f"{unknown_hint(unknown)} ({len(unknown)} archive(s) whose manifest entry was rebuilt from the "
                     f"archive, newest {unknown[0]['filename']}), then restore --latest again"
                 )
             raise BackupError(

@@ -154,7 +154,13 @@ def verify_sealed(
         note = f"{layout.sidecar_path(path).name} is missing: checked against the manifest's checksum"
     if err or identity is None:
         return VerifyResult(
-            path, ok=err is None, error=err, sha256=sha, archive_intact=err is None, note=note
+            path,
+            ok=err is None,
+            error=err,
+            sha256=sha,
+            archive_intact=err is None,
+            note=note,
+            checksum_only=err is None,
         )
     with open(path, "rb") as f, decrypted(f, path.name, identity) as plain:
         inner = verify_archive(plain, plain_sha256, sidecar=False, should_stop=should_stop)

@@ -43,7 +43,7 @@ from zlib_ng import zlib_ng
 from . import progress
 from .archive_format import END_NAME, INDEX_NAME, META_NAME, open_tar_stream, read_index
 from .codecs import CHUNK
-from .errors import Interrupted
+from .errors import Interrupted, LocalFault
 from .layout import read_sidecar, sidecar_path
 
 ZLIB_NG_ERROR: type[BaseException] = zlib_ng.error  # type: ignore[assignment]  # stub says instance
@@ -229,7 +229,7 @@ def read_member(tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int | None = None,
     """Read a member's data to its end (writing it to ``fd`` if given, hashing it into ``hasher``
     if given, and into the verification pass's BLAKE3 of it), and stop at once if it is short:
     tarfile would otherwise "skip" the missing bytes 10 KB at a time, which for a hostile claim of
-    1 TiB takes minutes. Raises ValueError (a damaged stream)."""
+    1 TiB takes minutes. Raises ValueError (a damaged stream), LocalFault (``fd`` cannot be written)."""
     src = tar.extractfile(m)
     assert src is not None
     content = _CONTENT.get()
@@ -242,8 +242,11 @@ def read_member(tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int | None = None,
             content.update(b)
         if fd is not None:
             view = memoryview(b)
-            while view:
-                view = view[os.write(fd, view) :]
+            try:
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError as e:  # where it is written (ENOSPC, EDQUOT, EIO, ...): not the archive's fault
+                raise LocalFault(f"cannot write {m.name!r}: {e.strerror or e}", e) from None
     if got != m.size:
         raise ValueError(f"member {m.name!r} is truncated: it claims {m.size} bytes, {got} are there")
 
@@ -271,6 +274,9 @@ class VerifyResult:
     # retention never deletes such an archive
     archive_intact: bool = False
     note: str | None = None  # e.g. the .sha256 file is missing and the manifest's checksum was used
+    # True: only the checksum was checked (a sealed archive without an identity): its contents,
+    # member count and completeness were not read
+    checksum_only: bool = False
     meta: dict[str, Any] | None = None
     end: dict[str, Any] | None = None
     members: list[Member] = field(default_factory=list)
@@ -416,7 +422,7 @@ def verify_archive(
                     index_error = (
                         f"the archive's end marker names an index ({res.end['index']}) that the archive lacks"
                     )
-        except Interrupted:
+        except (Interrupted, LocalFault):  # a write of ours failed: nothing is concluded about the archive
             progress.end()
             raise
         except StopVerify as e:  # the visitor refused a member: no point reading further
