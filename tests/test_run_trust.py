@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gofrtest import cli_env, manifest, needs, partials, popen_cli, run_cli, snapshot, write
+from gofrtest import cli_env, manifest, needs, partials, popen_cli, run_cli, snapshot, without_dac, write
 
 
 # -- a configured path that vanishes while `now` archives ------------------------------------------
@@ -589,3 +589,26 @@ def test_a_temp_dir_name_that_cannot_be_cleared_is_named_in_the_error(tmp_path: 
     assert not list(backups.rglob("*.tar.gz*")) and stat.S_ISFIFO(
         os.lstat(backups / ".gofr-plot.tmp").st_mode
     )
+
+
+def test_an_incomplete_archive_that_held_files_arms_the_empty_data_guard(tmp_path: Path) -> None:
+    """Every backup incomplete (one file the backup user cannot read: the README's uid-mismatch
+    case), then the volume empties: the archives that hold the data are incomplete, but they hold
+    it, and an empty backup after them is refused (it was made, and retention then took them)."""
+    needs(os.geteuid() == 0 and shutil.which("setpriv") is not None, "needs root and setpriv")
+    data = tmp_path / "data"
+    write(data / "storage" / "a", "a\n")
+    write(data / "auth" / "k", "k\n")
+    secret = write(data / "storage" / "secret", "s\n", 0o000)
+    os.chown(secret, 1234, 1234)
+    env = _empty_env(tmp_path, data, **{"GOFR_{P}_BACKUP_MAX_COUNT": "1"})
+    r = subprocess.run(without_dac("now", "--json"), env=env, capture_output=True, text=True)
+    assert r.returncode == 3, r.stderr  # incomplete, holding a and k
+    held = json.loads(r.stdout)["filename"]
+    for p in (data / "storage" / "a", data / "auth" / "k", secret):
+        p.unlink()
+    time.sleep(1.1)
+    r = subprocess.run(without_dac("now"), env=env, capture_output=True, text=True)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert held in r.stderr and "unmounted or emptied" in r.stderr, r.stderr
+    assert [e["filename"] for e in manifest(tmp_path / "backups")] == [held]

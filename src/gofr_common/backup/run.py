@@ -212,7 +212,7 @@ class Run:
                 created,
                 self.should_stop,
                 expected_ratio=ratio,
-                earlier=complete_entries(entries, c.project),
+                earlier=held_entries(entries, c.project),
             )
         except OSError as e:
             raise BackupError(
@@ -358,12 +358,14 @@ class Run:
         try:
             record_failure(self.config, self.now(), error, self.trigger)
         except Exception as e:  # noqa: BLE001 - a full disk, a read-only dir: the error itself is reported
-            # always (the CLI prints only the error itself): status would go on saying what it said
+            # always (the CLI prints only the error itself): status would go on saying what it said.
+            # When the backup dir is not writable at all, the failure already says so, in one line
+            writable = os.access(self.config.backup_dir, os.W_OK)
             event(
                 "state.write_failed",
                 f"the failure could not be recorded in the state file {self.config.layout.state} "
                 f"({failure_text(e)}): status will not show it",
-                level=logging.ERROR,
+                level=logging.ERROR if writable else logging.DEBUG,
             )
         return error
 
@@ -421,16 +423,10 @@ def failure_text(exc: BaseException) -> str:
     return f"unexpected error ({type(exc).__name__}: {text})"
 
 
-def complete_entries(entries: list[Entry], project: str) -> list[Entry]:
-    """The archives of ``project`` that are complete and not known to be bad (any tier)."""
-    return [
-        e
-        for e in entries
-        if e.get("project") == project
-        and layout.entry_problem(e, project) is None
-        and e.get("complete") is not False
-        and e.get("verified") is not False
-    ]
+def held_entries(entries: list[Entry], project: str) -> list[Entry]:
+    """The archives of ``project`` (any tier) that tell what the data held: complete or not (an
+    incomplete archive that could not read one file still held the others), verified or not."""
+    return [e for e in entries if e.get("project") == project and layout.entry_problem(e, project) is None]
 
 
 def last_ratio(entries: list[Entry], project: str, compression: str) -> float | None:

@@ -446,9 +446,10 @@ def held_files(previous: Mapping[str, Any], s: Survey) -> bool:
 
 
 def check_not_empty(config: BackupConfig, s: Survey, earlier: Sequence[Entry] = ()) -> None:
-    """Data with no regular file at all, after a complete archive that held files (``earlier``:
-    this project's complete archives; the newest that held files counts, so one ALLOW_EMPTY backup
-    of nothing does not turn the guard off), is an unmounted or emptied volume, not a backup: refuse
+    """Data with no regular file at all, after an archive that held files (``earlier``: this
+    project's archives, complete or not: an incomplete one held files too; the newest that held
+    files counts, so one ALLOW_EMPTY backup of nothing does not turn the guard off), is an
+    unmounted or emptied volume, not a backup: refuse
     it (ALLOW_EMPTY=true allows it). Otherwise (a first backup of a new deployment) it goes ahead
     with a warning."""
     if s.regular_files or config.allow_empty:
@@ -458,7 +459,7 @@ def check_not_empty(config: BackupConfig, s: Survey, earlier: Sequence[Entry] = 
     if held:
         previous = max(held, key=created_of)
         raise BackupError(
-            f"no file to back up: {where} hold no regular file, but the complete archive "
+            f"no file to back up: {where} hold no regular file, but the archive "
             f"{previous.get('filename')} held {previous.get('file_count')} files and directories: "
             "the data volume looks unmounted or emptied. "
             "Nothing was written and no archive was deleted; mount the volume (or restore the data), or "
@@ -466,7 +467,7 @@ def check_not_empty(config: BackupConfig, s: Survey, earlier: Sequence[Entry] = 
         )
     s.warnings.append(
         f"the data holds no regular file ({where}): an unmounted or emptied volume? Backed up, since "
-        f"no earlier complete archive held files; once one has, such a backup fails unless "
+        f"no earlier archive held files; once one has, such a backup fails unless "
         f"{config.prefix}ALLOW_EMPTY=true"
     )
 
@@ -549,7 +550,7 @@ def write_archive(
     earlier: Sequence[Entry] = (),
 ) -> WriteResult:
     """Write one archive into ``{backup_dir}/{tier}/`` and its ``.sha256`` sidecar. ``earlier``:
-    the manifest entries of this project's complete archives (see :func:`check_not_empty`).
+    the manifest entries of this project's archives (see :func:`check_not_empty`).
 
     The archive is written as ``<name>.partial``, fsynced, and renamed only when complete.
     On any error or interruption the partial file is removed before the exception propagates.
