@@ -338,6 +338,17 @@ def parse_schedule(var: str, value: str, zone: tzinfo = UTC) -> str:
     return expr
 
 
+def is_path_name(name: object) -> bool:
+    """A PATHS name: one path segment (no '/', NUL, '.' or '..'), at most 64 characters, not
+    reserved. The same rule holds for the names an archive's header declares (archive_format.py)."""
+    return (
+        isinstance(name, str)
+        and NAME_RE.fullmatch(name) is not None
+        and not name.startswith(RESERVED_NAME_PREFIX)
+        and name not in (".", "..")
+    )
+
+
 def parse_paths(var: str, value: str, data_dir: Path) -> tuple[PathSpec, ...]:
     items = [s.strip() for s in value.split(",")]
     if not value.strip() or any(not s for s in items):
@@ -349,7 +360,7 @@ def parse_paths(var: str, value: str, data_dir: Path) -> tuple[PathSpec, ...]:
         name, raw = name.strip(), raw.strip()
         if not sep or not name or not raw:
             raise _bad(var, value, f"entry {item!r} is not name:path")
-        if not NAME_RE.match(name) or name.startswith(RESERVED_NAME_PREFIX) or name in (".", ".."):
+        if not is_path_name(name):
             raise _bad(
                 var,
                 value,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import layout, sealed
-from .archive_format import read_meta
+from .archive_format import header_problem, read_meta
 from .config import BackupConfig
 from .errors import BackupError, ConfigError, LocalFault, VerifyError
 from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
@@ -267,9 +267,13 @@ def _mount_point(p: Path) -> Path:
 
 def _read_meta_or_refuse(archive: Path) -> dict[str, Any]:
     try:
-        return read_meta(archive)
+        meta = read_meta(archive)
     except BackupError as e:
         raise VerifyError(f"refusing to restore {archive.name}: {e}; nothing was changed") from None
+    bad = header_problem(meta)  # before any name is joined onto a destination
+    if bad:
+        raise _refuse(archive, bad)
+    return meta
 
 
 # -- incomplete archives ---------------------------------------------------------------------------
