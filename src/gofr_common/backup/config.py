@@ -18,6 +18,7 @@ from typing import Any
 from . import log, observe_config, progress
 from .codecs import CODECS, default_level
 from .errors import ConfigError
+from .fsutil import dir_id, lineage
 from .layout import BackupLayout
 from .schedule import zone_from_tz
 
@@ -473,9 +474,19 @@ def parse_drill_dir(
     # dir (which a drill removes, and a backup removes when a killed drill left it) must hold none
     real = Path(os.path.realpath(p))
     scratch = real / scratch_name
+    # and by identity (st_dev, st_ino): a bind mount shows the same directory under another name
+    mine = {ident for _, ident in lineage(real)}
+    scratch_id = dir_id(scratch)
     for what, root in [("the data directory", data_dir)] + [(f"the path {s.name}", s.path) for s in paths]:
         rroot = Path(os.path.realpath(root))
-        if real == rroot or real.is_relative_to(rroot) or rroot.is_relative_to(scratch):
+        root_id = dir_id(rroot)
+        if (
+            real == rroot
+            or real.is_relative_to(rroot)
+            or rroot.is_relative_to(scratch)
+            or (root_id is not None and root_id in mine)
+            or (scratch_id is not None and any(ident == scratch_id for _, ident in lineage(rroot)))
+        ):
             raise _bad(
                 var,
                 value,
