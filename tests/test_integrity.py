@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gofrtest import Members, craft_archive, manifest, needs, rewrite_archive, run_cli, snapshot, tinfo
+from gofrtest import Members, craft_archive, manifest, needs, rewrite_archive, run_cli, snapshot, tinfo, write
 
 from gofr_common.backup.archive_format import END_NAME, INDEX_NAME
 
@@ -243,3 +243,83 @@ def test_no_room_for_the_per_file_hashes_is_said_never_blamed_on_the_archive(app
     assert v.returncode == 0, v.stdout + v.stderr
     res = json.loads(v.stdout)["results"][0]
     assert res["ok"] is True and "the per-file hashes were not checked" in res["checksum_note"], res
+
+
+# -- a header that declares a path name that is not one safe segment -----------------------------------
+def _declare(name: str, keys: tuple[str, ...]) -> Any:
+    """An edit that adds ``name`` to the header's maps ``keys`` (paths, kinds, resolved_paths)."""
+
+    def edit(members: Members) -> Members:
+        out: Members = []
+        for m, data in members:
+            if m.name == ".gofr-backup.json":
+                assert data is not None
+                meta = json.loads(data)
+                for k in keys:
+                    meta[k][name] = {"paths": "x", "kinds": "dir", "resolved_paths": "/x"}[k]
+                data = json.dumps(meta).encode()
+            out.append((m, data))
+        return out
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("name", "keys"),
+    [
+        ("..", ("paths", "kinds")),
+        ("{victim}", ("paths", "kinds")),  # absolute: outside any --target
+        ("storage/../../victim", ("paths",)),
+        (".", ("kinds",)),
+        ("", ("resolved_paths",)),
+        ("x\x00y", ("paths", "kinds")),
+        ("a" * 65, ("paths", "kinds")),
+        (".gofr-restore-x", ("paths", "kinds")),
+    ],
+    ids=["dotdot", "absolute", "slashes", "dot", "empty", "nul", "too-long", "reserved"],
+)
+def test_a_re_signed_archive_whose_header_declares_an_unsafe_path_name_is_bad(
+    app: dict[str, Any], name: str, keys: tuple[str, ...]
+) -> None:
+    """A restore joins every header name onto its destination: '..' or an absolute name reached
+    outside --target DIR (a dry run planned to empty a directory elsewhere; '..' half-swapped the
+    target and left it unrestorable). Such an archive is bad: verify fails it, restore refuses it
+    before staging anything, the drill fails it (checked)."""
+    victim = app["tmp"] / "victim"
+    write(victim / "precious", "precious")
+    name = name.format(victim=victim)
+    a = _backup(app)
+    rewrite_archive(a, app["backups"], _declare(name, keys))
+    shown = repr(name)
+    d = run_cli("drill", a.name, "--json", env=app["env"])
+    assert d.returncode == 1, d.stdout + d.stderr
+    drill = json.loads(d.stdout)
+    assert drill["ok"] is False and drill["checked"] is True, drill
+    assert f"its header declares a path named {shown}" in drill["error"], drill["error"]
+    v = run_cli("verify", a.name, env=app["env"])
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert f"its header declares a path named {shown}" in v.stdout, v.stdout
+    entry = next(e for e in manifest(app["backups"]) if e["filename"] == a.name)
+    assert entry["verified"] is False
+    copy = app["tmp"] / "t" / "copy"
+    write(copy / "storage" / "old", "old copy")
+    before = snapshot(app["tmp"])
+    for extra in (["--dry-run"], ["--yes"]):
+        for where in (["--target", str(copy)], []):
+            r = run_cli("restore", a.name, *where, *extra, env=app["env"])
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert "Traceback" not in r.stderr
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1, r.stderr
+            assert lines[0].startswith(
+                f"gofr-backup: refusing to restore {a.name}: its header declares a path named {shown}"
+            ), lines
+            assert snapshot(app["tmp"]) == before, "a refused restore must change nothing"
+    assert (victim / "precious").read_text() == "precious"
+
+
+def test_every_name_a_real_backup_writes_is_a_safe_header_name(app: dict[str, Any]) -> None:
+    from gofr_common.backup.archive_format import header_problem, read_meta
+
+    assert header_problem(read_meta(_backup(app))) is None
+    assert header_problem({"paths": ["storage"]}) == "its header's 'paths' is not a JSON object"

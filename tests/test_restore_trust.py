@@ -7,11 +7,13 @@ files, the CLI as a subprocess, nothing of ours mocked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,96 @@ def test_a_target_inside_a_live_path_is_refused(tmp_path: Path) -> None:
             assert _disk(tmp_path) == before
     r = run_cli("restore", e["filename"], "--target", str(tmp_path / "copy"), "--yes", env=env)
     assert r.returncode == 0, r.stderr
+
+
+# -- a --target that is the live data (or the backup dir) through a bind mount ---------------------------
+@contextlib.contextmanager
+def _bind(src: Path, dst: Path) -> Iterator[Path]:
+    """``src`` mounted (bind) on ``dst``: the same directory under another name, which realpath()
+    cannot relate to it."""
+    needs(os.geteuid() == 0, "bind mounts need root")
+    dst.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "--bind", str(src), str(dst)], capture_output=True, text=True)
+    needs(r.returncode == 0, f"cannot bind-mount here: {r.stderr.strip()}")
+    try:
+        yield dst
+    finally:
+        subprocess.run(["umount", str(dst)], check=True)
+
+
+def test_a_target_through_a_bind_mount_of_the_live_data_or_the_backups_is_refused(tmp_path: Path) -> None:
+    # realpath() does not see through bind mounts: `restore --target <bind of DATA_DIR> --yes`
+    # swapped the copy in over the live data, and a bind of the backup dir took the copy in
+    data, backups, env = _plot(tmp_path)
+    e = _now(env)
+    write(data / "storage" / "new", "work since the backup")
+    (data / "storage" / "doc").write_text("new")
+    mnt = tmp_path / "mnt"
+    cases: list[tuple[Path, Path, list[str], str]] = [
+        (data, mnt / "data", ["--target", str(mnt / "data")], "is the live path storage"),
+        (
+            data / "storage",
+            mnt / "one" / "storage",
+            ["--target", str(mnt / "one"), "--only", "storage"],
+            "is",
+        ),
+        (data / "storage", mnt / "st", ["--target", str(mnt / "st" / "copy")], "lies inside the live path"),
+        (data / "storage", mnt / "st", ["--target", str(mnt / "st")], "is the live path storage"),
+        (backups, mnt / "bk", ["--target", str(mnt / "bk")], "the backup directory or inside it"),
+        (backups, mnt / "bk", ["--target", str(mnt / "bk" / "copy")], "the backup directory or inside it"),
+    ]
+    for src, dst, args, said in cases:
+        with _bind(src, dst):
+            before = _disk(tmp_path)
+            for extra in (["--yes"], ["--dry-run"]):
+                r = run_cli("restore", e["filename"], *args, *extra, env=env)
+                line = _one_line(r)
+                assert said in line, (args, line)
+                assert _disk(tmp_path) == before, args
+    assert (data / "storage" / "new").exists() and (data / "storage" / "doc").read_text() == "new"
+    assert not {"storage", "auth", "copy"} & set(os.listdir(backups)), os.listdir(backups)
+    # PATHS var:var/db: DIR/var, through a bind of the data dir, holds the live var/db
+    write(data / "var" / "db" / "rows", "v1")
+    venv = cli_env(data, backups, **{"GOFR_{P}_BACKUP_PATHS": "var:var/db"})
+    v = _now(venv)
+    (data / "var" / "db" / "rows").write_text("v2")
+    with _bind(data, mnt / "data"):
+        before = _disk(tmp_path)
+        r = run_cli("restore", v["filename"], "--target", str(mnt / "data"), "--yes", env=venv)
+        line = _one_line(r)
+        assert "holds the live path var" in line, line
+        assert _disk(tmp_path) == before
+    assert (data / "var" / "db" / "rows").read_text() == "v2"
+    # a copy beside the live data, reached through a bind mount of its parent, is fine
+    (tmp_path / "copies").mkdir()
+    with _bind(tmp_path / "copies", mnt / "copies"):
+        r = run_cli("restore", e["filename"], "--target", str(mnt / "copies" / "c"), "--yes", env=env)
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "copies" / "c" / "storage" / "doc").read_text() == "old"
+
+
+def test_a_drill_dir_that_is_the_data_through_a_bind_mount_is_refused(tmp_path: Path) -> None:
+    # DRILL_DIR was compared with the data after resolving symlinks only: a bind mount of the data
+    # dir passed, and the drill made (and removed) its scratch dir in the live data
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    write(data / "a", "a")
+    env = cli_env(data, backups, **{"GOFR_{P}_BACKUP_PATHS": "data:."})
+    _now(env)
+    for src, dst, drill_dir in (
+        (data, tmp_path / "alias", tmp_path / "alias"),
+        (data, tmp_path / "alias", tmp_path / "alias" / "sub"),
+        (tmp_path, tmp_path / "up", tmp_path / "up"),  # its scratch dir is not in the data: fine
+    ):
+        with _bind(src, dst):
+            (data / "sub").mkdir(exist_ok=True)
+            before = _disk(tmp_path)
+            r = run_cli("drill", env={**env, "GOFR_PLOT_BACKUP_DRILL_DIR": str(drill_dir)})
+            if src == tmp_path:
+                assert r.returncode == 0, r.stderr
+                continue
+            line = _one_line(r)
+            assert "DRILL_DIR" in line and "overlaps the data directory" in line, line
+            assert _disk(tmp_path) == before
 
 
 # -- an incomplete archive, restored in part ---------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from . import __version__
 from .codecs import CHUNK, ReadAhead, codec_for_filename
+from .config import is_path_name
 from .errors import BackupError
 
 if TYPE_CHECKING:
@@ -89,6 +90,26 @@ def read_index(f: IO[bytes]) -> Iterator[tuple[str, str]]:
         if not line.endswith(b"\n"):
             raise ValueError(f"index line longer than {_MAX_LINE} bytes or unterminated: {line[:100]!r}")
         yield parse_index_line(line[:-1])
+
+
+HEADER_NAMED = ("paths", "kinds", "resolved_paths")  # the header's maps keyed by a path's name
+
+
+def header_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the path names an archive's header declares, or None. A restore joins
+    each name onto its destination directory, so each must be one safe segment, by the rule that
+    PATHS names follow (config.is_path_name): an absolute name or '..' would reach outside it."""
+    for key in HEADER_NAMED:
+        names = meta.get(key)
+        if names is None:
+            continue
+        if not isinstance(names, dict):
+            return f"its header's {key!r} is not a JSON object"
+        for name in names:
+            if not is_path_name(name):
+                shown = name if len(name) <= 100 else name[:100] + "…"
+                return f"its header declares a path named {shown!r}"
+    return None
 
 
 def build_meta(config: BackupConfig, tier: str, created: datetime, s: Survey) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 from . import log, observe_config, progress
 from .codecs import CODECS, default_level
 from .errors import ConfigError
+from .fsutil import dir_id, lineage
 from .layout import BackupLayout
 from .schedule import zone_from_tz
 
@@ -338,6 +339,17 @@ def parse_schedule(var: str, value: str, zone: tzinfo = UTC) -> str:
     return expr
 
 
+def is_path_name(name: object) -> bool:
+    """A PATHS name: one path segment (no '/', NUL, '.' or '..'), at most 64 characters, not
+    reserved. The same rule holds for the names an archive's header declares (archive_format.py)."""
+    return (
+        isinstance(name, str)
+        and NAME_RE.fullmatch(name) is not None
+        and not name.startswith(RESERVED_NAME_PREFIX)
+        and name not in (".", "..")
+    )
+
+
 def parse_paths(var: str, value: str, data_dir: Path) -> tuple[PathSpec, ...]:
     items = [s.strip() for s in value.split(",")]
     if not value.strip() or any(not s for s in items):
@@ -349,7 +361,7 @@ def parse_paths(var: str, value: str, data_dir: Path) -> tuple[PathSpec, ...]:
         name, raw = name.strip(), raw.strip()
         if not sep or not name or not raw:
             raise _bad(var, value, f"entry {item!r} is not name:path")
-        if not NAME_RE.match(name) or name.startswith(RESERVED_NAME_PREFIX) or name in (".", ".."):
+        if not is_path_name(name):
             raise _bad(
                 var,
                 value,
@@ -462,9 +474,19 @@ def parse_drill_dir(
     # dir (which a drill removes, and a backup removes when a killed drill left it) must hold none
     real = Path(os.path.realpath(p))
     scratch = real / scratch_name
+    # and by identity (st_dev, st_ino): a bind mount shows the same directory under another name
+    mine = {ident for _, ident in lineage(real)}
+    scratch_id = dir_id(scratch)
     for what, root in [("the data directory", data_dir)] + [(f"the path {s.name}", s.path) for s in paths]:
         rroot = Path(os.path.realpath(root))
-        if real == rroot or real.is_relative_to(rroot) or rroot.is_relative_to(scratch):
+        root_id = dir_id(rroot)
+        if (
+            real == rroot
+            or real.is_relative_to(rroot)
+            or rroot.is_relative_to(scratch)
+            or (root_id is not None and root_id in mine)
+            or (scratch_id is not None and any(ident == scratch_id for _, ident in lineage(rroot)))
+        ):
             raise _bad(
                 var,
                 value,

@@ -288,3 +288,29 @@ def run_lock(
         should_stop=should_stop,
         readonly_ok=readonly_ok,
     )
+
+
+DirId = tuple[int, int]
+
+
+def dir_id(path: str | os.PathLike[str]) -> DirId | None:
+    """The identity (st_dev, st_ino) of a directory (links followed), or None (not a directory,
+    missing, unreadable). The same directory seen through a bind mount has the same identity, where
+    realpath() gives another name."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def lineage(path: str | os.PathLike[str]) -> list[tuple[Path, DirId]]:
+    """``path`` (resolved) and each of its ancestors that is a directory, nearest first, with their
+    identities: what a path lies inside, whatever name (bind mount) it is reached by."""
+    real = Path(os.path.realpath(path))
+    out = []
+    for p in (real, *real.parents):
+        ident = dir_id(p)
+        if ident is not None:
+            out.append((p, ident))
+    return out

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from . import layout, sealed
-from .archive_format import read_meta
+from .archive_format import header_problem, read_meta
 from .config import BackupConfig
 from .errors import BackupError, ConfigError, LocalFault, VerifyError
 from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
-from .fsutil import open_dir_nofollow, run_lock
+from .fsutil import DirId, dir_id, lineage, open_dir_nofollow, run_lock
 from .manifest import Entry, Manifest, created_of, drill_failed, latest, unknown_completeness, unknown_hint
 from .swap import Staging, commit, pending_journals, recover, roll_forward
 from .verify import verify_archive
@@ -140,10 +140,22 @@ def _protected(config: BackupConfig, t: Target, scratch: bool = False) -> list[s
     backup dir is refused, except a drill's into its own scratch dir there (``scratch``)."""
     bk = os.path.realpath(config.backup_dir)
     real = os.path.realpath(t.dest)
+    refused = ConfigError(
+        f"{t.name} -> {t.dest} is the backup directory or inside it: restore it elsewhere with --target"
+    )
     if bk == real or (_inside(real, bk) and not scratch):
-        raise ConfigError(
-            f"{t.name} -> {t.dest} is the backup directory or inside it: restore it elsewhere with --target"
-        )
+        raise refused
+    # by identity too: a bind mount shows the same directory under a name realpath() cannot relate
+    bk_id = dir_id(bk)
+    if bk_id is not None:
+        for q, ident in lineage(real):
+            if ident == bk_id and (str(q) == real or not scratch):
+                raise refused
+        if not _inside(bk, real) and any(ident == dir_id(real) for q, ident in lineage(bk)[1:]):
+            raise ConfigError(
+                f"{t.name} -> {t.dest} holds the backup directory ({bk}) under another name (a bind "
+                "mount?): a restore would move it away; restore it elsewhere with --target"
+            )
     return [f"{t.name}/{os.path.relpath(bk, real)}"] if _inside(bk, real) else []
 
 
@@ -221,12 +233,40 @@ def _not_the_live_data(config: BackupConfig, target_dir: Path, targets: list[Tar
         real = os.path.realpath(t.dest)
         for n, lp in live.items():
             if real == lp or _inside(lp, real):
-                raise ConfigError(
-                    f"--target {target_dir}: {t.name} would go to {real}, which "
-                    + ("is" if real == lp else "holds")
-                    + f" the live path {n} ({lp}); --target restores a copy and leaves the live data "
-                    "untouched: name another directory, or leave --target out to restore in place"
-                )
+                raise _the_live_path(target_dir, t, real, "is" if real == lp else "holds", n, lp)
+    # by identity (st_dev, st_ino) too: a bind mount shows a live directory under another name,
+    # which realpath() cannot relate to it
+    is_live: dict[DirId, tuple[str, str]] = {}
+    holds_live: dict[DirId, tuple[str, str]] = {}  # the ancestors of every live path
+    for n, lp in live.items():
+        for q, ident in lineage(lp):
+            (is_live if str(q) == lp else holds_live).setdefault(ident, (n, lp))
+    for q, ident in lineage(target_dir):
+        if ident in is_live:
+            n, lp = is_live[ident]
+            raise ConfigError(
+                f"--target {target_dir} "
+                + ("is" if str(q) == real_dir else "lies inside")
+                + f" the live path {n} ({lp}, reached as {q}): a copy there would be written into the "
+                "live data; pick a directory outside the data"
+            )
+    for t in targets:
+        real = os.path.realpath(t.dest)
+        for q, ident in lineage(real):
+            if str(q) == real and ident in is_live:
+                raise _the_live_path(target_dir, t, real, "is", *is_live[ident])
+            if str(q) == real and ident in holds_live:
+                raise _the_live_path(target_dir, t, real, "holds", *holds_live[ident])
+            if ident in is_live:
+                raise _the_live_path(target_dir, t, real, "lies inside", *is_live[ident])
+
+
+def _the_live_path(target_dir: Path, t: Target, real: str, how: str, n: str, lp: str) -> ConfigError:
+    return ConfigError(
+        f"--target {target_dir}: {t.name} would go to {real}, which {how} the live path {n} ({lp}); "
+        "--target restores a copy and leaves the live data untouched: name another directory, or "
+        "leave --target out to restore in place"
+    )
 
 
 def _foreign_project(config: BackupConfig, archive: Path, meta: dict[str, Any]) -> str | None:
@@ -267,9 +307,13 @@ def _mount_point(p: Path) -> Path:
 
 def _read_meta_or_refuse(archive: Path) -> dict[str, Any]:
     try:
-        return read_meta(archive)
+        meta = read_meta(archive)
     except BackupError as e:
         raise VerifyError(f"refusing to restore {archive.name}: {e}; nothing was changed") from None
+    bad = header_problem(meta)  # before any name is joined onto a destination
+    if bad:
+        raise _refuse(archive, bad)
+    return meta
 
 
 # -- incomplete archives ---------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from blake3 import blake3
 from zlib_ng import zlib_ng
 
 from . import progress
-from .archive_format import END_NAME, INDEX_NAME, META_NAME, open_tar_stream, read_index
+from .archive_format import END_NAME, INDEX_NAME, META_NAME, header_problem, open_tar_stream, read_index
 from .codecs import CHUNK
 from .errors import Interrupted, LocalFault
 from .layout import read_sidecar, sidecar_path
@@ -372,6 +372,9 @@ def verify_archive(
                         if m.name != META_NAME:
                             raise ValueError(f"first member is {m.name!r}, not {META_NAME}")
                         res.meta = _read_json(tar, m)
+                        bad = header_problem(res.meta)
+                        if bad:  # a restore would join such a name onto its target: a bad archive
+                            raise StopVerify(bad)
                         first = False
                         continue
                     if res.end is not None:
