@@ -176,6 +176,36 @@ def _sha256_file(path: str) -> str | None:
     return h.hexdigest()
 
 
+NAME_MAX = 255  # bytes in one name component: no Linux file system creates a longer one
+PATH_MAX = 4095  # bytes in a whole name, or in a link's target (PATH_MAX less its NUL)
+ID_MAX = 2**32 - 2  # uid/gid: (uid_t)-1 means "unchanged" to chown
+MTIME_MAX = 2**62  # seconds; os.utime takes any of -MTIME_MAX..MTIME_MAX
+
+
+def _bytes(s: str) -> int:
+    return len(s.encode("utf-8", "surrogateescape"))
+
+
+def _check_limits(m: tarfile.TarInfo, parts: list[str]) -> None:
+    """Names no file system can create and attributes no system call takes (a pax record may hold
+    anything): refused as the archive's fault, not left to fail as a write on this side."""
+    long = next((p for p in parts if _bytes(p) > NAME_MAX), None)
+    if long is not None:
+        raise Refused(
+            f"a name component of {_bytes(long)} bytes (more than {NAME_MAX}: no file system holds it)"
+        )
+    if _bytes(m.name.rstrip("/")) > PATH_MAX:
+        raise Refused(f"its name is {_bytes(m.name.rstrip('/'))} bytes long (more than {PATH_MAX})")
+    if (m.issym() or m.islnk()) and _bytes(m.linkname) > PATH_MAX:
+        raise Refused(f"its link target is {_bytes(m.linkname)} bytes long (more than {PATH_MAX})")
+    for what, v in (("uid", m.uid), ("gid", m.gid)):
+        if not isinstance(v, int) or not 0 <= v <= ID_MAX:
+            raise Refused(f"its {what} {v!r} is out of range (0..{ID_MAX})")
+    mt = m.mtime
+    if not isinstance(mt, int | float) or not -MTIME_MAX <= mt <= MTIME_MAX:
+        raise Refused(f"its mtime {mt!r} is out of range (-2**62..2**62 seconds)")
+
+
 class Extractor:
     """Checks every member of the selected paths while verify_archive reads the stream, and
     extracts it into its staging dir (or, with ``dry``, only compares it with the live data)."""
@@ -204,6 +234,7 @@ class Extractor:
         parts = name.split("/")
         if name.startswith("/") or ".." in parts:
             raise Refused("absolute or '..'")
+        _check_limits(m, parts)
         if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
             raise Refused(f"{name!r} is a device node, FIFO or other special file")
         if kind != "d" and name in self.parents:
