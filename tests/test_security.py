@@ -120,11 +120,16 @@ def _overlong(case: str) -> list[tuple[tarfile.TarInfo, bytes | None]]:
 )
 def test_names_and_attributes_no_file_system_takes_are_refused(app: dict[str, Any], case: str) -> None:
     """A re-signed archive with a name no file system can create (ENAMETOOLONG) or an out-of-range
-    pax attribute (OverflowError) passed as a sound archive: the drill said COULD NOT RUN, so
+    pax attribute (OverflowError) passed `verify` as a sound archive: the drill said COULD NOT RUN, so
     `restore --latest` kept choosing it and every restore failed (with "unexpected error" for the
     attributes), and the dry run planned to create it. Now it is refused as the archive's fault:
-    the dry run, the restore (before anything is staged) and the drill (FAILED, checked)."""
+    `verify` (FAILED), the dry run, the restore (before anything is staged) and the drill (FAILED,
+    checked)."""
     a = craft_archive(app["backups"] / "daily" / "gofr-plot_daily_20260101_020000.tar.gz", _overlong(case))
+    v = run_cli("verify", a.name, "--json", env=app["env"])
+    res = json.loads(v.stdout)["results"][0]
+    assert v.returncode == 1 and res["ok"] is False and res["checked"] is True, res
+    assert "refusing member" in res["error"], res
     target = app["tmp"] / "target"
     for dry in (["--dry-run"], ["--yes"]):
         r = run_cli("restore", a.name, "--target", str(target), *dry, env=app["env"])

@@ -6,7 +6,9 @@ For each restored name, members are written below ``<parent>/.gofr-restore-<name
 archive and reads it to its end. The dry run and the restore run the same checks, on the member
 names alone (no realpath per member):
 
-- names: relative, no ``..``, in normal form, no duplicates, below a selected path;
+- names: relative, no ``..``, in normal form, no duplicates, below a selected path, within what a
+  file system holds (:func:`archive_format.member_limits_error`: name components, whole names and
+  link targets, uid/gid and mtime ranges; ``verify`` applies the same limits);
 - types: files, directories, hard links and symlinks; device nodes and FIFOs are refused;
 - symlinks are data: any target (absolute, outside the path, dangling, chained) is restored as a
   link, verbatim. They are created after every other member (GNU tar's delayed links) in a parent
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .archive_format import member_limits_error
 from .errors import LocalFault
 from .fsutil import free_bytes, open_dir_nofollow
 from .verify import StopVerify, read_member
@@ -176,36 +179,6 @@ def _sha256_file(path: str) -> str | None:
     return h.hexdigest()
 
 
-NAME_MAX = 255  # bytes in one name component: no Linux file system creates a longer one
-PATH_MAX = 4095  # bytes in a whole name, or in a link's target (PATH_MAX less its NUL)
-ID_MAX = 2**32 - 2  # uid/gid: (uid_t)-1 means "unchanged" to chown
-MTIME_MAX = 2**62  # seconds; os.utime takes any of -MTIME_MAX..MTIME_MAX
-
-
-def _bytes(s: str) -> int:
-    return len(s.encode("utf-8", "surrogateescape"))
-
-
-def _check_limits(m: tarfile.TarInfo, parts: list[str]) -> None:
-    """Names no file system can create and attributes no system call takes (a pax record may hold
-    anything): refused as the archive's fault, not left to fail as a write on this side."""
-    long = next((p for p in parts if _bytes(p) > NAME_MAX), None)
-    if long is not None:
-        raise Refused(
-            f"a name component of {_bytes(long)} bytes (more than {NAME_MAX}: no file system holds it)"
-        )
-    if _bytes(m.name.rstrip("/")) > PATH_MAX:
-        raise Refused(f"its name is {_bytes(m.name.rstrip('/'))} bytes long (more than {PATH_MAX})")
-    if (m.issym() or m.islnk()) and _bytes(m.linkname) > PATH_MAX:
-        raise Refused(f"its link target is {_bytes(m.linkname)} bytes long (more than {PATH_MAX})")
-    for what, v in (("uid", m.uid), ("gid", m.gid)):
-        if not isinstance(v, int) or not 0 <= v <= ID_MAX:
-            raise Refused(f"its {what} {v!r} is out of range (0..{ID_MAX})")
-    mt = m.mtime
-    if not isinstance(mt, int | float) or not -MTIME_MAX <= mt <= MTIME_MAX:
-        raise Refused(f"its mtime {mt!r} is out of range (-2**62..2**62 seconds)")
-
-
 class Extractor:
     """Checks every member of the selected paths while verify_archive reads the stream, and
     extracts it into its staging dir (or, with ``dry``, only compares it with the live data)."""
@@ -234,7 +207,9 @@ class Extractor:
         parts = name.split("/")
         if name.startswith("/") or ".." in parts:
             raise Refused("absolute or '..'")
-        _check_limits(m, parts)
+        why = member_limits_error(m)
+        if why:
+            raise Refused(why)
         if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
             raise Refused(f"{name!r} is a device node, FIFO or other special file")
         if kind != "d" and name in self.parents:
