@@ -760,12 +760,19 @@ def test_a_damaged_archive_whose_member_claims_more_than_the_scratch_holds_fails
     newer = max((backups / "daily").glob("*.tar.gz"))
     assert newer != older
     _damage_with_a_huge_claim(newer, "storage/doc.json")
-    t0 = time.monotonic()
-    r = run_cli("drill", newer.name, "--json", env=env)
-    assert time.monotonic() - t0 < 60  # nothing of the claimed 1 TB is read or written
-    res = json.loads(r.stdout)
-    assert r.returncode == 1 and res["ok"] is False and res["checked"] is True, res
-    assert "checksum mismatch" in res["error"], res
+    small = tmp_path / "small"
+    _tmpfs(small, "size=8m")  # the same verdict whatever the scratch size
+    try:
+        for scratch in ({}, {"GOFR_PLOT_BACKUP_DRILL_DIR": str(small)}):
+            t0 = time.monotonic()
+            r = run_cli("drill", newer.name, "--json", env={**env, **scratch})
+            assert time.monotonic() - t0 < 60  # nothing of the claimed 1 TB is read or written
+            res = json.loads(r.stdout)
+            assert r.returncode == 1 and res["ok"] is False and res["checked"] is True, (scratch, res)
+            assert "checksum mismatch" in res["error"], res
+            assert "FAILED" in r.stderr and "could not run" not in r.stderr, r.stderr
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
     e = next(x for x in manifest(backups) if x["filename"] == newer.name)
     assert e["drill"]["ok"] is False and e["drill"]["checked"] is True  # held against the archive
     plan = json.loads(run_cli("restore", "--latest", "--dry-run", "--json", env=env).stdout)
