@@ -6,6 +6,7 @@ import os
 from gofrtest import (  # noqa: F401
     app,
     chdir_tmp,
+    eio_mount,
     evidence,
     pytest_runtest_makereport,
     pytest_terminal_summary,

@@ -286,6 +286,41 @@ def utc(t: datetime) -> datetime:
     return t.astimezone(UTC)
 
 
+EIOFS = REPO / "tests" / "helpers" / "eiofs.py"
+
+
+@pytest.fixture
+def eio_mount() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    needs(
+        os.geteuid() == 0 and os.path.exists("/dev/fuse"), "root and /dev/fuse (real EIO from a FUSE mount)"
+    )
+    mounted: list[tuple[subprocess.Popen[str], Path]] = []
+
+    def mount(backing: Path, at: Path, **env: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen(
+            [sys.executable, str(EIOFS), str(backing), str(at)],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != "ready":
+            p.wait(10)
+            needs(False, f"cannot mount FUSE here: {p.stderr.read() if p.stderr else ''}")
+        mounted.append((p, at))
+        return p
+
+    yield mount
+    for p, at in mounted:
+        subprocess.run(["umount", "-l", str(at)], check=False)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 @pytest.fixture
 def chdir_tmp(tmp_path: Path) -> Iterator[Path]:
     old = os.getcwd()

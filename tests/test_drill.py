@@ -729,3 +729,93 @@ def test_the_restore_menu_marks_an_archive_whose_drill_failed(tmp_path: Path) ->
     [line_old] = [x for x in r.stderr.splitlines() if older.name in x and x.strip().startswith("2)")]
     assert "drill failed" in line_new, r.stderr
     assert "drill failed" not in line_old and "Enter" in line_old, r.stderr
+
+
+def _damage_with_a_huge_claim(archive: Path, member: str) -> None:
+    """Rewrite ``archive`` with ``member``'s pax size record claiming 1 TB (its data stays as it
+    was), and do NOT re-sign it: its .sha256 and the manifest's checksum no longer match."""
+    with tarfile.open(archive, "r:gz") as src:
+        members = [(m, src.extractfile(m).read() if m.isreg() else None) for m in src]  # type: ignore[union-attr]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for m, data in members:
+            if m.name == member:
+                m.pax_headers = {**m.pax_headers, "size": str(10**12)}
+            tar.addfile(m, io.BytesIO(data) if data is not None else None)
+    archive.write_bytes(buf.getvalue())
+
+
+def test_a_damaged_archive_whose_member_claims_more_than_the_scratch_holds_fails_its_drill(
+    tmp_path: Path,
+) -> None:
+    """A damaged archive (checksum mismatch) whose member claims 1 TB stopped the drill on "more
+    than the free space" before the checksum was known: recorded as COULD NOT RUN (nothing held
+    against it), so `restore --latest` kept choosing it, while with a scratch dir just big enough
+    the same archive FAILED on its checksum: the verdict depended on the scratch size. Now the
+    archive's own soundness decides: FAILED (checked), and the restore names the checksum."""
+    data, backups, env = setup_app(tmp_path)
+    older = the_archive(backups)
+    time.sleep(1.1)
+    assert run_cli("now", env=env).returncode == 0
+    newer = max((backups / "daily").glob("*.tar.gz"))
+    assert newer != older
+    _damage_with_a_huge_claim(newer, "storage/doc.json")
+    small = tmp_path / "small"
+    _tmpfs(small, "size=8m")  # the same verdict whatever the scratch size
+    try:
+        for scratch in ({}, {"GOFR_PLOT_BACKUP_DRILL_DIR": str(small)}):
+            t0 = time.monotonic()
+            r = run_cli("drill", newer.name, "--json", env={**env, **scratch})
+            assert time.monotonic() - t0 < 60  # nothing of the claimed 1 TB is read or written
+            res = json.loads(r.stdout)
+            assert r.returncode == 1 and res["ok"] is False and res["checked"] is True, (scratch, res)
+            assert "checksum mismatch" in res["error"], res
+            assert "FAILED" in r.stderr and "could not run" not in r.stderr, r.stderr
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+    e = next(x for x in manifest(backups) if x["filename"] == newer.name)
+    assert e["drill"]["ok"] is False and e["drill"]["checked"] is True  # held against the archive
+    plan = json.loads(run_cli("restore", "--latest", "--dry-run", "--json", env=env).stdout)
+    assert plan["archive"] == older.name and plan["passed_over"][0]["filename"] == newer.name
+    for how in (["--dry-run"], ["--yes"]):  # the restore itself names the archive's fault
+        r = run_cli("restore", newer.name, "--target", str(tmp_path / "copy"), *how, env=env)
+        assert r.returncode == 1 and "checksum mismatch" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "copy" / "storage").exists()
+
+
+def test_a_read_error_on_the_archive_during_a_drill_could_not_run(tmp_path: Path, eio_mount: Any) -> None:
+    """EIO reading the archive (its disk, not the scratch dir) during a drill was recorded as a
+    failed drill of the archive, although its own message said "could not check ... nothing was
+    concluded": `restore --latest` then passed over a good archive. Real EIO from the kernel: the
+    tier dir is a FUSE mount failing reads, past the archive's head (the header reads, the body
+    does not) and then from the first byte."""
+    data, backups, env = setup_app(tmp_path)
+    write(data / "storage" / "big.bin", os.urandom(3 << 20))
+    time.sleep(1.1)
+    assert run_cli("now", env=env).returncode == 0
+    newer = max((backups / "daily").glob("*.tar.gz"))
+    disk = tmp_path / "disk"
+    (backups / "daily").rename(disk)
+    (backups / "daily").mkdir()
+    for fail_from in (str(1 << 20), "0"):
+        fs = eio_mount(disk, backups / "daily", EIOFS_FAIL_FROM=fail_from)
+        try:
+            r = run_cli("drill", newer.name, "--json", env=env)
+            res = json.loads(r.stdout)
+            assert r.returncode == 1 and res["ok"] is False and res["checked"] is False, (fail_from, res)
+            assert "Input/output error" in res["error"] and "nothing was concluded" in res["error"], res
+            if fail_from != "0":  # the header read: the pass over the body met the error
+                assert "could not check" in res["error"], res
+            e = next(x for x in manifest(backups) if x["filename"] == newer.name)
+            assert "drill" not in e, e  # nothing held against the archive
+            assert "could not run" in r.stderr and "FAILED" not in r.stderr, r.stderr
+        finally:
+            subprocess.run(["umount", "-l", str(backups / "daily")], check=False)
+            fs.wait(10)
+    (backups / "daily").rmdir()
+    disk.rename(backups / "daily")  # the disk is healthy again: the newest archive is restored
+    plan = json.loads(run_cli("restore", "--latest", "--dry-run", "--json", env=env).stdout)
+    assert plan["archive"] == newer.name and plan["passed_over"] == [], plan
+    r = run_cli("drill", newer.name, "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"] is True, r.stdout

@@ -82,6 +82,68 @@ def test_member_claiming_a_huge_size_is_refused_without_filling_the_disk(app: di
     assert staged == [], "nothing of the claimed 1 TiB was written"
 
 
+def _overlong(case: str) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    """One member no file system can create, or whose attributes no system call takes."""
+    base = [tinfo("storage", tarfile.DIRTYPE), tinfo("storage/ok.txt", data=b"fine")]
+    if case == "symlink target over 4095 bytes":
+        return [*base, tinfo("storage/evil", tarfile.SYMTYPE, linkname="x" * 5000)]
+    if case == "hard link target over 4095 bytes":
+        return [*base, tinfo("storage/h", tarfile.LNKTYPE, linkname="storage/" + "y" * 4100)]
+    if case == "name component over 255 bytes":
+        return [*base, tinfo("storage/" + "n" * 300, tarfile.DIRTYPE)]
+    if case == "name component over 255 bytes, 200 characters":
+        return [*base, tinfo("storage/" + "é" * 200, data=b"two bytes a character")]
+    if case == "whole name over 4095 bytes":
+        return [*base, tinfo("storage/" + "/".join(["d" * 200] * 21) + "/f", data=b"deep")]
+    ti, data = tinfo("storage/a", data=b"attrs")
+    if case == "uid 2**32":
+        ti.uid = 2**32
+    elif case == "gid -1":
+        ti.pax_headers = {"gid": "-1"}
+    elif case == "mtime 1e20":
+        ti.pax_headers = {"mtime": "1e20"}
+    return [*base, (ti, data)]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "symlink target over 4095 bytes",
+        "hard link target over 4095 bytes",
+        "name component over 255 bytes",
+        "name component over 255 bytes, 200 characters",
+        "whole name over 4095 bytes",
+        "uid 2**32",
+        "gid -1",
+        "mtime 1e20",
+    ],
+)
+def test_names_and_attributes_no_file_system_takes_are_refused(app: dict[str, Any], case: str) -> None:
+    """A re-signed archive with a name no file system can create (ENAMETOOLONG) or an out-of-range
+    pax attribute (OverflowError) passed `verify` as a sound archive: the drill said COULD NOT RUN, so
+    `restore --latest` kept choosing it and every restore failed (with "unexpected error" for the
+    attributes), and the dry run planned to create it. Now it is refused as the archive's fault:
+    `verify` (FAILED), the dry run, the restore (before anything is staged) and the drill (FAILED,
+    checked)."""
+    a = craft_archive(app["backups"] / "daily" / "gofr-plot_daily_20260101_020000.tar.gz", _overlong(case))
+    v = run_cli("verify", a.name, "--json", env=app["env"])
+    res = json.loads(v.stdout)["results"][0]
+    assert v.returncode == 1 and res["ok"] is False and res["checked"] is True, res
+    assert "refusing member" in res["error"], res
+    target = app["tmp"] / "target"
+    for dry in (["--dry-run"], ["--yes"]):
+        r = run_cli("restore", a.name, "--target", str(target), *dry, env=app["env"])
+        assert r.returncode == 1 and "refusing member" in r.stderr, (dry, r.stderr)
+        assert "Traceback" not in r.stderr and "unexpected error" not in r.stderr, r.stderr
+        assert len([x for x in r.stderr.splitlines() if "gofr-backup:" in x]) == 1, r.stderr
+        assert not target.exists() or list(target.iterdir()) == []
+    assert not any(p.name.startswith(".gofr-restore-") for p in app["tmp"].rglob("*"))
+    d = run_cli("drill", a.name, "--json", env=app["env"])
+    res = json.loads(d.stdout)
+    assert d.returncode == 1 and res["ok"] is False and res["checked"] is True, res
+    assert "refusing member" in res["error"], res
+
+
 @reliability(
     "Archive with 200,000 members",
     "verify's peak RSS stays under 120 MB (tarfile's member list is not kept); restore completes",

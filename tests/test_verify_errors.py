@@ -19,46 +19,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-from gofrtest import REPO, Evidence, cli_env, manifest, needs, reliability, run_cli, write
-
-EIOFS = REPO / "tests" / "helpers" / "eiofs.py"
-
-
-@pytest.fixture
-def eio_mount() -> Iterator[Callable[[Path, Path], subprocess.Popen[str]]]:
-    needs(
-        os.geteuid() == 0 and os.path.exists("/dev/fuse"), "root and /dev/fuse (real EIO from a FUSE mount)"
-    )
-    mounted: list[tuple[subprocess.Popen[str], Path]] = []
-
-    def mount(backing: Path, at: Path) -> subprocess.Popen[str]:
-        p = subprocess.Popen(
-            [sys.executable, str(EIOFS), str(backing), str(at)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert p.stdout is not None
-        if p.stdout.readline().strip() != "ready":
-            p.wait(10)
-            needs(False, f"cannot mount FUSE here: {p.stderr.read() if p.stderr else ''}")
-        mounted.append((p, at))
-        return p
-
-    yield mount
-    for p, at in mounted:
-        subprocess.run(["umount", "-l", str(at)], check=False)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+from gofrtest import Evidence, cli_env, manifest, reliability, run_cli, write
 
 
 def _setup(tmp_path: Path, n: int) -> tuple[Path, dict[str, str], list[dict[str, Any]]]:

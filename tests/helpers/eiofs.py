@@ -4,7 +4,8 @@ directory and can make the kernel return a real EIO to every read of its files.
     python eiofs.py BACKING MOUNTPOINT     # mounts, prints "ready", serves until unmounted
 
 SIGUSR1: from now on every read() of a file returns EIO (a disk that went bad); SIGUSR2: reads
-work again. Lookups, stat, readdir and unlink keep working either way, as on a failing disk whose
+work again. With EIOFS_FAIL_FROM=N in its environment, a read reaching byte N or beyond of any file
+fails from the start (bad sectors past a file's head: its header reads, its body does not). Lookups, stat, readdir and unlink keep working either way, as on a failing disk whose
 metadata is still cached. There is no device-mapper in this kernel (no `dmsetup ... error`), so
 this is the most real read error available: the process under test gets EIO from its own read(2)
 syscall, from the kernel, exactly as from a failing disk. Needs root (mount(2)).
@@ -49,6 +50,7 @@ class EioFs:
         self.files: dict[int, int] = {}
         self.next_fh = 1
         self.failing = False
+        self.fail_from = int(os.environ.get("EIOFS_FAIL_FROM", "-1"))
 
     def node(self, rel: str) -> int:
         if rel not in self.ids:
@@ -101,7 +103,7 @@ class EioFs:
             return OPEN_OUT.pack(fh, FOPEN_DIRECT_IO, 0)
         if op == READ:
             fh, offset, size, _ = READ_IN.unpack_from(body)
-            if self.failing:
+            if self.failing or 0 <= self.fail_from < offset + size:
                 return -errno.EIO
             return os.pread(self.files[fh], size, offset)
         if op == RELEASE:

@@ -47,6 +47,39 @@ _FS_ENCODING = sys.getfilesystemencoding()  # os.fsencode's, without its cost pe
 _MAX_LINE = 1 << 16  # a name is at most 4096 bytes (PATH_MAX), escaped at most twice that
 
 
+NAME_MAX = 255  # bytes in one name component: no Linux file system creates a longer one
+PATH_MAX = 4095  # bytes in a whole name, or in a link's target (PATH_MAX less its NUL)
+ID_MAX = 2**32 - 2  # uid/gid: (uid_t)-1 means "unchanged" to chown
+MTIME_MAX = 2**62  # seconds; os.utime takes any of -MTIME_MAX..MTIME_MAX
+
+
+def _nbytes(s: str) -> int:
+    return len(s.encode("utf-8", "surrogateescape"))
+
+
+def member_limits_error(m: tarfile.TarInfo) -> str | None:
+    """Why no file system could hold member ``m`` as it is (a name component over NAME_MAX bytes, a
+    name or link target over PATH_MAX bytes), or no system call takes its attributes (a pax record
+    may hold anything: uid/gid, mtime out of range); None when it is within every limit. The
+    archive's fault: ``verify`` fails it and a restore refuses it, rather than it failing later
+    as if a write on this side had."""
+    name = m.name.rstrip("/")
+    long = next((p for p in name.split("/") if _nbytes(p) > NAME_MAX), None)
+    if long is not None:
+        return f"a name component of {_nbytes(long)} bytes (more than {NAME_MAX}: no file system holds it)"
+    if _nbytes(name) > PATH_MAX:
+        return f"its name is {_nbytes(name)} bytes long (more than {PATH_MAX})"
+    if (m.issym() or m.islnk()) and _nbytes(m.linkname) > PATH_MAX:
+        return f"its link target is {_nbytes(m.linkname)} bytes long (more than {PATH_MAX})"
+    for what, v in (("uid", m.uid), ("gid", m.gid)):
+        if not isinstance(v, int) or not 0 <= v <= ID_MAX:
+            return f"its {what} {v!r} is out of range (0..{ID_MAX})"
+    mt = m.mtime
+    if not isinstance(mt, int | float) or not -MTIME_MAX <= mt <= MTIME_MAX:
+        return f"its mtime {mt!r} is out of range (-2**62..2**62 seconds)"
+    return None
+
+
 def index_line(name: str, digest: str) -> bytes:
     """One line of the index, as ``b3sum`` writes it: ``<hex>  <name>``; a name holding a backslash
     or a newline is escaped (``\\\\``, ``\\n``) and its line starts with a backslash. Names are

@@ -38,7 +38,7 @@ from . import layout
 from .archive_format import read_index
 from .codecs import CHUNK
 from .config import BackupConfig
-from .errors import BackupError, ConfigError, Interrupted, LocalFault, one_line
+from .errors import BackupError, ConfigError, CouldNotCheck, Interrupted, LocalFault, one_line
 from .excludes import compile_excludes
 from .fsutil import file_lock, free_bytes, remove_tree, run_lock
 from .hooks import run_shell
@@ -368,6 +368,8 @@ def _run(
             raise
         except LocalFault as e:  # writing the copy failed (ENOSPC, EDQUOT, EIO, EROFS, ...): not the archive
             raise _CouldNotRun(f"the restore could not write its copy: {e}") from None
+        except CouldNotCheck as e:  # the archive's disk failed a read (EIO): nothing is known about it
+            raise _CouldNotRun(f"the restore could not read the archive: {e}") from None
         except BackupError as e:
             raise _Failed(f"the restore failed: {e}") from None
         res.restore_seconds = round(time.monotonic() - t0, 3)

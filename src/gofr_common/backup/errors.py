@@ -43,6 +43,12 @@ class VerifyError(BackupError):
     """An archive failed verification."""
 
 
+class CouldNotCheck(VerifyError):
+    """The archive could not be read (an I/O error on the disk that holds it, out of memory):
+    nothing is known about it, so a restore drill that meets this could not run, and it is never
+    held against the archive."""
+
+
 class LocalFault(BackupError):
     """A write on this side failed (the staging or scratch copy of a restore, a decrypted temp
     copy): the disk is full or out of inodes, over quota, read-only, failing, not ours to write

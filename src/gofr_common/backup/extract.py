@@ -6,7 +6,9 @@ For each restored name, members are written below ``<parent>/.gofr-restore-<name
 archive and reads it to its end. The dry run and the restore run the same checks, on the member
 names alone (no realpath per member):
 
-- names: relative, no ``..``, in normal form, no duplicates, below a selected path;
+- names: relative, no ``..``, in normal form, no duplicates, below a selected path, within what a
+  file system holds (:func:`archive_format.member_limits_error`: name components, whole names and
+  link targets, uid/gid and mtime ranges; ``verify`` applies the same limits);
 - types: files, directories, hard links and symlinks; device nodes and FIFOs are refused;
 - symlinks are data: any target (absolute, outside the path, dangling, chained) is restored as a
   link, verbatim. They are created after every other member (GNU tar's delayed links) in a parent
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .archive_format import member_limits_error
 from .errors import LocalFault
 from .fsutil import free_bytes, open_dir_nofollow
 from .verify import StopVerify, read_member
@@ -204,6 +207,9 @@ class Extractor:
         parts = name.split("/")
         if name.startswith("/") or ".." in parts:
             raise Refused("absolute or '..'")
+        why = member_limits_error(m)
+        if why:
+            raise Refused(why)
         if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
             raise Refused(f"{name!r} is a device node, FIFO or other special file")
         if kind != "d" and name in self.parents:

@@ -29,12 +29,12 @@ from typing import Any
 from . import layout, sealed
 from .archive_format import header_problem, read_meta
 from .config import BackupConfig
-from .errors import BackupError, ConfigError, LocalFault, VerifyError
+from .errors import BackupError, ConfigError, CouldNotCheck, LocalFault, VerifyError
 from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
 from .fsutil import DirId, dir_id, lineage, open_dir_nofollow, run_lock
 from .manifest import Entry, Manifest, created_of, drill_failed, latest, unknown_completeness, unknown_hint
 from .swap import Staging, commit, pending_journals, recover, roll_forward
-from .verify import verify_archive
+from .verify import Capture, VerifyResult, capturing, verify_archive
 
 
 @dataclass
@@ -309,11 +309,52 @@ def _read_meta_or_refuse(archive: Path) -> dict[str, Any]:
     try:
         meta = read_meta(archive)
     except BackupError as e:
+        err = _read_error(archive)
+        if err is not None:  # the disk that holds it, not the archive: nothing is known about it
+            raise CouldNotCheck(
+                f"cannot restore {archive.name}: could not read it: {err.strerror or err} (the archive "
+                "itself may be fine; nothing was concluded); nothing was changed"
+            ) from None
         raise VerifyError(f"refusing to restore {archive.name}: {e}; nothing was changed") from None
     bad = header_problem(meta)  # before any name is joined onto a destination
     if bad:
         raise _refuse(archive, bad)
     return meta
+
+
+def _read_error(archive: Path) -> OSError | None:
+    """The OSError a plain read of the archive's first MiBs meets (EIO on a failing disk), if any."""
+    try:
+        with open(archive, "rb", buffering=0) as f:
+            for _ in range(4):
+                if not f.read(1 << 20):
+                    break
+    except OSError as e:
+        return e
+    return None
+
+
+def _not_ok(archive: Path, res: VerifyResult) -> VerifyError:
+    """A failed pass: the archive's fault (refused), or could not check (nothing concluded)."""
+    if not res.checked:
+        return CouldNotCheck(f"cannot restore {archive.name}: {res.error}; nothing was changed")
+    return _refuse(archive, str(res.error))
+
+
+def _judge_after_fault(
+    archive: Path, sha: str | None, should_stop: Callable[[], bool], fault: LocalFault
+) -> None:
+    """A write on this side (the staging, a drill's scratch copy) stopped the pass before the
+    archive was read to its end. Whether the archive is sound decides what that means: it is read
+    once more, hashing only (a short member still ends the read at once), and a damaged archive is
+    refused for its own fault; only a sound one leaves the LocalFault to stand (could not run)."""
+    try:
+        with capturing(Capture()):  # nothing copied into the scratch side that just failed
+            res = verify_archive(archive, sha, should_stop=should_stop)
+    except LocalFault:
+        return
+    if res.checked and not res.ok:
+        raise _refuse(archive, f"{res.error} (the restore had also stopped: {fault})")
 
 
 # -- incomplete archives ---------------------------------------------------------------------------
@@ -501,7 +542,7 @@ def restore(
     if entry.get("complete") is False and not req.allow_incomplete:
         res = verify_archive(archive, expected_sha256, should_stop=should_stop)  # to name what it misses
         if not res.ok:
-            raise _refuse(archive, str(res.error))
+            raise _not_ok(archive, res)
         _apply_incomplete(archive, entry, meta, res.end, targets, False, req.only is not None)
     notes = list(notes or [])
     if other is not None:
@@ -529,10 +570,14 @@ def restore(
         ex = Extractor(targets, set(meta.get("paths") or {}), dry=req.dry_run)
         try:
             res = verify_archive(archive, expected_sha256, visit=ex, should_stop=should_stop)
+        except LocalFault as e:  # ours, unless the archive turns out to be damaged
+            ex.close()
+            _judge_after_fault(archive, expected_sha256, should_stop, e)
+            raise
         finally:
             ex.close()
         if not res.ok:
-            raise _refuse(archive, str(res.error))
+            raise _not_ok(archive, res)
         if res.note:
             notes.append(res.note)
         incomplete = _apply_incomplete(

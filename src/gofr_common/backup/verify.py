@@ -41,7 +41,15 @@ from blake3 import blake3
 from zlib_ng import zlib_ng
 
 from . import progress
-from .archive_format import END_NAME, INDEX_NAME, META_NAME, header_problem, open_tar_stream, read_index
+from .archive_format import (
+    END_NAME,
+    INDEX_NAME,
+    META_NAME,
+    header_problem,
+    member_limits_error,
+    open_tar_stream,
+    read_index,
+)
 from .codecs import CHUNK
 from .errors import Interrupted, LocalFault
 from .layout import read_sidecar, sidecar_path
@@ -399,6 +407,9 @@ def verify_archive(
                         continue
                     last_name = m.name
                     count += 1
+                    why = member_limits_error(m)
+                    if why:  # no file system holds it: a restore of it could only ever fail
+                        raise StopVerify(f"refusing member {m.name!r}: {why}")
                     if cap is not None and cap.member is not None:
                         cap.member(m)
                     if collect_members:
