@@ -77,6 +77,22 @@ def popen_cli(*args: str, env: dict[str, str], **kw: Any) -> subprocess.Popen[st
     )
 
 
+@contextlib.contextmanager
+def tmpfs(mnt: Path, opts: str = "size=8m") -> Iterator[Path]:
+    """A real tmpfs mounted at ``mnt`` (made if needed) for the test's duration: a full disk, a
+    volume to unmount. Skips without root (a failure in CI); unmounted (lazily) afterwards."""
+    needs(os.geteuid() == 0, "mounting a tmpfs needs root")
+    mnt.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    needs(r.returncode == 0, f"cannot mount tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+
+
 def without_dac(*args: str) -> list[str]:
     """The CLI as root but without the capabilities that let root read anyone's files: the backup
     process then sees permissions exactly as a non-root backup user would (needs setpriv)."""

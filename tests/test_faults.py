@@ -31,6 +31,7 @@ from gofrtest import (
     reliability,
     run_cli,
     snapshot,
+    tmpfs,
     write,
 )
 from test_consistency import ro_mount
@@ -399,17 +400,8 @@ def test_sigkill_during_restore(tmp_path: Path, evidence: Evidence) -> None:
 # -- a real full disk -------------------------------------------------------------------------------
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    needs(os.geteuid() == 0, "mounting a small tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    needs(r.returncode == 0, f"cannot mount tmpfs here: {r.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "small") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 DISK_FULL_TRIALS = 5

@@ -17,7 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gofrtest import cli_env, manifest, needs, partials, popen_cli, run_cli, snapshot, without_dac, write
+from gofrtest import (
+    cli_env,
+    manifest,
+    needs,
+    partials,
+    popen_cli,
+    run_cli,
+    snapshot,
+    tmpfs,
+    without_dac,
+    write,
+)
 
 
 # -- a configured path that vanishes while `now` archives ------------------------------------------
@@ -258,17 +269,8 @@ def test_a_subdirectory_that_vanishes_mid_walk_is_a_warning_not_an_incomplete_ba
 @pytest.fixture
 def data_volume(tmp_path: Path) -> Iterator[Path]:
     """A real tmpfs as the data volume, so that the test can unmount it as an operator would."""
-    needs(os.geteuid() == 0, "mounting a tmpfs needs root")
-    mnt = tmp_path / "data"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    needs(r.returncode == 0, f"cannot mount tmpfs here: {r.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "data") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
 
 
 def _empty_env(tmp_path: Path, data: Path, **extra: str) -> dict[str, str]:

@@ -318,8 +318,7 @@ def check(
         line = (
             f"{res.missing} of {res.files} source entries older than the archive are missing from it "
             f"({share:.3g}%, {config.prefix}SPOT_CHECK_TOLERANCE={config.spot_check_tolerance:g}%): "
-            + ", ".join(one_line(x) for x in res.missing_paths[:5])
-            + (f" and {res.missing - 5} more" if res.missing > 5 else "")
+            + _listed(res.missing_paths, res.missing)
         )
         if share > config.spot_check_tolerance:
             problems.append(line)
@@ -329,20 +328,22 @@ def check(
         problems.append(
             f"{res.drift} sampled source file(s) differ from the archive although their size and mtime "
             "match (bit rot, or a writer that changes data without touching mtime): "
-            + ", ".join(one_line(x) for x in res.drift_paths[:5])
-            + (f" and {res.drift - 5} more" if res.drift > 5 else "")
+            + _listed(res.drift_paths, res.drift)
         )
     if res.size_drift:
         problems.append(
             f"{res.size_drift} source file(s) changed size without their mtime changing since the "
-            "archive (truncated or grown behind its back): "
-            + ", ".join(one_line(x) for x in res.size_drift_paths[:5])
-            + (f" and {res.size_drift - 5} more" if res.size_drift > 5 else "")
+            "archive (truncated or grown behind its back): " + _listed(res.size_drift_paths, res.size_drift)
         )
     res.error = "; ".join(problems) or None
     res.ok = res.error is None
     res.seconds = round(time.monotonic() - t0, 3)
     return res
+
+
+def _listed(paths: list[str], n: int) -> str:
+    """The first five of ``n`` paths, one line each, and how many more."""
+    return ", ".join(one_line(x) for x in paths[:5]) + (f" and {n - 5} more" if n > 5 else "")
 
 
 def _key(name: str) -> int:
