@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gofrtest import cli_env, needs, run_cli, snapshot, without_dac, write
+from gofrtest import cli_env, manifest, needs, run_cli, snapshot, without_dac, write
 
 
 def _one_line(r: subprocess.CompletedProcess[str], code: int = 2) -> str:
@@ -350,3 +350,33 @@ def test_a_sealed_archive_verified_without_an_identity_says_what_was_checked(tmp
     assert d["results"][0]["checksum_only"] is False, d
     r = run_cli("restore", "--latest", "--dry-run", "--identity", str(key), env=env)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_restore_that_finds_the_newest_archive_damaged_records_it_and_latest_moves_on(
+    tmp_path: Path,
+) -> None:
+    """The newest archive rotted after it was verified. Its restore is refused (its own pass finds
+    the checksum wrong), and that is recorded as `verify` would: the next `restore --latest` says
+    it passes over it and restores the older one, and `status` no longer calls it restorable
+    (before, every `--latest` picked it again and failed, and status stayed HEALTHY)."""
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    write(data / "storage" / "a", "v1\n")
+    env = cli_env(data, backups, **{"GOFR_{P}_BACKUP_PATHS": "storage:storage"})
+    assert run_cli("now", env=env).returncode == 0
+    time.sleep(1.1)
+    write(data / "storage" / "a", "v2\n")
+    assert run_cli("now", env=env).returncode == 0
+    older, newer = sorted((backups / "daily").glob("*.tar.gz"))
+    raw = bytearray(newer.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    newer.write_bytes(bytes(raw))
+    r = run_cli("restore", "--latest", "--target", str(tmp_path / "c1"), "--yes", env=env)
+    assert r.returncode == 1 and f"refusing to restore {newer.name}" in r.stderr, r.stderr
+    entry = next(e for e in manifest(backups) if e["filename"] == newer.name)
+    assert entry["verified"] is False and entry["verify_error"], entry
+    r = run_cli("restore", "--latest", "--target", str(tmp_path / "c2"), "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"passing over the newer {newer.name}" in r.stderr and older.name in r.stderr, r.stderr
+    assert (tmp_path / "c2" / "storage" / "a").read_text() == "v1\n"
+    st = run_cli("status", "--json", env=env)
+    assert json.loads(st.stdout)["restorable"]["filename"] == older.name, st.stdout

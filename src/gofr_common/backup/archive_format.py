@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from . import __version__
-from .codecs import CHUNK, ReadAhead, codec_for_filename
+from .codecs import CHUNK, ReadAhead, codec_for_filename, decode_errors
 from .config import is_path_name
 from .errors import BackupError
 
@@ -205,7 +205,11 @@ def read_meta(path: Path) -> dict[str, Any]:
             f = tar.extractfile(first)
             assert f is not None
             meta = json.loads(f.read(1 << 20))
-    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+    except Exception as e:
+        # a damaged stream, whatever the codec says it with (zlib's "invalid distance too far
+        # back" in a small archive read whole here was an "unexpected error")
+        if not isinstance(e, (tarfile.TarError, OSError, EOFError, ValueError, *decode_errors())):
+            raise
         raise BackupError(f"{path.name}: cannot read archive header: {e}") from None
     if not isinstance(meta, dict):
         raise BackupError(f"{path.name}: archive header is not a JSON object")

@@ -20,6 +20,16 @@ CHUNK = 1 << 20
 ZSTD_JOB = 2 << 20  # zstd's minimum is 512 KiB; smaller costs ratio and speed
 
 
+def decode_errors() -> tuple[type[BaseException], ...]:
+    """What the decompressors raise on a damaged stream (imported on first use, as the codecs are)."""
+    import zlib
+
+    import zstandard
+    from zlib_ng import zlib_ng
+
+    return (zlib.error, zlib_ng.error, lzma.LZMAError, zstandard.ZstdError)  # type: ignore[return-value]
+
+
 def cpu_threads() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))

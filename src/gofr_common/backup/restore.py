@@ -23,6 +23,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -341,6 +342,24 @@ def _not_ok(archive: Path, res: VerifyResult) -> VerifyError:
     return _refuse(archive, str(res.error))
 
 
+def _record_bad(config: BackupConfig, archive: Path, entry: Entry, res: VerifyResult) -> None:
+    """A restore's own pass found this archive of the backup dir bad (checked, not ok): record it
+    as `verify` would, so that `--latest` and `status` pass it over from now on instead of picking
+    it again. A restore may run with the backup volume read-only: then it is only refused."""
+    if not res.checked or not entry.get("path"):
+        return
+    from .schedule import now_iso
+    from .scrub import verdict_fields
+
+    lay = config.layout
+    try:
+        if lay.archive(entry["path"]) != archive:
+            return  # a decrypted or fetched copy: not the file the entry describes
+        Manifest(lay.root).set_fields(entry["path"], **verdict_fields(res, now_iso(datetime.now(UTC)), entry))
+    except (OSError, BackupError):
+        pass
+
+
 def _judge_after_fault(
     archive: Path, sha: str | None, should_stop: Callable[[], bool], fault: LocalFault
 ) -> None:
@@ -529,7 +548,17 @@ def restore(
 ) -> RestorePlan:
     """Plan (``req.dry_run``) or restore ``archive``: the same pass and the same checks either way."""
     entry = entry or Entry()
-    meta = _read_meta_or_refuse(archive)
+    try:
+        meta = _read_meta_or_refuse(archive)
+    except CouldNotCheck:
+        raise
+    except VerifyError:  # its head is damaged: one verification pass says what is wrong, and it is recorded
+        res = verify_archive(archive, expected_sha256, should_stop=should_stop)
+        if res.ok:
+            raise
+        if not req.dry_run:
+            _record_bad(config, archive, entry, res)
+        raise _not_ok(archive, res) from None
     other = _foreign_project(config, archive, meta)
     if other is not None and req.target is None:
         raise ConfigError(
@@ -577,6 +606,8 @@ def restore(
         finally:
             ex.close()
         if not res.ok:
+            if not req.dry_run:
+                _record_bad(config, archive, entry, res)
             raise _not_ok(archive, res)
         if res.note:
             notes.append(res.note)
