@@ -345,8 +345,9 @@ def _not_ok(archive: Path, res: VerifyResult) -> VerifyError:
 def _record_bad(config: BackupConfig, archive: Path, entry: Entry, res: VerifyResult) -> None:
     """A restore's own pass found this archive of the backup dir bad (checked, not ok): record it
     as `verify` would, so that `--latest` and `status` pass it over from now on instead of picking
-    it again. A restore may run with the backup volume read-only: then it is only refused."""
-    if not res.checked or not entry.get("path"):
+    it again (an entry that already says so is left as it is). A restore may run with the backup
+    volume read-only: then it is only refused."""
+    if not res.checked or not entry.get("path") or entry.get("verified") is False:
         return
     from .schedule import now_iso
     from .scrub import verdict_fields
