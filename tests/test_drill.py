@@ -12,6 +12,7 @@ import subprocess
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,17 @@ def setup_app(tmp: Path, **extra: str) -> tuple[Path, Path, dict[str, str]]:
 
 def the_archive(backups: Path) -> Path:
     return next(p for p in (backups / "daily").glob("*.tar.gz"))
+
+
+def a_newer_archive(backups: Path, env: dict[str, str], change: Callable[[], object] = lambda: None) -> Path:
+    """After ``change`` to the data, one more backup (a second later: a new name); its archive."""
+    older = the_archive(backups)
+    time.sleep(1.1)
+    change()
+    assert run_cli("now", env=env).returncode == 0
+    newer = max((backups / "daily").glob("*.tar.gz"))
+    assert newer != older
+    return newer
 
 
 def test_a_good_archive_drills_ok(tmp_path: Path) -> None:
@@ -604,10 +616,7 @@ def test_an_archive_that_failed_its_drill_is_not_restorable(tmp_path: Path) -> N
     names it, even when a drill of an older archive passes afterwards."""
     data, backups, env = setup_app(tmp_path)
     older = the_archive(backups)
-    time.sleep(1.1)
-    assert run_cli("now", env=env).returncode == 0
-    newer = max((backups / "daily").glob("*.tar.gz"))
-    assert newer != older
+    newer = a_newer_archive(backups, env)
     _resign(newer, backups, {"auth/tokens.json": b'{"t": "SECRET"}'}, index_too=False)
     assert run_cli("drill", newer.name, env=env).returncode == 1
     assert run_cli("drill", older.name, env=env).returncode == 0  # the last drill passed ...
@@ -627,10 +636,7 @@ def test_a_drill_that_could_not_run_does_not_count_against_the_archive(tmp_path:
     and `restore --latest` then silently restored an older archive."""
     data, backups, env = setup_app(tmp_path)
     older = the_archive(backups)
-    time.sleep(1.1)
-    write(data / "storage" / "big.bin", os.urandom(600_000))
-    assert run_cli("now", env=env).returncode == 0
-    newer = max((backups / "daily").glob("*.tar.gz"))
+    newer = a_newer_archive(backups, env, lambda: write(data / "storage" / "big.bin", os.urandom(600_000)))
     needs(os.geteuid() == 0, "root (mount small and read-only tmpfs)")
     small, ro = tmp_path / "small", tmp_path / "ro"
     for d, opts in ((small, "size=256k"), (ro, "ro,size=1m")):
@@ -677,13 +683,9 @@ def test_a_drill_whose_scratch_side_fails_midway_could_not_run(tmp_path: Path) -
     passed over a good archive and restored older data. Every inode count from almost none up to
     enough: never held against the archive; then the drill passes."""
     data, backups, env = setup_app(tmp_path)
-    older = the_archive(backups)
-    time.sleep(1.1)
-    for i in range(12):
-        write(data / "storage" / "many" / f"f{i}", str(i))
-    assert run_cli("now", env=env).returncode == 0
-    newer = max((backups / "daily").glob("*.tar.gz"))
-    assert newer != older
+    newer = a_newer_archive(
+        backups, env, lambda: [write(data / "storage" / "many" / f"f{i}", str(i)) for i in range(12)]
+    )
     drill_dir = tmp_path / "drill"
     could_not_run = 0
     try:
@@ -718,9 +720,7 @@ def test_the_restore_menu_marks_an_archive_whose_drill_failed(tmp_path: Path) ->
     """`restore --interactive` listed an archive that failed its drill as a plain "verified" entry."""
     data, backups, env = setup_app(tmp_path)
     older = the_archive(backups)
-    time.sleep(1.1)
-    assert run_cli("now", env=env).returncode == 0
-    newer = max((backups / "daily").glob("*.tar.gz"))
+    newer = a_newer_archive(backups, env)
     _resign(newer, backups, {"auth/tokens.json": b'{"t": "SECRET"}'}, index_too=False)
     assert run_cli("drill", newer.name, env=env).returncode == 1
     r = run_cli("restore", "--interactive", "--dry-run", env=env, input="\n")
@@ -755,10 +755,7 @@ def test_a_damaged_archive_whose_member_claims_more_than_the_scratch_holds_fails
     archive's own soundness decides: FAILED (checked), and the restore names the checksum."""
     data, backups, env = setup_app(tmp_path)
     older = the_archive(backups)
-    time.sleep(1.1)
-    assert run_cli("now", env=env).returncode == 0
-    newer = max((backups / "daily").glob("*.tar.gz"))
-    assert newer != older
+    newer = a_newer_archive(backups, env)
     _damage_with_a_huge_claim(newer, "storage/doc.json")
     small = tmp_path / "small"
     _tmpfs(small, "size=8m")  # the same verdict whatever the scratch size

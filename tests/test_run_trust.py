@@ -118,14 +118,7 @@ def test_a_path_that_vanishes_while_now_archives_makes_the_backup_incomplete_and
     rc, out, err = _while_reading(env, big, lambda: (data / "auth").rename(aside))
     aside.rename(data / "auth")  # the volume is back
     before = snapshot(data / "auth")
-    assert rc == 3, err
-    assert "auth" in err and "vanished" in err, err
-    e = json.loads(out)
-    assert e["complete"] is False
-    archive = tmp_path / "backups" / e["path"]
-    end = _end(archive)
-    assert end["complete"] is False and str(data / "auth") in end["unreadable"], end
-    assert not [m for m in _members(archive) if m.startswith("auth/")]
+    e = _incomplete_without_auth(tmp_path, rc, out, err, data / "auth", "vanished")
     assert run_cli("status", env=env).returncode == 1
     # restore: refused without --allow-incomplete (naming auth), and with it auth is left alone
     r = run_cli("restore", e["filename"], "--yes", env=env)
@@ -155,17 +148,20 @@ def test_a_path_moved_away_in_the_middle_of_its_own_walk_makes_the_backup_incomp
     assert snapshot(data / "storage") == before  # storage/zz/* is still there
 
 
-def _incomplete_without_auth(tmp_path: Path, rc: int, out: str, err: str, auth: Path) -> None:
-    """The run that lost `auth` before its walk: exit 3 naming it, an incomplete archive without
-    any of it, status unhealthy, and a restore that leaves the live `auth` as it is."""
+def _incomplete_without_auth(
+    tmp_path: Path, rc: int, out: str, err: str, auth: Path, why: str = "replaced"
+) -> dict[str, Any]:
+    """The run that lost `auth` before its walk: exit 3 naming it (``why``: how), and an
+    incomplete archive without any of it, whose end marker lists it; the archive's entry."""
     assert rc == 3, err
-    assert "auth" in err and "replaced" in err, err
-    e = json.loads(out)
+    assert "auth" in err and why in err, err
+    e: dict[str, Any] = json.loads(out)
     assert e["complete"] is False
     archive = tmp_path / "backups" / e["path"]
     end = _end(archive)
     assert end["complete"] is False and str(auth) in end["unreadable"], end
     assert not [m for m in _members(archive) if m.startswith("auth/")]
+    return e
     assert run_cli("status", env=_env_of(tmp_path)).returncode == 1
     # what `auth` holds (its own mtime aside: a mount point's restore stages inside it)
     before = {k: v for k, v in snapshot(auth).items() if k != "."}
