@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tarfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -219,6 +219,31 @@ def craft_archive(
     digest = hashlib.sha256(buf.getvalue()).hexdigest()
     path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
     return path
+
+
+Members = list[tuple[tarfile.TarInfo, bytes | None]]
+
+
+def rewrite_archive(archive: Path, backups: Path, edit: Callable[[Members], Members]) -> None:
+    """Rewrite a gzip archive of ours with its members (each with its content) passed through
+    ``edit``, then re-sign it: its .sha256 and the manifest's checksum and size are recomputed, so
+    every checksum agrees and only a check of the content itself can tell."""
+    with tarfile.open(archive, "r:gz") as src:
+        members: Members = [(m, src.extractfile(m).read() if m.isreg() else None) for m in src]  # type: ignore[union-attr]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for m, data in edit(members):
+            if data is not None:
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data) if data is not None else None)
+    archive.write_bytes(buf.getvalue())
+    digest = hashlib.sha256(buf.getvalue()).hexdigest()
+    archive.with_name(archive.name + ".sha256").write_text(f"{digest}  {archive.name}\n")
+    doc = json.loads((backups / "manifest.json").read_text())
+    for e in doc["backups"]:
+        if e["filename"] == archive.name:
+            e["sha256"], e["size_bytes"] = digest, len(buf.getvalue())
+    (backups / "manifest.json").write_text(json.dumps(doc))
 
 
 def tinfo(

@@ -181,3 +181,33 @@ def test_fuzz_cli_never_prints_a_traceback(tmp_path: Path, argv: list[str], env:
     if r.returncode == 2:
         assert r.stderr.endswith("\n") and r.stderr.count("\n") == 1, r.stderr  # one line, whatever was typed
         assert r.stderr.startswith("gofr-backup: "), r.stderr
+
+
+def test_an_empty_value_is_never_taken_as_no_option(tmp_path: Path) -> None:
+    # `restore --latest --target "$COPY_DIR" --yes` with COPY_DIR unset restored IN PLACE over the
+    # live data (`--target ''` was taken as no --target); `--identity ''` fell back to IDENTITY_FILE,
+    # `drill ''` and `check-source ''` to the newest archive, `report --output ''` named "."
+    data, backups, env = _setup(tmp_path)
+    (data / "s" / "a.txt").write_text("live change")
+    write(data / "s" / "new-since-the-backup.txt", "precious")
+    before = tree(tmp_path)
+    cases = [
+        (["restore", "--latest", "--target", "", "--yes"], "--target"),
+        (["restore", "--latest", "--target", "", "--dry-run"], "--target"),
+        (["restore", "--latest", "--target=", "--yes", "--json"], "--target"),
+        (["restore", "--latest", "--identity", "", "--yes"], "--identity"),
+        (["verify", "--latest", "--identity", ""], "--identity"),
+        (["drill", "--identity", ""], "--identity"),
+        (["drill", ""], "NAME"),
+        (["check-source", ""], "NAME"),
+        (["check-source", "--identity", ""], "--identity"),
+        (["restore", "", "--yes"], "NAME"),
+        (["verify", ""], "NAME"),
+        (["report", "--output", ""], "--output"),
+    ]
+    for args, flag in cases:
+        r = run_cli(*args, env=env)
+        one_line_error(r, 2, flag, "empty")
+        assert len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+        assert tree(tmp_path) == before, args
+    assert (data / "s" / "a.txt").read_text() == "live change"

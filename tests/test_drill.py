@@ -3,7 +3,6 @@ engine into the scratch dir, real SQLite corruption, real probes, real SIGKILL. 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -18,7 +17,18 @@ from typing import Any
 
 import pytest
 from blake3 import blake3
-from gofrtest import cli_env, craft_archive, manifest, needs, popen_cli, run_cli, tinfo, write
+from gofrtest import (
+    Members,
+    cli_env,
+    craft_archive,
+    manifest,
+    needs,
+    popen_cli,
+    rewrite_archive,
+    run_cli,
+    tinfo,
+    write,
+)
 
 from gofr_common.backup.archive_format import INDEX_NAME, index_line, parse_index_line, read_index
 
@@ -116,32 +126,21 @@ def test_the_index_is_in_the_archive_and_checks_a_plain_tar_extraction(tmp_path:
 
 def _resign(archive: Path, backups: Path, replace: dict[str, bytes], index_too: bool = True) -> None:
     """Rewrite the archive with ``replace``d member contents (and, ``index_too``, an index that
-    agrees with them), then its .sha256 and the manifest's checksum: `verify` passes, and only a
-    check of the data itself can tell."""
+    agrees with them), then re-sign it."""
     new_hash = {n: blake3(b).hexdigest() for n, b in replace.items()} if index_too else {}
-    buf = io.BytesIO()
-    with (
-        tarfile.open(archive, "r:gz") as src,
-        tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for m in src:
-            data = src.extractfile(m).read() if m.isreg() else None  # type: ignore[union-attr]
+
+    def edit(members: Members) -> Members:
+        out: Members = []
+        for m, data in members:
             if m.name in replace:
                 data = replace[m.name]
             elif m.name == INDEX_NAME and new_hash:
                 assert data is not None
                 data = b"".join(index_line(n, new_hash.get(n, d)) for n, d in read_index(io.BytesIO(data)))
-            if data is not None:
-                m.size = len(data)
-            tar.addfile(m, io.BytesIO(data) if data is not None else None)
-    archive.write_bytes(buf.getvalue())
-    digest = hashlib.sha256(buf.getvalue()).hexdigest()
-    archive.with_name(archive.name + ".sha256").write_text(f"{digest}  {archive.name}\n")
-    doc = json.loads((backups / "manifest.json").read_text())
-    for e in doc["backups"]:
-        if e["filename"] == archive.name:
-            e["sha256"], e["size_bytes"] = digest, len(buf.getvalue())
-    (backups / "manifest.json").write_text(json.dumps(doc))
+            out.append((m, data))
+        return out
+
+    rewrite_archive(archive, backups, edit)
 
 
 def _corrupt_a_table_page(db: bytes) -> bytes:
@@ -183,10 +182,12 @@ def test_a_changed_member_fails_the_drill_on_its_hash(tmp_path: Path) -> None:
     data, backups, env = setup_app(tmp_path)
     archive = the_archive(backups)
     _resign(archive, backups, {"auth/tokens.json": b'{"t": "SECRET"}'}, index_too=False)
-    assert run_cli("verify", "--latest", env=env).returncode == 0
-    r = run_cli("drill", env=env)
+    why = "1 member(s) differ from the archive's own record of their content (BLAKE3): auth/tokens.json"
+    r = run_cli("verify", "--latest", env=env)
+    assert r.returncode == 1 and why in r.stdout, r.stdout
+    r = run_cli("drill", archive.name, env=env)  # (by name: verify marked it failed, --latest skips it)
     assert r.returncode == 1
-    assert "1 restored file(s) differ from the archive's record (BLAKE3): auth/tokens.json" in r.stdout
+    assert why in r.stdout, r.stdout
 
 
 def test_a_probe_that_exits_1_fails_the_drill(tmp_path: Path) -> None:
@@ -618,3 +619,43 @@ def test_an_archive_that_failed_its_drill_is_not_restorable(tmp_path: Path) -> N
     r = run_cli("restore", "--latest", "--target", str(target), "--yes", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert (target / "auth" / "tokens.json").read_text() == '{"t": "secret"}'
+
+
+def test_a_drill_that_could_not_run_does_not_count_against_the_archive(tmp_path: Path) -> None:
+    """A drill stopped by its own surroundings (not enough space in DRILL_DIR, a scratch dir it
+    cannot make) says nothing about the archive: it was recorded as the archive failing its drill,
+    and `restore --latest` then silently restored an older archive."""
+    data, backups, env = setup_app(tmp_path)
+    older = the_archive(backups)
+    time.sleep(1.1)
+    write(data / "storage" / "big.bin", os.urandom(600_000))
+    assert run_cli("now", env=env).returncode == 0
+    newer = max((backups / "daily").glob("*.tar.gz"))
+    needs(os.geteuid() == 0, "root (mount small and read-only tmpfs)")
+    small, ro = tmp_path / "small", tmp_path / "ro"
+    for d, opts in ((small, "size=256k"), (ro, "ro,size=1m")):
+        d.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)]).returncode != 0:
+            needs(False, "mount -t tmpfs")
+    try:
+        for d, needle in ((small, "not enough space for a drill"), (ro, "scratch")):
+            r = run_cli("drill", "--json", env={**env, "GOFR_PLOT_BACKUP_DRILL_DIR": str(d)})
+            assert r.returncode == 1, r.stderr
+            res = json.loads(r.stdout)
+            assert res["ok"] is False and res["checked"] is False and needle in res["error"], res
+            assert state(backups)["last_drill"]["checked"] is False
+            e = next(x for x in manifest(backups) if x["filename"] == newer.name)
+            assert "drill" not in e  # nothing recorded against the archive
+            plan = json.loads(run_cli("restore", "--latest", "--dry-run", "--json", env=env).stdout)
+            assert plan["archive"] == newer.name and plan["passed_over"] == []
+            st = run_cli("status", env=env)
+            assert "could not run" in st.stdout and "failed its restore drill" not in st.stdout, st.stdout
+        out = run_cli("drill", env={**env, "GOFR_PLOT_BACKUP_DRILL_DIR": str(small)})
+        assert "COULD NOT RUN" in out.stdout, out.stdout
+    finally:
+        for d in (small, ro):
+            subprocess.run(["umount", str(d)])
+    # a drill that ran and failed still counts against the archive
+    assert run_cli("drill", env={**env, "GOFR_PLOT_BACKUP_DRILL_COMMAND": "exit 3"}).returncode == 1
+    plan = json.loads(run_cli("restore", "--latest", "--dry-run", "--json", env=env).stdout)
+    assert plan["archive"] == older.name and plan["passed_over"][0]["filename"] == newer.name

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gofrtest import craft_archive, manifest, run_cli, snapshot, tinfo
+from gofrtest import Members, craft_archive, manifest, needs, rewrite_archive, run_cli, snapshot, tinfo
+
+from gofr_common.backup.archive_format import END_NAME, INDEX_NAME
 
 
 def _backup(app: dict[str, Any], codec: str = "gzip") -> Path:
@@ -149,3 +153,77 @@ def test_hostile_member_refused(app: dict[str, Any], kind: str) -> None:
     assert not (app["tmp"] / "escaped.txt").exists() and not (app["backups"] / "escaped.txt").exists()
     assert set(os.listdir("/tmp")) - before_tmp == set()
     assert not list(target.glob(".gofr-restore-*")) if target.exists() else True
+
+
+def _members_altered(members: Members) -> Members:
+    """auth/tokens.json's bytes changed, its size kept; the index left as written."""
+    assert any(m.name == "auth/tokens.json" for m, _ in members)
+    return [(m, b"X" * len(d) if d is not None and m.name == "auth/tokens.json" else d) for m, d in members]
+
+
+def _index_dropped(members: Members) -> Members:
+    return [(m, d) for m, d in members if m.name != INDEX_NAME]
+
+
+def _member_added(members: Members) -> Members:
+    """One more file, unknown to the index; the end marker's count raised to match."""
+    out: Members = []
+    for m, d in members:
+        if m.name == END_NAME:
+            end = json.loads(d or b"{}")
+            end["file_count"] += 1
+            d = json.dumps(end).encode()
+            extra = tarfile.TarInfo("storage/planted.sh")
+            out.append((extra, b"#!/bin/sh\n"))
+        out.append((m, d))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("edit", "expect"),
+    [
+        (_members_altered, "1 member(s) differ from the archive's own record of their content (BLAKE3)"),
+        (_index_dropped, "names an index (.gofr-backup-files.b3) that the archive lacks"),
+        (_member_added, "the archive's index lists 10 files, the archive holds 11"),
+    ],
+    ids=["content-altered", "index-dropped", "member-added"],
+)
+def test_a_re_signed_archive_whose_content_disagrees_with_its_index_is_refused(
+    app: dict[str, Any], edit: Any, expect: str
+) -> None:
+    """Every checksum agrees (the archive was rewritten, its .sha256 and the manifest's checksum
+    recomputed): only the archive's own per-file record can tell, and verify and restore read it."""
+    a = _backup(app)
+    rewrite_archive(a, app["backups"], edit)
+    _refused(app, a, expect)
+
+
+def test_no_room_for_the_per_file_hashes_is_said_never_blamed_on_the_archive(app: dict[str, Any]) -> None:
+    """The index comparison spools to the temp dir; when that is full (a real tmpfs, filled), the
+    archive is still verified (checksums, stream, count) and passes, and verify says the hashes
+    were not compared: our own lack of room is never "archive corrupt"."""
+    needs(os.geteuid() == 0, "mounting a tmpfs needs root")
+    for i in range(300):
+        (app["data"] / "storage" / f"small-{i:03}.txt").write_text(f"file {i}\n")
+    a = _backup(app)
+    full = app["tmp"] / "full-tmp"
+    full.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], capture_output=True, text=True
+    )
+    needs(r.returncode == 0, f"cannot mount tmpfs here: {r.stderr.strip()}")
+    try:
+        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"x" * 4096)
+        # one page left: enough for Python's own probe of the temp dir (4 bytes, so TMPDIR is used
+        # and not /tmp), not for the hashes of 300 files
+        os.ftruncate(fd, os.fstat(fd).st_size - 4096)
+        os.close(fd)
+        v = run_cli("verify", a.name, "--json", env={**app["env"], "TMPDIR": str(full)})
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=False)
+    assert v.returncode == 0, v.stdout + v.stderr
+    res = json.loads(v.stdout)["results"][0]
+    assert res["ok"] is True and "the per-file hashes were not checked" in res["checksum_note"], res

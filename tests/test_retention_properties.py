@@ -8,7 +8,8 @@ at a time, and not from plan_retention's code:
    of a tier is never deleted for failing (no good one left: the newest failed one stays);
 2. protected whatever their age: the newest complete and verified archive, the newest verified
    one; while none is complete and verified, the newest complete one; while none is verified, the
-   newest good one;
+   newest good one; "complete" is ``complete: true`` only (``null``, not known, is not complete),
+   and while no good archive is known complete, every one whose completeness is unknown;
 3. daily: older than RETENTION_DAYS days -> deleted; then beyond the newest MAX_COUNT -> deleted,
    the protected archive counting as one of the MAX_COUNT;
 4. weekly: older than WEEKLY_RETENTION_WEEKS weeks; monthly: older than MONTHLY_RETENTION_MONTHS
@@ -85,7 +86,7 @@ def model(entries: list[dict[str, Any]], now: datetime, p: Policy) -> dict[str, 
         same_tier = [o for o in entries if o["tier"] == e["tier"]]
         good = [o for o in same_tier if o["verified"] is not False or o.get("archive_intact")]
         verified = [o for o in good if o["verified"] is True]
-        whole = [o for o in good if o.get("complete") is not False]
+        whole = [o for o in good if o.get("complete") is True]
         verified_whole = [o for o in verified if o in whole]
 
         def newest(xs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -96,6 +97,8 @@ def model(entries: list[dict[str, Any]], now: datetime, p: Policy) -> dict[str, 
             protected += newest(whole)
         if not verified:
             protected += newest(good)
+        if not whole:  # any of those whose completeness is unknown may be the last complete backup
+            protected += [o for o in good if o.get("complete") is None]
         if e not in good:
             if good or e is not max(same_tier, key=created):
                 out[e["filename"]] = "failed"  # rule 1 (the last of a tier stays)
@@ -167,6 +170,7 @@ def test_the_model_on_hand_worked_examples() -> None:
             "tier": tier,
             "created": (NOW - timedelta(days=days)).isoformat(),
             "verified": verified,
+            "complete": True,
         }
 
     p = Policy(retention_days=7, max_count=3, weekly_weeks=2, monthly_months=1)
@@ -193,6 +197,14 @@ def test_the_model_on_hand_worked_examples() -> None:
     inc["complete"] = False
     es = [inc, e("whole", 30)]
     assert model(es, NOW, Policy(retention_days=7, max_count=1)) == {}
+    # completeness unknown (a rebuilt manifest) is not complete: it does not cost the complete one
+    unknown = e("unknown", 0.5)
+    del unknown["complete"]
+    assert model([unknown, e("whole", 2)], NOW, Policy(retention_days=7, max_count=1)) == {}
+    # and while none is known complete, none of unknown completeness goes for age or count
+    old = e("old-unknown", 30, verified=None)
+    del old["complete"]
+    assert model([inc, unknown, old], NOW, Policy(retention_days=7, max_count=1)) == {}
 
 
 def test_a_long_outage_keeps_the_last_good_backup() -> None:
@@ -202,6 +214,7 @@ def test_a_long_outage_keeps_the_last_good_backup() -> None:
             "path": f"daily/d{i}",
             "tier": "daily",
             "verified": True,
+            "complete": True,
             "created": (NOW - timedelta(days=40 + i)).isoformat(),
         }
         for i in range(30)

@@ -37,6 +37,23 @@ def test_the_newest_complete_verified_archive_is_protected_not_a_newer_incomplet
     assert "incomplete-new" not in deleted  # the newest verified one stays protected as well
 
 
+def test_an_archive_of_unknown_completeness_does_not_cost_the_complete_one() -> None:
+    # the breaker's r04: after a manifest rebuild (complete: null) and `verify --all`, the newer
+    # archive (in truth incomplete) counted as "complete and verified", and MAX_COUNT=1 deleted the
+    # only archive known to be complete
+    entries = [_e("unknown-new", 0.5, complete=None), _e("complete-old", 1)]
+    deleted = {e["filename"] for e, _ in plan_retention(entries, NOW, Policy(max_count=1))}
+    assert "complete-old" not in deleted
+    # no archive known complete (all rebuilt, none verified yet): none of them goes for age or count
+    entries = [
+        _e("new", 0.5, complete=None, verified=None),
+        _e("mid", 1, complete=None, verified=None),
+        _e("old", 45, complete=None, verified=None),
+        _e("incomplete", 0.1, complete=False),
+    ]
+    assert plan_retention(entries, NOW, Policy(max_count=1)) == []
+
+
 def test_the_last_archive_of_a_tier_is_kept_when_it_failed_verification() -> None:
     # issue 12 item 11: a tier's only archive was deleted for failed verification
     entries = [_e("only", 40, "monthly", verified=False, verify_error="checksum mismatch")]
@@ -84,10 +101,15 @@ def test_what_matters_is_never_deleted(c: tuple[list[dict[str, Any]], Policy]) -
         # a tier never loses its last archive
         assert kept, f"every {tier} archive was deleted"
         verified = [e for e in es if e["verified"] is True]
-        restorable = [e for e in verified if e["complete"] is not False]
+        restorable = [e for e in verified if e["complete"] is True]  # null: not known to be complete
         for must in (_newest(verified), _newest(restorable)):
             if must is not None:
                 assert must["filename"] not in deleted, (must, plan)
+        good = [e for e in es if e["verified"] is not False]
+        if not any(e["complete"] is True for e in good):  # any of unknown completeness may be the one
+            for e in good:
+                if e["complete"] is None:
+                    assert e["filename"] not in deleted, (e, plan)
         failed = [e for e in es if e["verified"] is False]
         if len(failed) < len(es):  # something not known to be bad remains: every failed one goes
             assert {e["filename"] for e in failed} <= deleted

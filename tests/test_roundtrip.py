@@ -267,3 +267,32 @@ def test_owners_come_back_when_restoring_as_root(app: dict[str, Any]) -> None:
     assert (snapshot(app["data"] / "storage"), snapshot(app["data"] / "auth")) == before
     assert os.stat(app["data"] / "auth" / "tokens.json").st_uid == 1000
     assert os.lstat(app["data"] / "storage" / "link-to-doc").st_uid == 4321
+
+
+def test_directory_setgid_and_sticky_come_back_file_setuid_does_not(app: dict[str, Any]) -> None:
+    """A shared-group directory (setgid: new files inherit its group) and a world-writable one
+    (sticky: only owners may delete) keep those bits through a restore: losing setgid breaks the
+    group-based read access the backup itself relies on, and losing sticky widens who may delete.
+    A file's setuid/setgid bits are never restored from an archive."""
+    shared = app["data"] / "storage" / "shared"
+    pub = app["data"] / "storage" / "pub"
+    shared.mkdir()
+    pub.mkdir()
+    os.chmod(shared, 0o2770)
+    os.chmod(pub, 0o1777)
+    os.chmod(app["data"] / "storage", 0o2755)  # the top of a path too
+    tool = app["data"] / "storage" / "tool"
+    tool.write_text("#!/bin/sh\n")
+    os.chmod(tool, 0o6755)
+    entry = _now(app)
+    r = run_cli("restore", entry["filename"], "--dry-run", "--json", env=app["env"])
+    assert r.returncode == 0, r.stderr
+    plan = r.stdout
+    assert "storage/shared" not in plan and "storage/pub" not in plan, plan  # unchanged, not "replace"
+    shutil.rmtree(app["data"] / "storage")
+    r = run_cli("restore", entry["filename"], "--yes", env=app["env"])
+    assert r.returncode == 0, r.stderr
+    assert oct(os.stat(app["data"] / "storage").st_mode & 0o7777) == oct(0o2755)
+    assert oct(os.stat(shared).st_mode & 0o7777) == oct(0o2770)
+    assert oct(os.stat(pub).st_mode & 0o7777) == oct(0o1777)
+    assert oct(os.stat(tool).st_mode & 0o7777) == oct(0o755)

@@ -183,7 +183,9 @@ def test_large_file_that_grows_mid_read_is_archived_as_read(tmp_path: Path) -> N
 
 def test_path_that_changes_kind_between_the_two_walks_is_skipped_not_left_undeclared(tmp_path: Path) -> None:
     """The first walk counts and writes the header (which declares each path's kind); the second
-    archives. A path that became a file in between must not be archived under the old declaration."""
+    archives. A path that became a file in between must not be archived under the old declaration,
+    and the archive, which declares it and holds none of it, is incomplete: a restore of it must
+    not remove what is there now."""
     data = tmp_path / "data"
     write(data / "a" / "one.txt", b"1")
     write(data / "b" / "two.txt", b"2")
@@ -203,7 +205,16 @@ def test_path_that_changes_kind_between_the_two_walks_is_skipped_not_left_undecl
     assert done and any("is no longer a dir" in x for x in w.warnings), w.warnings
     assert w.meta["kinds"] == {"a": "dir", "b": "dir"}
     assert sorted(m for m in _members(w.path) if not m.startswith(".gofr")) == ["a", "a/one.txt"]
-    r = run_cli("restore", w.filename, "--target", str(tmp_path / "r"), "--yes", env=cli_env(data, backups))
+    assert not w.complete and w.unreadable == [str(data / "b")], w.unreadable
+    r = run_cli(
+        "restore",
+        w.filename,
+        "--target",
+        str(tmp_path / "r"),
+        "--allow-incomplete",
+        "--yes",
+        env=cli_env(data, backups),
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "r" / "a" / "one.txt").read_bytes() == b"1"
 

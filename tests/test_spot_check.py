@@ -98,6 +98,22 @@ def test_a_change_without_an_mtime_change_is_drift(tmp_path: Path) -> None:
     assert r.returncode == 0 and json.loads(r.stdout)["sampled"] == 0
 
 
+def test_a_size_change_without_an_mtime_change_is_drift_even_unsampled(tmp_path: Path) -> None:
+    """A file truncated (or grown) with its mtime put back: no sample reads it (its size differs
+    from the archive's), yet it is not newer and not missing; it is drift, found by a stat."""
+    data, backups, env = setup_app(tmp_path)
+    f = data / "storage" / "d1" / "f4.txt"
+    st = f.stat()
+    f.write_bytes(b"")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    for sample in ("100", "0"):
+        r = run_cli("check-source", "--sample", sample, "--json", env=env)
+        assert r.returncode == 1, r.stdout
+        d = json.loads(r.stdout)
+        assert d["size_drift"] == 1 and d["size_drift_paths"] == [str(f)], d
+        assert "changed size without their mtime changing" in d["error"], d["error"]
+
+
 def test_a_symlinked_path_is_looked_at_through_the_link(tmp_path: Path) -> None:
     """PATHS points at a symlink: the backup follows it (it once stored the bare link and none of
     the data), and the spot check looks through it too, so a file the archive lacks there is found."""

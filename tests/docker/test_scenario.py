@@ -170,14 +170,19 @@ def test_3_wrapper_scripts_from_the_host(project: Project) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["summary"]["count"] >= 3
     # damage the live data, then restore, letting the script stop and start the app. The service
-    # backs up every minute (test_2): damage it right after a scheduled backup, so that the next
-    # one cannot capture the damage before the restore holds the run lock (under load it did)
-    n = len(project.backups())
-    wait_for(lambda: len(project.backups()) > n, 120, "the next scheduled backup", every=1)
-    project.as_root(
-        "rm -rf /data/storage/docs && echo stray > /data/auth/stray.txt", f"{project.data_volume}:/data"
-    )
-    r = project.script("restore_backup.sh", "--latest", "--yes", "--stop-services", "mcp")
+    # backs up every minute (test_2), and any backup between the damage and the restore holds the
+    # damage (its --latest then restores it, rightly). Waiting for a scheduled backup first was not
+    # enough: on a loaded CI machine a backup walked storage/ before the damage and auth/ after it.
+    # So the sidecar is stopped (SIGTERM: an in-flight backup is abandoned, its partial removed)
+    # while the data is damaged and restored, and started again after.
+    project.dc("stop", "backup")
+    try:
+        project.as_root(
+            "rm -rf /data/storage/docs && echo stray > /data/auth/stray.txt", f"{project.data_volume}:/data"
+        )
+        r = project.script("restore_backup.sh", "--latest", "--yes", "--stop-services", "mcp")
+    finally:
+        project.dc("start", "backup")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Restored gofr-plot_daily_" in r.stdout and "Stopping mcp" in r.stderr
     assert (

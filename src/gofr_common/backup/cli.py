@@ -178,10 +178,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(failure_text(e), EXIT_FAILED)
 
 
+# options whose empty value (an unset shell variable: --target "$COPY_DIR") must never be taken
+# as "not given": --target '' would restore in place. --only '' has its own line (restore.py).
+_NOT_EMPTY = {
+    "target": (
+        "--target",
+        "name the directory to restore copies into, or leave --target out to restore in place",
+    ),
+    "identity": ("--identity", "name the age identity file, or leave --identity out"),
+    "output": ("--output", "name the file to write, or - for stdout"),
+    "name": ("NAME", "give an archive file name, or --latest"),
+}
+
+
+def _refuse_empty(args: argparse.Namespace) -> None:
+    for dest, (flag, what) in _NOT_EMPTY.items():
+        if getattr(args, dest, None) == "":
+            raise ConfigError(f"{flag} is empty (an unset shell variable?): {what}; nothing was changed")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from . import log as glog
     from .config import BackupConfig
 
+    _refuse_empty(args)
     config = BackupConfig.from_env(args.project, data_dir=args.data_dir, backup_dir=args.backup_dir)
     os.umask(config.umask)  # archives, sidecars, manifest, state: 0640 (0027) or 0600 (0077)
     # the service logs to stdout (docker logs); commands keep stdout for their output
@@ -257,6 +277,8 @@ def _drill_text(d: Any) -> str:
         return f"drill ok {d.get('at')}" + (
             f" (restored in {secs:.1f} s)" if isinstance(secs, int | float) else ""
         )
+    if d.get("checked") is False:
+        return f"DRILL COULD NOT RUN {d.get('at')}: {d.get('error')}"
     return f"DRILL FAILED {d.get('at')}: {d.get('error')}"
 
 
@@ -294,9 +316,9 @@ def _print_warnings(warnings: list[str], indent: str, most: int = 5) -> None:
 
 def _identity(config: BackupConfig, args: argparse.Namespace) -> Path | None:
     v = getattr(args, "identity", None)
-    if v and not Path(v).is_file():
+    if v is not None and not Path(v).is_file():
         raise ConfigError(f"--identity {v}: no such file (the age identity made by age-keygen)")
-    return Path(v) if v else config.identity_file
+    return Path(v) if v is not None else config.identity_file
 
 
 def _remote(config: BackupConfig) -> Any:
@@ -577,7 +599,7 @@ def cmd_restore(config: BackupConfig, args: argparse.Namespace) -> int:
     req = RestoreRequest(
         name=_choose_interactively(config) if args.interactive else args.name,
         latest=args.latest,
-        target=Path(os.path.abspath(args.target)) if args.target else None,
+        target=Path(os.path.abspath(args.target)) if args.target is not None else None,
         only=[s.strip() for s in args.only.split(",") if s.strip()] if args.only is not None else None,
         dry_run=args.dry_run,
         from_remote=args.from_remote,
@@ -615,7 +637,7 @@ def _print_notes(plan: RestorePlan) -> None:
 
 def _choose_interactively(config: BackupConfig) -> str:
     from .manifest import latest, listing
-    from .restore import restorable
+    from .restore import passed_over, passed_over_line, restorable
 
     lst = listing(config.layout)
     usable = [e for e in lst.entries if e["path"] not in lst.missing]
@@ -627,6 +649,9 @@ def _choose_interactively(config: BackupConfig) -> str:
         sys.stderr.write(
             f"  {i:>3}) {e['filename']}  {human_size(e.get('size_bytes'))}  {_verified_text(e)}{mark}\n"
         )
+    if best is not None:
+        for p in passed_over(lst.entries, best, lambda e: e["path"] not in lst.missing):
+            sys.stderr.write(f"{PROG}: note: {passed_over_line(p, best['filename'])}\n")
     ans = _ask(f"Restore which backup? [1-{len(usable)}] ")
     if ans == "" and best is not None:
         return best["path"]
@@ -668,7 +693,8 @@ def _proof_header(args: argparse.Namespace, res: Any, title: str) -> bool:
     if args.json:
         _print_json(res.record())
         return True
-    print(f"{title} {res.archive}: {'OK' if res.ok else 'FAILED'}")
+    verdict = "OK" if res.ok else ("COULD NOT RUN" if getattr(res, "checked", True) is False else "FAILED")
+    print(f"{title} {res.archive}: {verdict}")
     if res.error:
         print(f"  error: {res.error}")
     return False

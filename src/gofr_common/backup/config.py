@@ -64,6 +64,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HOOK_TIMEOUT": ("300", "seconds a hook may run before it is killed"),
     "UMASK": ("0027", "umask for everything written: 0027 gives 0640 files, 0077 gives 0600"),
     "SPACE_MARGIN": ("1.2", "pre-flight: refuse a backup unless free space >= estimate x this"),
+    "ALLOW_EMPTY": (
+        "false",
+        "back up data that holds no regular file even after an archive that held files (an unmounted "
+        "or emptied volume fails the backup otherwise)",
+    ),
     "REMOTE_URL": ("", "s3://bucket/prefix: upload every verified backup there"),
     "REMOTE_ENDPOINT": ("", "S3 endpoint URL for non-AWS stores (MinIO, R2, Ceph RGW, B2)"),
     "REMOTE_REGION": ("us-east-1", "S3 region"),
@@ -155,6 +160,7 @@ class BackupConfig:
     hook_timeout: float = 300.0
     umask: int = 0o027
     space_margin: float = 1.2
+    allow_empty: bool = False
     remote: RemoteConfig | None = None
     encrypt_recipients: tuple[str, ...] = ()
     encrypt_local: bool = False
@@ -677,6 +683,7 @@ def load(
         hook_timeout=parse_duration(*get("HOOK_TIMEOUT")),
         umask=parse_umask(*get("UMASK")),
         space_margin=parse_margin(*get("SPACE_MARGIN")),
+        allow_empty=parse_bool(*get("ALLOW_EMPTY")),
         remote=parse_remote(env, get),
         encrypt_recipients=parse_recipients(*get("ENCRYPT_RECIPIENTS")),
         encrypt_local=parse_bool(*get("ENCRYPT_LOCAL")),

@@ -63,6 +63,9 @@ class DrillResult:
     at: str
     ok: bool = False
     error: str | None = None
+    # False: the drill could not run for reasons that say nothing about the archive (no room in
+    # DRILL_DIR, a scratch dir it cannot make): recorded in the state only, never against the archive
+    checked: bool = True
     restore_seconds: float | None = None  # the restore itself: time to a usable copy
     seconds: float | None = None  # the whole drill, checks, probe and cleanup included
     cleanup_seconds: float | None = None  # removing the copy (on a disk, as long as rm -rf takes)
@@ -78,6 +81,11 @@ class DrillResult:
 
 class _Failed(Exception):
     """A check of the restored copy failed; the message is the drill's error."""
+
+
+class _CouldNotRun(Exception):
+    """The drill could not run where it was asked to (space, the scratch dir): nothing is known
+    about the archive; the message says why."""
 
 
 def scratch_dir(config: BackupConfig) -> Path:
@@ -243,6 +251,8 @@ def drill(
             raise
         except _Failed as e:
             res.error = str(e)
+        except _CouldNotRun as e:
+            res.error, res.checked = str(e), False
         except Exception as e:  # noqa: BLE001 - the drill's boundary: every failure is recorded
             from .run import failure_text
 
@@ -287,7 +297,7 @@ def record(config: BackupConfig, res: DrillResult, rel: str | None, clear_runnin
     """The same dict in the archive's manifest entry and in the state file (the metrics and the
     report see one drill, not two)."""
     rec = res.record()
-    if rel is not None:
+    if rel is not None and res.checked:  # a drill that could not run says nothing about the archive
         Manifest(config.backup_dir).set_fields(rel, drill=rec)
 
     def fn(st: dict[str, Any]) -> None:
@@ -325,13 +335,16 @@ def _run(
     from .restore import run_restore
 
     scratch = scratch_dir(config)
-    remove_tree(scratch)  # left by a drill that was killed (we hold the drill lock)
-    scratch.mkdir(mode=0o700, parents=True)
+    try:
+        remove_tree(scratch)  # left by a drill that was killed (we hold the drill lock)
+        scratch.mkdir(mode=0o700, parents=True)
+    except OSError as e:
+        raise _CouldNotRun(f"cannot make the drill's scratch dir {scratch}: {e.strerror or e}") from None
     meta = None if layout.is_sealed(archive.name) else _meta_or_none(read_meta, archive)
     try:
         preflight(config, scratch, archive, entry, meta)
     except BackupError as e:
-        raise _Failed(str(e)) from None
+        raise _CouldNotRun(str(e)) from None
     # wait for a running backup first, so that the time measured is the restore's own
     with run_lock(config.layout, config.lock_timeout, should_stop, readonly_ok=True):
         pass

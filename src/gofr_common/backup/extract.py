@@ -15,8 +15,8 @@ names alone (no realpath per member):
 - hard links point to a regular file restored earlier in the same path.
 
 Files are opened with O_NOFOLLOW relative to directory descriptors (while files are written no
-symlink exists in the staging yet). Owners are restored when running as root; modes without
-setuid/setgid/sticky bits. Where a link leads once every link exists is worked out from the
+symlink exists in the staging yet). Owners are restored when running as root; modes without a
+file's setuid/setgid bits (:func:`restored_mode`; a directory keeps setgid and sticky). Where a link leads once every link exists is worked out from the
 archive's own link table (:meth:`Extractor.outside_links`, :meth:`Extractor.blocked`), so the dry
 run reports and refuses exactly what the restore does.
 """
@@ -89,6 +89,14 @@ def topmost(names: list[str]) -> list[str]:
         if not out or not n.startswith(out[-1] + "/"):
             out.append(n)
     return out
+
+
+def restored_mode(m: tarfile.TarInfo) -> int:
+    """The mode a member is restored with: a file's setuid/setgid (and sticky) bits never come
+    back from an archive; a directory's setgid (new files inherit its group: the shared-group way
+    to give the backup read access) and sticky (only owners delete, in a shared directory) do,
+    since dropping them changes who may read or delete there."""
+    return m.mode & (0o3777 if m.isdir() else 0o777)
 
 
 def _kind(m: tarfile.TarInfo) -> str:
@@ -290,7 +298,7 @@ class Extractor:
         except (FileNotFoundError, NotADirectoryError):
             return "created"
         same_owner = not self.root or (st.st_uid, st.st_gid) == (m.uid, m.gid)
-        mode_ok = stat.S_IMODE(st.st_mode) == m.mode & 0o777
+        mode_ok = stat.S_IMODE(st.st_mode) == restored_mode(m)
         if m.isdir():
             same = stat.S_ISDIR(st.st_mode) and mode_ok and same_owner
         elif m.issym():
@@ -399,10 +407,11 @@ class Extractor:
                 os.close(fd)
 
     def _attrs(self, fd: int, m: tarfile.TarInfo) -> None:
-        """Owner (as root), mode without setuid/setgid/sticky, mtime: through the descriptor."""
+        """Owner (as root), mode (:func:`restored_mode`), mtime: through the descriptor (the
+        owner first: chown clears setgid)."""
         if self.root:
             os.fchown(fd, m.uid, m.gid)
-        os.fchmod(fd, m.mode & 0o777)
+        os.fchmod(fd, restored_mode(m))
         os.utime(fd, (m.mtime, m.mtime))
 
     # -- after the pass: what the links do, and the full change list ----------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import BackupConfig
 from .layout import TIERS, entry_problem
-from .manifest import Entry, Manifest, created_of, drill_failed, failed
+from .manifest import UNKNOWN_HINT, Entry, Manifest, created_of, drill_failed, failed, unknown_completeness
 from .schedule import interval
 from .state import dead_drill, dead_drill_error, read_state
 
@@ -47,7 +47,7 @@ def restorable(config: BackupConfig, entries: list[Entry]) -> Entry | None:
     ok = [
         e
         for e in entries
-        if e.get("complete") is not False
+        if e.get("complete") is True  # None: not known (a rebuilt entry) until a verify reads it
         and not drill_failed(e)
         and (e.get("verified") is True or (not config.verify_after_backup and e.get("verified") is None))
     ]
@@ -59,9 +59,10 @@ def health(config: BackupConfig, now: datetime) -> Health:
     on disk with the size the manifest records (one stat, never a read), it is younger than two
     schedule intervals, and the last scrub found nothing bad; plus the last run did not fail."""
     st = read_state(config)
+    manifest = Manifest(config.backup_dir)
     entries = [
         e
-        for e in Manifest(config.backup_dir).read()
+        for e in manifest.read()
         if e.get("project") == config.project and entry_problem(e, config.project) is None
     ]
     good = restorable(config, entries)
@@ -93,6 +94,11 @@ def health(config: BackupConfig, now: datetime) -> Health:
     }
     if st.get("corrupt"):
         reasons.append(st["corrupt"])
+    if manifest.read_error and (manifest.read_error != "missing" or st.get("last_success")):
+        reasons.append(
+            f"the manifest {manifest.path} is {manifest.read_error}: the next backup, prune or verify "
+            "rebuilds it from the archives (`gofr-backup verify --all` does it now)"
+        )
     if st.get("restore_pending"):  # the data may be half restored: louder than any backup news
         reasons.append(str(st["restore_pending"].get("error")))
     if not enabled:
@@ -144,14 +150,8 @@ def health(config: BackupConfig, now: datetime) -> Health:
                 "future: has the clock jumped back? Ages cannot be trusted until it is fixed"
             )
     elif entries or st.get("last_success"):
-        reasons.append(
-            "no complete and verified backup exists"
-            + (
-                f" (the last success, {st['last_success'].get('filename')}, is gone)"
-                if st.get("last_success")
-                else ""
-            )
-        )
+        why = _why_not_restorable(config, st.get("last_success"), entries, manifest.read_error)
+        reasons.append("no complete and verified backup exists" + (f" ({why})" if why else ""))
     else:
         started = st.get("started_at")
         since = now - datetime.fromisoformat(started) if started else None
@@ -170,6 +170,37 @@ def health(config: BackupConfig, now: datetime) -> Health:
         and os.path.lexists(config.layout.archive(e["path"]))
     ]
     return Health(not reasons, reasons, report)
+
+
+def _why_not_restorable(
+    config: BackupConfig, last: dict[str, Any] | None, entries: list[Entry], manifest_error: str | None
+) -> str:
+    """Why nothing is restorable, said of the last success when the state names one (it may be on
+    disk, yet not restorable by the manifest's account), else of the archives of unknown
+    completeness; "" when there is nothing more to say."""
+    unknown = unknown_completeness(entries)
+    if not last:
+        return f"{unknown[0]['filename']}: {UNKNOWN_HINT}" if unknown else ""
+    name = last.get("filename")
+    rel = last.get("path") or next((e["path"] for e in entries if e.get("filename") == name), None)
+    if not (isinstance(rel, str) and os.path.lexists(config.layout.archive(rel))):
+        more = f"; {unknown[0]['filename']}: {UNKNOWN_HINT}" if unknown else ""
+        return f"the last success, {name}, is gone{more}"
+    e = next((e for e in entries if e["path"] == rel), None)
+    said = f"the last success, {name}, is on disk but"
+    if manifest_error:
+        return f"{said} the manifest is {'missing' if manifest_error == 'missing' else 'unreadable'}"
+    if e is None:
+        return f"{said} not in the manifest (`gofr-backup prune` adopts it)"
+    if failed(e):
+        return f"{said} failed verification: {e.get('verify_error')}"
+    if drill_failed(e):
+        return f"{said} failed its restore drill"
+    if e.get("complete") is None:
+        return f"the last success, {name}, is on disk: {UNKNOWN_HINT}"
+    if e.get("complete") is False:
+        return f"{said} it is incomplete"
+    return f"{said} not verified: run `gofr-backup verify --all`"
 
 
 def _on_disk(config: BackupConfig, e: Entry) -> list[str]:
@@ -238,8 +269,9 @@ def _drill_reasons(
     if running is not None:
         out.append(f"{dead_drill_error(running)}; run `gofr-backup drill`")
     if last and not last.get("ok"):
+        how = "could not run" if last.get("checked") is False else "failed"
         out.append(
-            f"the last restore drill ({last.get('at')}, {last.get('archive')}) failed: {last.get('error')}"
+            f"the last restore drill ({last.get('at')}, {last.get('archive')}) {how}: {last.get('error')}"
         )
     if not config.drill_schedule:
         return out

@@ -114,6 +114,83 @@ def has_valid_time(e: Any) -> bool:
         return False
 
 
+# What each field of an entry may hold (absent is always allowed): anything read from disk is
+# untrusted input, and a wrongly typed field must not reach the code that formats or compares it.
+_NUM = (int, float)
+_OPT_STR = (str, type(None))
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "project": (str,),
+    "created": (str,),
+    "size_bytes": (int, type(None)),
+    "sha256": _OPT_STR,
+    "compression": _OPT_STR,
+    "verified": (bool, type(None)),
+    "verified_at": _OPT_STR,
+    "verify_error": _OPT_STR,
+    "verify_tried_at": _OPT_STR,
+    "archive_intact": (bool,),
+    "file_count": (int, type(None)),
+    "source_bytes": (int, type(None)),
+    "duration_s": (*_NUM, type(None)),
+    "warnings": (list,),
+    "complete": (bool, type(None)),
+    "trigger": (str,),
+    "encrypted": (bool,),
+    "plain_sha256": _OPT_STR,
+    "key": (str,),
+    "uploaded_at": (str,),
+    "drill": (dict,),
+    "spot_check": (dict,),
+}
+# inside ``drill`` and ``spot_check``: what status, list, the metrics and the report read
+RESULT_TYPES: dict[str, tuple[type, ...]] = {
+    "at": (str,),
+    "ok": (bool,),
+    "error": _OPT_STR,
+    "archive": _OPT_STR,
+    "restore_seconds": (*_NUM, type(None)),
+    "seconds": (*_NUM, type(None)),
+    "cleanup_seconds": (*_NUM, type(None)),
+    "files": (int, type(None)),
+    "bytes": (int, type(None)),
+}
+
+
+_WORDS: dict[type, str] = {
+    bool: "true/false",
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def field_problem(e: dict[str, Any]) -> str | None:
+    """The first field of entry ``e`` whose value has the wrong type, said in words (None: all are
+    right). ``bool`` is never a number here, however Python counts it."""
+
+    def bad(v: Any, types: tuple[type, ...]) -> bool:
+        return not isinstance(v, types) or (isinstance(v, bool) and bool not in types)
+
+    def said(k: str, v: Any, types: tuple[type, ...]) -> str:
+        want = " or ".join(_WORDS.get(t, t.__name__) for t in types)
+        return f"{k} is {v!r:.60}, expected {want}"
+
+    for k, types in FIELD_TYPES.items():
+        if k in e and bad(e[k], types):
+            return said(k, e[k], types)
+    if "warnings" in e and not all(isinstance(w, str) for w in e["warnings"]):
+        return "warnings is not a list of strings"
+    for key in ("drill", "spot_check"):
+        for k, types in RESULT_TYPES.items():
+            d = e.get(key)
+            if isinstance(d, dict) and k in d and bad(d[k], types):
+                return said(f"{key}.{k}", d[k], types)
+    return None
+
+
 def created_of(e: Entry) -> datetime:
     return datetime.fromisoformat(e["created"])
 
@@ -124,9 +201,20 @@ def failed(e: Entry) -> bool:
 
 
 def drill_failed(e: Entry) -> bool:
-    """Its last restore drill failed: ``--latest`` and ``status`` pass it over."""
+    """Its last restore drill failed: ``--latest`` and ``status`` pass it over. A drill that could
+    not run (``checked: false``) says nothing about the archive."""
     d = e.get("drill")
-    return isinstance(d, dict) and d.get("ok") is False
+    return isinstance(d, dict) and d.get("ok") is False and d.get("checked") is not False
+
+
+UNKNOWN_HINT = "completeness unknown: run `gofr-backup verify --all`"
+
+
+def unknown_completeness(entries: list[Entry]) -> list[Entry]:
+    """Entries not known to be bad whose completeness is not known (rebuilt or adopted from the
+    archive alone): a verification reads their end marker and records it. Newest first."""
+    es = [e for e in entries if e.get("complete") is None and not failed(e) and not drill_failed(e)]
+    return sorted(es, key=created_of, reverse=True)
 
 
 def latest(entries: Iterable[Entry], usable: Callable[[Entry], bool] = lambda e: True) -> Entry | None:
@@ -160,11 +248,15 @@ def choose_archive(lay: layout.BackupLayout, name: str | None) -> tuple[Path, En
     return archive, next((e for e in entries if lay.archive(e["path"]) == archive), None)
 
 
+_SAID: set[str] = set()  # the damaged entries already reported by this process
+
+
 class Manifest:
     def __init__(self, backup_dir: Path) -> None:
         self.dir = backup_dir
         self.path = backup_dir / layout.MANIFEST_NAME
         self.lock_path = backup_dir / layout.MANIFEST_LOCK
+        self.read_error: str | None = None  # why read() found no entries: missing, unreadable
 
     # -- reading -------------------------------------------------------------------------------
     def _parse(self) -> list[Entry] | None:
@@ -183,16 +275,21 @@ class Manifest:
                 isinstance(e.get(k), str) for k in ("filename", "tier", "path")
             ):
                 raise ValueError("an entry lacks filename/tier/path")
-            if has_valid_time(e):
-                entries.append(e)  # type: ignore[arg-type]
-                continue
+            why: str | None
+            if not has_valid_time(e):
+                why = f"has no valid created time with a UTC offset ({e.get('created')!r})"
+            else:
+                why = field_problem(e)
+                if why is None:
+                    entries.append(e)  # type: ignore[arg-type]
+                    continue
             rebuilt = self._rebuild_one(e["path"])
-            log.warning(
-                "manifest entry %s has no valid created time with a UTC offset (%r); %s",
-                e["path"],
-                e.get("created"),
-                "rebuilt from its archive" if rebuilt else "dropped (no such archive)",
+            said = f"manifest entry {e['path']} {why}; " + (
+                "rebuilt from its archive" if rebuilt else "dropped (no such archive)"
             )
+            if said not in _SAID:  # one line per process, however often the manifest is read
+                _SAID.add(said)
+                log.warning("%s", said)
             if rebuilt is not None:
                 entries.append(rebuilt)
         return entries
@@ -205,11 +302,17 @@ class Manifest:
         return entry_from_archive(self.dir, archive) if archive.is_file() else None
 
     def read(self) -> list[Entry]:
-        """Entries as they are on disk, without repairing anything (cheap; for status)."""
+        """Entries as they are on disk, without repairing anything (cheap; for status).
+        ``read_error`` then says why there are none: the manifest is missing or unreadable."""
+        self.read_error = None
         try:
-            return self._parse() or []
-        except (ValueError, OSError):
+            entries = self._parse()
+        except (ValueError, OSError) as e:
+            self.read_error = f"unreadable ({e})"
             return []
+        if entries is None:
+            self.read_error = "missing"
+        return entries or []
 
     def load(self, project: str | None = None, repair: bool = True) -> list[Entry]:
         """Entries, rebuilding the manifest first if it is missing or unreadable (``repair``: on
@@ -306,12 +409,18 @@ def entry_from_archive(backup_dir: Path, archive: Path, meta: dict[str, Any] | N
         created=created,
         size_bytes=archive.stat().st_size,
         sha256=layout.read_sidecar(archive) or None,
-        compression=meta.get("compression") or SUFFIXES[parsed.suffix].name,
-        file_count=meta.get("file_count"),
-        source_bytes=meta.get("source_bytes"),
+        compression=_of_type(meta.get("compression"), str) or SUFFIXES[parsed.suffix].name,
+        file_count=_of_type(meta.get("file_count"), int),
+        source_bytes=_of_type(meta.get("source_bytes"), int),
         trigger="rebuilt",
         verify_error=None if meta else "archive header unreadable",
     )
+
+
+def _of_type(v: Any, t: type) -> Any:
+    """``v`` if it is a ``t`` (never a bool for a number), else None: an archive's header is
+    untrusted input too."""
+    return v if isinstance(v, t) and not (isinstance(v, bool) and t is not bool) else None
 
 
 def rebuild_entries(backup_dir: Path) -> list[Entry]:

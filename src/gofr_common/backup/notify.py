@@ -214,6 +214,22 @@ def succeeded(project: str, host: str, entry: dict[str, Any]) -> Message:
 
 def drill_failed(project: str, host: str, drill: dict[str, Any], archive: str | None) -> Message:
     err = drill.get("error") or "unknown error"
+    if drill.get("checked") is False:  # nothing known about the archive: the drill's surroundings
+        return Message(
+            "drill",
+            "drill_failed",
+            f"{_head(project, host)}: restore drill COULD NOT RUN",
+            _compose(
+                [
+                    f"A restore drill of {project} on {host} could not run at {drill.get('at')}.",
+                    f"Error: {err}",
+                    "What to do: give the drill room (free space, or point DRILL_DIR elsewhere), then "
+                    "run `gofr-backup drill`.",
+                ]
+            ),
+            FAILURE,
+            failure_key(err),
+        )
     return Message(
         "drill",
         "drill_failed",

@@ -32,7 +32,7 @@ from .config import BackupConfig
 from .errors import BackupError, ConfigError, VerifyError
 from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
 from .fsutil import open_dir_nofollow, run_lock
-from .manifest import Entry, Manifest, drill_failed, latest
+from .manifest import UNKNOWN_HINT, Entry, Manifest, created_of, drill_failed, latest, unknown_completeness
 from .swap import Staging, commit, pending_journals, recover, roll_forward
 from .verify import verify_archive
 
@@ -44,6 +44,8 @@ class RestorePlan:
     changes: dict[str, Change]
     incomplete: bool = False  # the archive could not read everything: c.kept are left as they are
     notes: list[str] = field(default_factory=list)  # what the operator should know (checksum used, ...)
+    # newer archives --latest passed over: {"filename", "reason"} (also in ``notes``)
+    passed_over: list[dict[str, str]] = field(default_factory=list)
 
     def summary(self, done: bool = False) -> list[str]:
         out = []
@@ -69,6 +71,7 @@ class RestorePlan:
             "archive": self.archive.name,
             "incomplete": self.incomplete,
             "notes": self.notes,
+            "passed_over": self.passed_over,
             "targets": [
                 {
                     "name": t.name,
@@ -179,6 +182,8 @@ def resolve_targets(
             _no_link_on_the_way(config.data_dir, n, dest)
             dest = _through_followed_link(n, dest, (meta.get("followed") or {}).get(n))
         targets.append(Target(n, dest, mount=is_mount(Path(os.path.realpath(dest)), mps)))
+    if target_dir is not None:
+        _not_the_live_data(config, target_dir, targets)
     if os.environ.get("GOFR_BACKUP_IN_CONTAINER") == "1":
         for t in targets:
             if _mount_point(t.dest) == Path("/"):
@@ -198,6 +203,29 @@ def resolve_targets(
     # parents before children, so nested paths (e.g. data:. and embeddings:embeddings) end up right
     targets.sort(key=lambda t: len(t.dest.parts))
     return targets
+
+
+def _not_the_live_data(config: BackupConfig, target_dir: Path, targets: list[Target]) -> None:
+    """--target restores a copy: a DIR/<name> that is (after resolving links) a configured path, or
+    holds one (``--target .`` run in the data dir, ``--target $DATA_DIR``), would replace live data."""
+    live = {p.name: os.path.realpath(p.path) for p in config.paths}
+    for t in targets:
+        real = os.path.realpath(t.dest)
+        for n, lp in live.items():
+            if real == lp or _inside(lp, real):
+                raise ConfigError(
+                    f"--target {target_dir}: {t.name} would go to {real}, which "
+                    + ("is" if real == lp else "holds")
+                    + f" the live path {n} ({lp}); --target restores a copy and leaves the live data "
+                    "untouched: name another directory, or leave --target out to restore in place"
+                )
+
+
+def _foreign_project(config: BackupConfig, archive: Path, meta: dict[str, Any]) -> str | None:
+    """The other project an archive belongs to (its header's ``project``, or its name), if any."""
+    parsed = layout.parse(archive.name)
+    owners = {p for p in (meta.get("project"), parsed.project if parsed else None) if isinstance(p, str)}
+    return next(iter(sorted(owners - {config.project})), None)
 
 
 def _mount_points() -> set[str] | None:
@@ -268,10 +296,18 @@ def _apply_incomplete(
     end: dict[str, Any] | None,
     targets: list[Target],
     allow: bool,
+    only: bool = False,
 ) -> bool:
+    """True when the restore of ``targets`` is incomplete (then ``allow`` is needed). With ``--only``
+    (``only``), only what the archive could not read under the selected names counts, when the
+    end marker names every such path; otherwise all of it does."""
     if not is_incomplete(entry, end):
         return False
     names, unknown = missing_names(meta, end)
+    if only and names and not unknown:
+        names = [n for n in names if any(n == t.name or n.startswith(t.name + "/") for t in targets)]
+        if not names:
+            return False  # all it could not read lies outside the selected paths
     if not allow:
         what = _show(names + unknown) if names or unknown else "files it does not name"
         raise ConfigError(
@@ -396,18 +432,30 @@ def restore(
     confirm: Callable[[RestorePlan], bool] = lambda p: True,
     should_stop: Callable[[], bool] = lambda: False,
     notes: list[str] | None = None,
+    passed: list[dict[str, str]] | None = None,
 ) -> RestorePlan:
     """Plan (``req.dry_run``) or restore ``archive``: the same pass and the same checks either way."""
     entry = entry or Entry()
     meta = _read_meta_or_refuse(archive)
+    other = _foreign_project(config, archive, meta)
+    if other is not None and req.target is None:
+        raise ConfigError(
+            f"{archive.name} is an archive of project {other}, not {config.project}: restoring it in place "
+            f"would replace {config.project}'s data with {other}'s; look at it with --target DIR, or "
+            f"restore it as {other} (GOFR_PROJECT={other})"
+        )
     targets = resolve_targets(config, meta, req.target, req.only)
     protect = {t.name: _protected(config, t, req.scratch) for t in targets}
     if entry.get("complete") is False and not req.allow_incomplete:
         res = verify_archive(archive, expected_sha256, should_stop=should_stop)  # to name what it misses
         if not res.ok:
             raise _refuse(archive, str(res.error))
-        _apply_incomplete(archive, entry, meta, res.end, targets, False)
+        _apply_incomplete(archive, entry, meta, res.end, targets, False, req.only is not None)
     notes = list(notes or [])
+    if other is not None:
+        notes.append(
+            f"{archive.name} is an archive of project {other}, not {config.project}: a copy under {req.target}"
+        )
     if req.dry_run:
         notes += [
             f"a restore that died after its commit ({j}) will be finished first; this plan compares "
@@ -435,7 +483,14 @@ def restore(
             raise _refuse(archive, str(res.error))
         if res.note:
             notes.append(res.note)
-        incomplete = _apply_incomplete(archive, entry, meta, res.end, targets, req.allow_incomplete)
+        incomplete = _apply_incomplete(
+            archive, entry, meta, res.end, targets, req.allow_incomplete, req.only is not None
+        )
+        if not incomplete and is_incomplete(entry, res.end):
+            notes.append(
+                f"{archive.name} is incomplete, but all it could not read lies outside --only "
+                f"{','.join(t.name for t in targets)}: these paths are complete in it"
+            )
         for t in targets:
             t.keep += protect[t.name]
         if not req.dry_run:
@@ -457,7 +512,7 @@ def restore(
                 f"{len(outside)} symlink(s) lead outside their path; restored as links, never followed: "
                 + _show(outside, 5)
             )
-        plan = RestorePlan(archive, targets, changes, incomplete, notes)
+        plan = RestorePlan(archive, targets, changes, incomplete, notes, list(passed or []))
         if req.dry_run:
             return plan
         if not confirm(plan):
@@ -510,6 +565,44 @@ def restorable(e: Entry) -> bool:
     return e.get("complete") is True and e.get("verified") is True and not drill_failed(e)
 
 
+def why_not_restorable(e: Entry, on_disk: bool = True) -> str | None:
+    """Why ``--latest`` passes over an archive (None: it does not)."""
+    why = []
+    if not on_disk:
+        why.append("its file is missing")
+    if e.get("verified") is False:
+        why.append(f"it failed verification ({e.get('verify_error')})")
+    if drill_failed(e):
+        d = e.get("drill") or {}
+        why.append(f"its restore drill failed ({d.get('error')}, {d.get('at')})")
+    if e.get("complete") is False:
+        why.append("it is incomplete (some files could not be read)")
+    elif e.get("complete") is not True:
+        why.append("it is not known to be complete")
+    if e.get("verified") is None:
+        why.append("it is not verified")
+    return "; ".join(why) or None
+
+
+def passed_over(
+    entries: Sequence[Entry], chosen: Entry | None, on_disk: Callable[[Entry], bool]
+) -> list[dict[str, str]]:
+    """The archives newer than ``chosen`` (all, without one) that ``--latest`` passes over, newest
+    first, each with why."""
+    out = []
+    for e in sorted(entries, key=created_of, reverse=True):
+        if chosen is not None and created_of(e) <= created_of(chosen):
+            break
+        why = why_not_restorable(e, on_disk(e))
+        if why:
+            out.append({"filename": e["filename"], "reason": why})
+    return out
+
+
+def passed_over_line(p: dict[str, str], chosen: str) -> str:
+    return f"passing over the newer {p['filename']}: {p['reason']}; restoring the older {chosen}"
+
+
 def run_restore(
     config: BackupConfig,
     req: RestoreRequest,
@@ -546,17 +639,27 @@ def run_restore(
             return _restore_plain(config, plain, None, rentry, req, confirm, should_stop)
     lay = config.layout
     entries = Manifest(lay.root).load(config.project)
+    passed: list[dict[str, str]] = []
     if req.latest:
         chosen = latest(entries, usable=lambda e: restorable(e) and lay.archive(e["path"]).is_file())
         if chosen is None:
+            unknown = [e for e in unknown_completeness(entries) if lay.archive(e["path"]).is_file()]
+            if unknown:
+                raise BackupError(
+                    f"no complete, verified backup of {config.project} in {config.backup_dir}: "
+                    f"{UNKNOWN_HINT} ({len(unknown)} archive(s) whose manifest entry was rebuilt from the "
+                    f"archive, newest {unknown[0]['filename']}), then restore --latest again"
+                )
             raise BackupError(
                 f"no complete, verified backup of {config.project} in {config.backup_dir}: see "
                 "'gofr-backup list'; 'gofr-backup verify --all' checks them again, and NAME restores one"
             )
         archive = lay.archive(chosen["path"])
+        passed = passed_over(entries, chosen, lambda e: lay.archive(e["path"]).is_file())
     else:
         archive = lay.find(req.name or "")
     entry = next((e for e in entries if lay.archive(e["path"]) == archive), None) or Entry()
+    said = [passed_over_line(p, archive.name) for p in passed]
     if layout.is_sealed(archive.name):
         _, err = sealed.checksum_error(archive, entry.get("sha256"))
         if err:
@@ -568,9 +671,19 @@ def run_restore(
             ]
         with open(archive, "rb") as f, sealed.decrypted(f, archive.name, identity) as plain:
             return _restore_plain(
-                config, plain, entry.get("plain_sha256"), entry, req, confirm, should_stop, note
+                config,
+                plain,
+                entry.get("plain_sha256"),
+                entry,
+                req,
+                confirm,
+                should_stop,
+                said + note,
+                passed,
             )
-    return _restore_plain(config, archive, entry.get("sha256"), entry, req, confirm, should_stop)
+    return _restore_plain(
+        config, archive, entry.get("sha256"), entry, req, confirm, should_stop, said, passed
+    )
 
 
 def _restore_plain(
@@ -582,9 +695,10 @@ def _restore_plain(
     confirm: Callable[[RestorePlan], bool],
     should_stop: Callable[[], bool],
     notes: list[str] | None = None,
+    passed: list[dict[str, str]] | None = None,
 ) -> RestorePlan:
     if req.dry_run:
-        return restore(config, archive, req, sha, entry, confirm, should_stop, notes)
+        return restore(config, archive, req, sha, entry, confirm, should_stop, notes, passed)
     # the backup volume may be mounted read-only for a restore
     with run_lock(config.layout, config.lock_timeout, should_stop, readonly_ok=True):
-        return restore(config, archive, req, sha, entry, confirm, should_stop, notes)
+        return restore(config, archive, req, sha, entry, confirm, should_stop, notes, passed)

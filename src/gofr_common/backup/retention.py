@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -68,7 +69,8 @@ def plan_retention(entries: Iterable[Entry], now: datetime, policy: Policy) -> l
        (flagged; ``status`` is unhealthy while it is there). prune() verifies each once more
        before it deletes it.
     2. Protected whatever their age (see :func:`protected`): the newest archive that is complete
-       and verified, and the newest verified one. So a service that was down for longer than the
+       and verified, and the newest verified one (and, while no archive is known to be complete,
+       every one whose completeness is unknown). So a service that was down for longer than the
        retention period never deletes its last good backup, and an incomplete backup never costs
        the last complete one.
     3. Older than the tier's age limit: deleted (unless protected).
@@ -105,13 +107,18 @@ def plan_retention(entries: Iterable[Entry], now: datetime, policy: Policy) -> l
 def protected(good: list[Entry]) -> list[Entry]:
     """Of one tier's archives not known to be bad (newest first), those kept whatever their age:
     the newest complete and verified one and the newest verified one; while none is complete and
-    verified, also the newest complete one; while none is verified, the newest one."""
-    vc = next((e for e in good if e.get("verified") is True and e.get("complete") is not False), None)
+    verified, also the newest complete one; while none is verified, the newest one. "Complete" is
+    known only from the writer or an archive's end marker (``complete: true``): an entry rebuilt or
+    adopted from the archive alone (``complete: null``) is not complete until a verification has
+    read its end marker, and while no archive of the tier is known to be complete, none of those
+    unknown ones is deleted for age or count (any of them may be the last complete backup)."""
+    vc = next((e for e in good if e.get("verified") is True and e.get("complete") is True), None)
     v = next((e for e in good if e.get("verified") is True), None)
-    c = next((e for e in good if e.get("complete") is not False), None) if vc is None else None
+    c = next((e for e in good if e.get("complete") is True), None) if vc is None else None
     n = good[0] if v is None else None
+    unknown = [e for e in good if e.get("complete") is None] if vc is None and c is None else []
     out: list[Entry] = []
-    for e in (vc, v, c, n):
+    for e in (vc, v, c, n, *unknown):
         if e is not None and not any(e is o for o in out):
             out.append(e)
     return out
@@ -275,7 +282,7 @@ def _prune(
             break
         for e in todo:
             res = check(config, e, should_stop)
-            fields = verdict_fields(res, now_iso(now))
+            fields = verdict_fields(res, now_iso(now), e)
             e.update(fields)  # type: ignore[typeddict-item]
             updates[e["path"]] = fields
             checked.add(e["path"])
@@ -355,8 +362,52 @@ def _orphan(name: str, project: str, fd: int) -> str | None:
                 os.stat(a.filename, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 return "checksum file without archive"
-    elif name.endswith(layout.PARTIAL_SUFFIX):
-        a = layout.parse(name[: -len(layout.PARTIAL_SUFFIX)])
-        if a and a.project == project:
-            return "unfinished archive of a dead process"
+    elif _dead_partial(name, project):
+        return "unfinished archive of a dead process"
     return None
+
+
+def _dead_partial(name: str, project: str) -> bool:
+    """Whether ``name`` is a partial archive of this project (dead: the caller holds the run lock)."""
+    if not name.endswith(layout.PARTIAL_SUFFIX):
+        return False
+    a = layout.parse(name[: -len(layout.PARTIAL_SUFFIX)])
+    return a is not None and a.project == project
+
+
+def remove_dead_leftovers(config: BackupConfig) -> list[str]:
+    """Remove what killed runs of this project left: their partial archives (every tier) and the
+    run's temp dir (``.gofr-{project}.tmp``: SQLite snapshots, encryption). Only these: a backup
+    calls it before its space check, where the rest of housekeeping waits until after the new
+    archive. The caller holds the run lock, so the processes that wrote them are dead. Returns
+    what was removed, with sizes."""
+    removed: list[str] = []
+    for tier in TIERS:
+        try:
+            fd = tier_dir_fd(config.backup_dir, tier)
+        except NotOurs:
+            continue  # reported by prune
+        if fd is None:
+            continue
+        try:
+            for n in sorted(os.listdir(fd)):
+                if not _dead_partial(n, config.project):
+                    continue
+                try:
+                    st = regular_in(fd, n)
+                    if st is not None and unlink_regular(fd, n):
+                        removed.append(f"{tier}/{n} ({_size(st.st_size)})")
+                except NotOurs:
+                    continue
+        finally:
+            os.close(fd)
+    tmp = config.layout.tmp
+    if tmp.is_dir() and not tmp.is_symlink():
+        size = sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(tmp) for f in fs)
+        shutil.rmtree(tmp)
+        removed.append(f"{tmp.name}/ ({_size(size)})")
+    return removed
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"

@@ -27,9 +27,9 @@ from .errors import BackupError, Interrupted
 from .fsutil import remove_quietly, run_lock
 from .hooks import run_hook
 from .log import event
-from .manifest import Entry, Manifest, new_entry
+from .manifest import Entry, Manifest, created_of, new_entry
 from .offsite import sync_and_record
-from .retention import PruneReport, prune
+from .retention import PruneReport, prune, remove_dead_leftovers
 from .schedule import Clock, now_iso
 from .scrub import scrub, verdict_fields
 from .state import SCHEDULED, record_failure, record_remote, record_result, record_scrub
@@ -123,6 +123,7 @@ class Run:
             raise no_data_error(c)  # before anything is logged or written
         self.manifest.load(c.project)  # rebuilds a missing/corrupt manifest before a new archive appears
         self.clean_drill_leftovers()
+        self.clean_dead_runs()
         created = self.clock.now()
         event(
             "backup.start",
@@ -181,15 +182,38 @@ class Run:
         if msg:
             event("drill.cleaned", msg, level=logging.WARNING)
 
+    def clean_dead_runs(self) -> None:
+        """The partial archives and temp dir of killed runs go before the space check needs the
+        room (we hold the run lock: their writers are dead). Never fatal: housekeeping tries again."""
+        try:
+            removed = remove_dead_leftovers(self.config)
+        except Exception as e:  # noqa: BLE001
+            event("backup.clean_failed", f"could not remove what killed runs left: {failure_text(e)}")
+            return
+        if removed:
+            event(
+                "backup.cleaned",
+                f"removed what killed runs left: {', '.join(removed)}",
+                level=logging.WARNING,
+            )
+
     @property
     def spot_checks(self) -> bool:
         return self.scheduled and self.config.spot_check_after_backup
 
     def write(self, created: datetime) -> WriteResult:
         c = self.config
-        ratio = last_ratio(self.manifest.read(), c.project, c.compression)
+        entries = self.manifest.read()
+        ratio = last_ratio(entries, c.project, c.compression)
         try:
-            w = write_archive(c, self.tier, created, self.should_stop, expected_ratio=ratio)
+            w = write_archive(
+                c,
+                self.tier,
+                created,
+                self.should_stop,
+                expected_ratio=ratio,
+                previous=last_complete(entries, c.project),
+            )
         except OSError as e:
             raise BackupError(
                 f"cannot write archive in {c.layout.tier_dir(self.tier)}: {e.strerror or e}"
@@ -237,7 +261,7 @@ class Run:
                 if cap is not None:
                     self.spot_view = spot_check.view_of(w.filename, cap, listing, index)
             if c.verify_after_backup:
-                entry.update(verdict_fields(res, self.now()))  # type: ignore[typeddict-item]
+                entry.update(verdict_fields(res, self.now(), entry))  # type: ignore[typeddict-item]
                 event(
                     "backup.verified" if res.ok else "backup.verify_failed",
                     "verification passed"
@@ -394,6 +418,19 @@ def failure_text(exc: BaseException) -> str:
         return f"unexpected error: {exc.strerror}{where}"
     text = " ".join(str(exc).split()) or "no message"
     return f"unexpected error ({type(exc).__name__}: {text})"
+
+
+def last_complete(entries: list[Entry], project: str) -> Entry | None:
+    """The newest archive of ``project`` that is complete and not known to be bad (any tier)."""
+    es = [
+        e
+        for e in entries
+        if e.get("project") == project
+        and layout.entry_problem(e, project) is None
+        and e.get("complete") is not False
+        and e.get("verified") is not False
+    ]
+    return max(es, key=created_of, default=None)
 
 
 def last_ratio(entries: list[Entry], project: str, compression: str) -> float | None:

@@ -36,6 +36,9 @@ class Found:
     left_out: dict[str, list[str]] = field(default_factory=dict)  # name -> the backup dir inside it
     excluded_in: set[str] = field(default_factory=set)  # names of the paths EXCLUDE took from
     files_in: dict[str, int] = field(default_factory=dict)  # name -> regular files yielded
+    # names of configured paths that vanished, changed kind or were replaced while the walk was
+    # at them: what the walk yielded of them is not all they hold (the writer: incomplete)
+    vanished: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Survey(Found):
     missing: list[str] = field(default_factory=list)  # "name=path"
     file_count: int = 0
     source_bytes: int = 0
+    regular_files: int = 0
     followed: dict[str, str] = field(default_factory=dict)  # name -> what its configured link points at
     emptied: list[tuple[str, str, str]] = field(default_factory=list)  # (name, path, a file EXCLUDE took)
 
@@ -81,6 +85,7 @@ def survey(
         result.file_count += 1
         if stat.S_ISREG(e.st.st_mode):
             result.source_bytes += e.st.st_size
+            result.regular_files += 1
     result.left_out = found.left_out
     # EXCLUDE patterns that took every file of a path that has some: a backup of empty dirs
     for name, path, kind in result.tops:
@@ -205,26 +210,45 @@ def walk(
 ) -> Iterator[ScanEntry]:
     """Yield every entry under ``tops`` (from :func:`survey`) without following symlinks, sorted
     by name within each directory (so archives are stable), one directory listing in memory at a
-    time. A top whose kind changed since the survey is skipped: the archive's header already
-    declared it. ``excluded(rel, is_dir)`` drops entries (and whole directories); directories
-    whose (dev, ino) is in ``skip_ids`` (the backup dir) are left out with a warning."""
+    time. A top that is gone or whose kind changed since the survey is skipped, and a directory
+    top that is gone or is another directory once its walk is done (moved away, unmounted) is
+    noticed: both are in ``found.vanished``, since the archive's header already declared them.
+    ``excluded(rel, is_dir)`` drops entries (and whole directories); directories whose (dev, ino)
+    is in ``skip_ids`` (the backup dir) are left out with a warning."""
     for name, path, kind in tops:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            found.warnings.append(f"path {name}={path} vanished while archiving; skipped")
+            found.warnings.append(f"path {name}={path} vanished while archiving (moved away or unmounted?)")
+            found.vanished.append(name)
             continue
         except PermissionError:
             found.unreadable.append(path)
             continue
         if _kind(st.st_mode) != kind:
             found.warnings.append(f"path {name}={path} is no longer a {kind}; skipped")
+            found.vanished.append(name)
             continue
         yield ScanEntry(name, path, st)
         if kind == "file":
             found.files_in[name] = found.files_in.get(name, 0) + 1
         if kind == "dir":
             yield from _walk_dir(path, name, found, should_stop, excluded, skip_ids)
+            if not _still(path, st):
+                found.warnings.append(
+                    f"path {name}={path} vanished or was replaced while it was archived (moved away or "
+                    "unmounted?): the archive holds only part of it"
+                )
+                found.vanished.append(name)
+
+
+def _still(path: str, st: os.stat_result) -> bool:
+    """Whether ``path`` is still the directory ``st`` describes (same device and inode)."""
+    try:
+        now = os.lstat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _walk_dir(

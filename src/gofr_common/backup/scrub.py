@@ -46,8 +46,8 @@ def check(
         return could_not_check(VerifyResult(path, ok=False), e)
 
 
-def verdict_fields(res: VerifyResult, now: str) -> dict[str, Any]:
-    """What the manifest records about a verification at ``now``."""
+def verdict_fields(res: VerifyResult, now: str, entry: Entry | None = None) -> dict[str, Any]:
+    """What the manifest records about a verification at ``now`` of ``entry``'s archive."""
     if not res.checked:
         return {"verify_error": res.error, "verify_tried_at": now}
     return {
@@ -57,7 +57,29 @@ def verdict_fields(res: VerifyResult, now: str) -> dict[str, Any]:
         # failed only because its .sha256 file is damaged (retention keeps it)
         "archive_intact": res.archive_intact and not res.ok,
         "verify_tried_at": now,
+        **end_fields(res, entry),
     }
+
+
+def end_fields(res: VerifyResult, entry: Entry | None) -> dict[str, Any]:
+    """What the archive's end marker says of its completeness, as the backup itself records it in
+    the entry (``complete``, and its ``warnings``, which name what could not be read), so that an
+    entry rebuilt or adopted without them has them after one verification. The more cautious
+    record wins: an entry that says incomplete stays incomplete. Nothing when the pass did not
+    read an end marker (a truncated stream, a sealed archive checked without its identity)."""
+    end = res.end
+    if not isinstance(end, dict) or not isinstance(end.get("complete"), bool):
+        return {}
+    was = (entry or {}).get("complete")
+    out: dict[str, Any] = {"complete": end["complete"] and not end.get("unreadable") and was is not False}
+    warnings = end.get("warnings")
+    if (
+        not (entry or {}).get("warnings")
+        and isinstance(warnings, list)
+        and all(isinstance(w, str) for w in warnings)
+    ):
+        out["warnings"] = warnings
+    return out
 
 
 def last_check(e: Entry) -> datetime | None:
@@ -166,9 +188,8 @@ def scrub(
             break  # the next run goes on from here
         res = check(config, group[0], should_stop)
         rep.bytes_read += st.st_size
-        fields = verdict_fields(res, now)
         for e in group:
-            manifest.set_fields(e["path"], **fields)
+            manifest.set_fields(e["path"], **verdict_fields(res, now, e))
         name = group[0]["filename"]
         if not res.checked:
             rep.could_not_check.append({"filename": name, "error": res.error or ""})

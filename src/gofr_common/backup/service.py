@@ -92,7 +92,7 @@ class BackupService:
             res = verify_archive(path, expected, should_stop=self.should_stop)
         if entry is not None and rel is not None:
             # could not check (EIO, out of memory): verified stays as it was, with a verify_error
-            self.manifest.set_fields(rel, **verdict_fields(res, now_iso(self.clock.now())))
+            self.manifest.set_fields(rel, **verdict_fields(res, now_iso(self.clock.now()), entry))
         if res.checked:  # a read error is not a verification failure
             self.observer.verified(res.ok)
         return res

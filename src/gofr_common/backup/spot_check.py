@@ -9,7 +9,9 @@
   * count drift: the share of those old entries the archive lacks, against SPOT_CHECK_TOLERANCE;
   * content drift: a random sample (SPOT_CHECK_SAMPLE percent) of the regular files whose size and
     mtime equal the archive's is read, at most SPOT_CHECK_RATE MB/s, and hashed (BLAKE3): a
-    mismatch is bit rot, or a writer that changes data without touching mtime.
+    mismatch is bit rot, or a writer that changes data without touching mtime;
+  * size drift: a regular file whose mtime equals the archive's but whose size does not (found by
+    the stat alone, sample or not): truncated or grown behind its mtime's back.
   -> record ``spot_check`` in the manifest entry and ``last_spot_check`` in the state file.
 
 It reads at most the sample of the source (everything else is a stat), and stops within a chunk
@@ -73,6 +75,8 @@ class SpotResult:
     sampled_bytes: int = 0
     drift: int | None = 0  # None: not checked (the archive has no per-file hashes)
     drift_paths: list[str] = field(default_factory=list)
+    size_drift: int = 0  # same mtime as the archive's, another size
+    size_drift_paths: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
@@ -257,6 +261,18 @@ def check(
             continue
         kind, size, mtime = a
         if (
+            kind == REGULAR
+            and stat.S_ISREG(st.st_mode)
+            and size != st.st_size
+            and mtime == int(st.st_mtime)
+            and st.st_mtime < created - 1  # not changed in the second the backup began
+            and e.path not in snapshots  # a snapshot's size is the snapshot's, not the live file's
+        ):
+            res.size_drift += 1
+            if len(res.size_drift_paths) < SHOWN:
+                res.size_drift_paths.append(e.path)
+            continue
+        if (
             p > 0
             and kind == REGULAR
             and stat.S_ISREG(st.st_mode)
@@ -315,6 +331,13 @@ def check(
             "match (bit rot, or a writer that changes data without touching mtime): "
             + ", ".join(one_line(x) for x in res.drift_paths[:5])
             + (f" and {res.drift - 5} more" if res.drift > 5 else "")
+        )
+    if res.size_drift:
+        problems.append(
+            f"{res.size_drift} source file(s) changed size without their mtime changing since the "
+            "archive (truncated or grown behind its back): "
+            + ", ".join(one_line(x) for x in res.size_drift_paths[:5])
+            + (f" and {res.size_drift - 5} more" if res.size_drift > 5 else "")
         )
     res.error = "; ".join(problems) or None
     res.ok = res.error is None

@@ -1,18 +1,28 @@
 """The service's state file: ``{backup_dir}/.gofr-{project}.state.json``, written atomically
 under its own lock. It records the last result, success, failure, warnings, the next run and the
 off-site outcome; ``status`` reads it (and the manifest) without opening any archive.
+
+On a full disk (ENOSPC, EDQUOT) no temp file can be written, yet a failure there is exactly what
+``status`` must report: so the file is padded with trailing spaces (JSON ignores them) to at least
+STATE_SLACK bytes more than its content, and when the atomic write fails for want of space, the
+new content is written over the old in place, within the blocks the file already has.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .config import BackupConfig
-from .fsutil import atomic_write_json, file_lock, lock_is_held
+from .fsutil import atomic_write_bytes, file_lock, lock_is_held
 
+STATE_SLACK = 2048  # spare bytes (trailing spaces) kept in the state file for a full disk
+BLOCK = 4096
 SCHEDULED = ("schedule", "catch-up")  # triggers of the service's own runs
 DRILL_RUNNING = "drill_running"  # a restore drill that started and has not finished: {pid, at, archive, path}
 
@@ -22,13 +32,101 @@ def state_path(config: BackupConfig) -> Path:
 
 
 def read_state(config: BackupConfig) -> dict[str, Any]:
+    """The state, or ``{"corrupt": why}`` when the file is damaged: not JSON, not an object, or a
+    field of the wrong type (read from disk, so untrusted; ``status`` is unhealthy while it is, and
+    the next write starts it afresh)."""
     try:
         d = json.loads(state_path(config).read_bytes())
-        return d if isinstance(d, dict) else {"corrupt": "state file is not a JSON object"}
     except FileNotFoundError:
         return {}
     except (ValueError, OSError) as e:
-        return {"corrupt": f"state file unreadable: {e}"}
+        return {"corrupt": f"state file {state_path(config)} unreadable: {e}"}
+    why = "it is not a JSON object" if not isinstance(d, dict) else field_problem(d)
+    if why:
+        return {
+            "corrupt": f"state file {state_path(config)} is damaged: {why}; the next run writes it afresh"
+        }
+    return d
+
+
+_TIME = "time"  # an ISO 8601 time with a UTC offset
+_STR, _INT, _BOOL, _DICT, _LIST = str, int, bool, dict, list
+# what each field may hold (absent or null is always allowed); {...}: an object with these fields
+_FIELDS: dict[str, Any] = {
+    "project": _STR,
+    "pid": _INT,
+    "enabled": _BOOL,
+    "schedule": _STR,
+    "started_at": _TIME,
+    "next_run": _TIME,
+    "next_drill": _TIME,
+    "last_run": _TIME,
+    "last_result": _STR,
+    "last_scheduled_success": _TIME,
+    "last_success": {"time": _TIME, "filename": _STR, "size_bytes": _INT, "path": _STR, "trigger": _STR},
+    "last_failure": {"time": _TIME, "error": _STR, "trigger": _STR},
+    "last_warnings": [_STR],
+    "last_scrub": {
+        "time": _TIME,
+        "checked": [_STR],
+        "bad": [_DICT],
+        "could_not_check": [_DICT],
+        "skipped": [_STR],
+    },
+    "remote_last_success": _TIME,
+    "remote_last_failure": {"time": _TIME, "error": _STR},
+    "remote_count": _INT,
+    "restore_pending": {"time": _TIME, "error": _STR},
+    "notify_active": _DICT,
+    "verify_failures_total": _INT,
+    "last_drill": {"at": _STR, "ok": _BOOL, "error": _STR, "archive": _STR, "restore_seconds": float},
+    "last_spot_check": {"at": _STR, "ok": _BOOL, "error": _STR, "archive": _STR},
+    DRILL_RUNNING: {"pid": _INT, "at": _STR, "archive": _STR, "path": _STR},
+}
+
+
+def field_problem(d: dict[str, Any], fields: dict[str, Any] = _FIELDS, where: str = "") -> str | None:
+    """The first field of ``d`` that does not hold what ``fields`` says, in words (None: all do)."""
+    for k, want in fields.items():
+        v = d.get(k)
+        if v is None:
+            continue
+        name = f"{where}{k}"
+        if isinstance(want, dict):
+            if not isinstance(v, dict):
+                return f"{name} is {v!r:.60}, expected an object"
+            inner = field_problem(v, want, f"{name}.")
+            if inner:
+                return inner
+        elif isinstance(want, list):
+            if not isinstance(v, list) or not all(_is(x, want[0]) for x in v):
+                return f"{name} is {v!r:.60}, expected a list"
+        elif not _is(v, want):
+            return f"{name} is {v!r:.60}, expected {_WORDS[want]}"
+    if not where and d.get("last_result") not in (None, "ok", "incomplete", "failed"):
+        return f"last_result is {d['last_result']!r:.60}, expected ok, incomplete or failed"
+    return None
+
+
+_WORDS: dict[Any, str] = {
+    _STR: "a string",
+    _INT: "a whole number",
+    _BOOL: "true or false",
+    _DICT: "an object",
+    float: "a number",
+    _TIME: "an ISO 8601 time with a UTC offset",
+}
+
+
+def _is(v: Any, want: Any) -> bool:
+    if want == _TIME:
+        try:
+            return isinstance(v, str) and datetime.fromisoformat(v).utcoffset() is not None
+        except ValueError:
+            return False
+    if want is float:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+    return isinstance(v, want) and (want is bool or not isinstance(v, bool))
 
 
 def dead_drill(config: BackupConfig, st: dict[str, Any]) -> dict[str, Any] | None:
@@ -55,8 +153,42 @@ def update_state(config: BackupConfig, fn: Callable[[dict[str, Any]], None]) -> 
         st.pop("corrupt", None)
         st["project"] = config.project
         fn(st)
-        atomic_write_json(p, st)
+        write_state(p, st)
         return st
+
+
+def write_state(p: Path, st: dict[str, Any]) -> None:
+    """Atomically, padded (see the module's docstring); on a full disk, in place."""
+    text = (json.dumps(st, indent=1) + "\n").encode()
+    size = -(-(len(text) + STATE_SLACK) // BLOCK) * BLOCK  # whole blocks, at least STATE_SLACK spare
+    try:
+        atomic_write_bytes(p, text.ljust(size))
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not _in_place(p, text):
+            raise
+
+
+def _in_place(p: Path, text: bytes) -> bool:
+    """Write ``text``, padded to the file's size, over the existing file (never growing it: no new
+    block is needed on an ordinary file system). False when it does not fit or cannot be written."""
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if len(text) > size:
+            return False
+        view = memoryview(text.ljust(size))
+        done = 0
+        while done < size:
+            done += os.pwrite(fd, view[done:], done)
+        os.fsync(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 # -- what each outcome records ---------------------------------------------------------------------

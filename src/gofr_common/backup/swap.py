@@ -34,6 +34,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,7 @@ def _record(t: Target) -> dict[str, Any]:
         ]
         st = os.lstat(t.staged)
         rec["attrs"] = {
-            "mode": st.st_mode & 0o777,
+            "mode": stat.S_IMODE(st.st_mode),  # as staged: restored_mode already applied
             "uid": st.st_uid,
             "gid": st.st_gid,
             "atime_ns": st.st_atime_ns,
@@ -299,7 +300,7 @@ def roll_forward(journal: Path) -> list[str]:
             dest = Path(rec["dest"])
             if os.geteuid() == 0:
                 os.lchown(dest, a["uid"], a["gid"])
-            os.chmod(dest, a["mode"])
+            os.chmod(dest, a["mode"] & 0o3777)  # a directory: setgid and sticky, never setuid
             os.utime(dest, ns=(a["atime_ns"], a["mtime_ns"]))
             fsync_dir(dest)
     # everything is in place: the old trees go, the journal's own base last

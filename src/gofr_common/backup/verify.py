@@ -9,6 +9,11 @@ stream: ``checked`` is True) and *could not check* (the file could not be read -
 memory -- so nothing is known about it: ``checked`` is False). Only the first may mark an archive
 failed; retention deletes nothing for the second.
 
+Every regular member's content is also hashed (BLAKE3) as it is read, and compared, in archive
+order, with the archive's per-file index (written after the data): an archive whose content was
+altered after it was written, and then re-signed (its .sha256 and the manifest's checksum
+recomputed to match), fails here, in ``verify`` and in the restore's own pass, not only in a drill.
+
 A caller that needs what the pass saw (the restore drill, the source spot check) sets a
 :class:`Capture` with :func:`capturing`: every pass made under it, including one made by the restore
 engine on its behalf, copies the per-file hash index out and records its result.
@@ -24,6 +29,7 @@ import json
 import lzma
 import os
 import tarfile
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,10 +37,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import zstandard
+from blake3 import blake3
 from zlib_ng import zlib_ng
 
 from . import progress
-from .archive_format import END_NAME, INDEX_NAME, META_NAME, open_tar_stream
+from .archive_format import END_NAME, INDEX_NAME, META_NAME, open_tar_stream, read_index
 from .codecs import CHUNK
 from .errors import Interrupted
 from .layout import read_sidecar, sidecar_path
@@ -97,18 +104,132 @@ class HashingReader(io.RawIOBase):
             pass
 
 
+class _ContentHashes:
+    """The BLAKE3 of every regular member's content, in archive order, kept in a temp file (memory
+    does not grow with the file count) until the index arrives; then the two are compared.
+
+    The temp files are ours, not the archive's: when they cannot be written (no writable temp dir,
+    a full /tmp), the comparison is skipped and ``lost`` says why; it never fails the archive."""
+
+    def __init__(self) -> None:
+        self.f: IO[bytes] | None = None  # our record: one JSON line [name, digest] per member
+        self.index: IO[bytes] | None = None  # a copy of the archive's index member
+        self.lost: str | None = None
+        try:
+            self.f = tempfile.TemporaryFile(buffering=1 << 16)  # noqa: SIM115
+            self.index = tempfile.TemporaryFile(buffering=1 << 16)  # noqa: SIM115
+        except OSError as e:
+            self._lose(e)
+        self.hash: Any = None  # of the member being read
+        self.got = 0
+        self.entries = 0
+
+    def _lose(self, e: OSError) -> None:
+        self.close()
+        self.f = self.index = None
+        self.lost = (
+            f"the per-file hashes were not checked: no room for them in the temp dir ({e.strerror or e})"
+        )
+
+    def spool_index(self) -> Any:
+        """Something ``read_member`` hashes into: it copies the index member into ``self.index``."""
+        content = self
+
+        class _Spool:
+            def update(self, b: bytes) -> None:
+                if content.index is not None:
+                    try:
+                        content.index.write(b)
+                    except OSError as e:
+                        content._lose(e)
+
+        return _Spool()
+
+    def start(self, m: tarfile.TarInfo) -> None:
+        self.hash = blake3() if m.isreg() else None
+        self.got = 0
+
+    def update(self, b: bytes) -> None:
+        if self.hash is not None:
+            self.hash.update(b)
+            self.got += len(b)
+
+    def finish(self, m: tarfile.TarInfo) -> None:
+        """Record the member just read: its digest if it is a regular file read whole, None for a
+        hard link (the index repeats its target's digest, checked under the target's name)."""
+        if self.f is None or not (m.isreg() or m.islnk()):
+            return
+        whole = m.isreg() and self.hash is not None and self.got == m.size
+        digest = self.hash.hexdigest() if whole else None
+        self.hash = None
+        try:
+            self.f.write(json.dumps([m.name, digest]).encode() + b"\n")
+        except OSError as e:
+            self._lose(e)
+            return
+        self.entries += 1
+
+    def compare(self, index: IO[bytes]) -> str | None:
+        """None when the index lists exactly these members, in this order, with these digests;
+        else what is wrong (the first few differences)."""
+        differ: list[str] = []
+        n_differ = listed = 0
+        try:
+            assert self.f is not None
+            self.f.flush()
+            self.f.seek(0)
+            for name, digest in read_index(index):
+                line = self.f.readline()
+                if not line:
+                    return f"the archive's index lists {name!r}, which is not among its members"
+                ours, got = json.loads(line)
+                listed += 1
+                if ours != name:
+                    return f"the archive's index lists {name!r} where the archive holds {ours!r}"
+                if got is not None and got != digest:
+                    n_differ += 1
+                    if len(differ) < 5:
+                        differ.append(name)
+        except ValueError as e:
+            return f"the archive's index is damaged: {e}"
+        except OSError as e:  # reading our own temp file back
+            self._lose(e)
+            return None
+        if listed != self.entries:
+            return f"the archive's index lists {listed} files, the archive holds {self.entries}"
+        if n_differ:
+            more = f" and {n_differ - len(differ)} more" if n_differ > len(differ) else ""
+            return (
+                f"{n_differ} member(s) differ from the archive's own record of their content (BLAKE3): "
+                f"{', '.join(differ)}{more}; the archive was altered after it was written"
+            )
+        return None
+
+    def close(self) -> None:
+        for f in (self.f, self.index):
+            if f is not None:
+                with contextlib.suppress(OSError):  # flushing what is left to a full temp dir
+                    f.close()
+
+
+_CONTENT: contextvars.ContextVar[_ContentHashes | None] = contextvars.ContextVar("gofr_content", default=None)
+
+
 def read_member(tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int | None = None, hasher: Any = None) -> None:
     """Read a member's data to its end (writing it to ``fd`` if given, hashing it into ``hasher``
-    if given), and stop at once if it is short: tarfile would otherwise "skip" the missing bytes
-    10 KB at a time, which for a hostile claim of 1 TiB takes minutes. Raises ValueError (a
-    damaged stream)."""
+    if given, and into the verification pass's BLAKE3 of it), and stop at once if it is short:
+    tarfile would otherwise "skip" the missing bytes 10 KB at a time, which for a hostile claim of
+    1 TiB takes minutes. Raises ValueError (a damaged stream)."""
     src = tar.extractfile(m)
     assert src is not None
+    content = _CONTENT.get()
     got = 0
     while b := src.read(CHUNK):
         got += len(b)
         if hasher is not None:
             hasher.update(b)
+        if content is not None:
+            content.update(b)
         if fd is not None:
             view = memoryview(b)
             while view:
@@ -168,14 +289,13 @@ def capturing(cap: Capture) -> Iterator[Capture]:
         _CAPTURE.reset(token)
 
 
-def _copy_index(tar: tarfile.TarFile, m: tarfile.TarInfo, cap: Capture | None) -> None:
+def _copy_index(tar: tarfile.TarFile, m: tarfile.TarInfo, into: IO[bytes] | None) -> None:
     fd = None
-    if cap is not None and cap.index is not None:
-        cap.index.flush()
-        cap.index.seek(0)
-        cap.index.truncate()
-        fd = cap.index.fileno()
-        cap.has_index = True
+    if into is not None:
+        into.flush()
+        into.seek(0)
+        into.truncate()
+        fd = into.fileno()
     read_member(tar, m, fd)
 
 
@@ -218,7 +338,13 @@ def verify_archive(
     if cap is not None:
         cap.has_index = False
     progress.begin("restore" if visit is not None else "verify", total)
-    with contextlib.nullcontext(f) if stream is not None else f:
+    content = _ContentHashes()
+    index_file: IO[bytes] | None = None
+    index_error: str | None = None
+    token = _CONTENT.set(content)
+    with contextlib.ExitStack() as stack, contextlib.nullcontext(f) if stream is not None else f:
+        stack.callback(_CONTENT.reset, token)
+        stack.callback(content.close)
         hr = HashingReader(f, should_stop)
         try:
             with open_tar_stream(path, raw=hr, read_ahead=True) as tar:  # type: ignore[arg-type]
@@ -242,7 +368,15 @@ def verify_archive(
                         if index_seen or not m.isreg():
                             raise ValueError(f"{INDEX_NAME} is not one regular file")
                         index_seen = True
-                        _copy_index(tar, m, cap)
+                        content.start(m)
+                        content.hash = None  # the index is not data: not in the record it is held to
+                        if cap is not None and cap.index is not None:  # the drill's copy, in its scratch
+                            index_file = cap.index
+                            cap.has_index = True
+                            _copy_index(tar, m, index_file)
+                        else:
+                            read_member(tar, m, hasher=content.spool_index())
+                            index_file = content.index
                         continue
                     last_name = m.name
                     count += 1
@@ -250,10 +384,12 @@ def verify_archive(
                         cap.member(m)
                     if collect_members:
                         res.members.append(Member(m.name, m.type, m.size, m.linkname))
+                    content.start(m)
                     if visit is not None:
                         visit(tar, m)
                     elif m.isreg():
                         read_member(tar, m)
+                    content.finish(m)
                 if first:
                     raise ValueError("archive is empty")
                 if res.end is None:
@@ -264,6 +400,12 @@ def verify_archive(
                 assert tar.fileobj is not None
                 while tar.fileobj.read(CHUNK):
                     pass
+                if index_seen and index_file is not None and content.f is not None:
+                    index_error = content.compare(index_file)
+                elif not index_seen and res.end.get("index"):
+                    index_error = (
+                        f"the archive's end marker names an index ({res.end['index']}) that the archive lacks"
+                    )
         except Interrupted:
             progress.end()
             raise
@@ -300,6 +442,9 @@ def verify_archive(
     # intact: it reads to its end, its count is right, and one of the two checksums it is held to
     # matches; only the other record is damaged, and it is never deleted for that
     side_ok = sidecar and side is not None and side != "" and digest == side
+    stream_error = stream_error or index_error
+    if content.lost and not stream_error:
+        res.note = f"{res.note}; {content.lost}" if res.note else content.lost
     res.archive_intact = (manifest_ok or side_ok) and not stream_error and not count_error
     if side_error:
         res.error = side_error

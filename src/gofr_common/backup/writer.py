@@ -21,7 +21,7 @@ import stat
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ from .config import BackupConfig
 from .errors import BackupError, Interrupted, NoDataError
 from .excludes import compile_excludes
 from .fsutil import FILE_MODE, free_bytes, fsync_dir, remove_quietly
-from .scan import Found, ScanEntry, backup_dir_ids, survey, walk
+from .scan import Found, ScanEntry, Survey, backup_dir_ids, survey, walk
 from .tarstream import TarStream
 
 SMALL_FILE = 8 << 20  # read whole, and re-read if it changed while being read
@@ -439,6 +439,39 @@ def emptied_error(config: BackupConfig, emptied: list[tuple[str, str, str]]) -> 
     )
 
 
+def held_files(previous: Mapping[str, Any], s: Survey) -> bool:
+    """Whether the earlier archive ``previous`` (a manifest entry) held more than ``s`` finds now,
+    which holds no regular file: any content, or more entries than the empty directories now."""
+    return int(previous.get("source_bytes") or 0) > 0 or int(previous.get("file_count") or 0) > s.file_count
+
+
+def check_not_empty(config: BackupConfig, s: Survey, previous: Mapping[str, Any] | None) -> None:
+    """Data with no regular file at all, after an archive that held files, is an unmounted or
+    emptied volume, not a backup: refuse it (ALLOW_EMPTY=true allows it). Otherwise (a first
+    backup of a new deployment) it goes ahead with a warning."""
+    if s.regular_files or config.allow_empty:
+        return
+    where = ", ".join(f"{name}={path}" for name, path, _ in s.tops)
+    if previous is not None and held_files(previous, s):
+        raise BackupError(
+            f"no file to back up: {where} hold no regular file, but the last complete archive "
+            f"{previous.get('filename')} held {previous.get('file_count')} files and directories: "
+            "the data volume looks unmounted or emptied. "
+            "Nothing was written and no archive was deleted; mount the volume (or restore the data), or "
+            f"set {config.prefix}ALLOW_EMPTY=true if it really is empty now"
+        )
+    s.warnings.append(
+        f"the data holds no regular file ({where}): an unmounted or emptied volume? Backed up, since "
+        f"no earlier archive held files; once one has, such a backup fails unless {config.prefix}ALLOW_EMPTY=true"
+    )
+
+
+def vanished_paths(config: BackupConfig, names: list[str]) -> list[str]:
+    """The configured paths (as the header's ``resolved_paths`` records them, so that restore
+    knows them) of the PATHS names in ``names``."""
+    return [str(p.path) for p in config.paths if p.name in names]
+
+
 def any_path_exists(config: BackupConfig) -> bool:
     return any(os.path.lexists(p.path) for p in config.paths)
 
@@ -486,8 +519,10 @@ def write_archive(
     created: datetime,
     should_stop: Callable[[], bool] = lambda: False,
     expected_ratio: float | None = None,
+    previous: Mapping[str, Any] | None = None,
 ) -> WriteResult:
-    """Write one archive into ``{backup_dir}/{tier}/`` and its ``.sha256`` sidecar.
+    """Write one archive into ``{backup_dir}/{tier}/`` and its ``.sha256`` sidecar. ``previous``:
+    the manifest entry of the newest complete archive, if any (see :func:`check_not_empty`).
 
     The archive is written as ``<name>.partial``, fsynced, and renamed only when complete.
     On any error or interruption the partial file is removed before the exception propagates.
@@ -499,6 +534,7 @@ def write_archive(
         raise no_data_error(config)
     if s.emptied:
         raise emptied_error(config, s.emptied)
+    check_not_empty(config, s, previous)
     preflight(config, s.source_bytes, expected_ratio)
     lay = config.layout
     tier_dir = lay.tier_dir(tier)
@@ -532,11 +568,20 @@ def write_archive(
         progress.begin("backup", s.source_bytes)
         try:
             for e in walk(s.tops, found, should_stop, excluded, skip):
+                added = w.count
                 w.add(e)
+                if e.arcname in s.kinds and w.count == added and e.path not in w.unreadable:
+                    found.vanished.append(e.arcname)  # a file path that went before it was read
         finally:
             progress.end()
         warnings = s.warnings + found.warnings + w.warnings
-        unreadable = s.unreadable + found.unreadable + w.unreadable
+        unreadable = s.unreadable + found.unreadable + w.unreadable + vanished_paths(config, found.vanished)
+        if found.vanished:
+            warnings.append(
+                f"{', '.join(found.vanished)}: a configured path that vanished (or was replaced) while it "
+                "was archived counts as unreadable: this archive is incomplete, and a restore of it "
+                "(--allow-incomplete) leaves that path as it is"
+            )
         if unreadable:
             warnings.append(f"{len(unreadable)} path(s) could not be read: " + ", ".join(unreadable[:20]))
         end = {
