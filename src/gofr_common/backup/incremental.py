@@ -102,6 +102,18 @@ def same(now: bytes, before: bytes | None) -> bool:
     return now[:1] == before[:1] or {now[:1], before[:1]} == {FILE, DB}
 
 
+_CTIME = slice(33, 41)  # the ctime field of a record
+
+
+def same_but_ctime(now: bytes, before: bytes | None) -> bool:
+    """For a database's -wal/-journal: SQLite, opening a database as root, fchowns its -wal to the
+    database's owner, which moves the -wal's ctime on every read (our own snapshot included); its
+    commits always move its mtime or size."""
+    if before is None or len(now) != len(before):
+        return False
+    return now[: _CTIME.start] == before[: _CTIME.start] and now[_CTIME.stop :] == before[_CTIME.stop :]
+
+
 def snapshot_path(archive: Path) -> Path:
     return archive.with_name(archive.name + SNAP_SUFFIX)
 
@@ -268,6 +280,36 @@ def _kind(mode: int) -> str | None:
 _NO_BASE: dict[str, bytes] = {}
 
 
+def _inode(e: ScanEntry) -> tuple[int, int, str]:
+    return e.st.st_dev, e.st.st_ino, e.arcname.split("/", 1)[0]
+
+
+def _base_for_top(base: Snapshot | None, name: str, path: str) -> Mapping[str, bytes]:
+    """The base's records for a configured path, if they were taken under the same resolved path."""
+    return base.entries if base is not None and base.tops.get(name) == path else _NO_BASE
+
+
+class _LinkGroups:
+    """Hard-link groups, found during the survey's walk: (dev, inode, top) -> whether any path of
+    it is new or changed since the base. Memory: one item per inode with more than one link."""
+
+    def __init__(self, base: Snapshot | None) -> None:
+        self.base = base
+        self.old: Mapping[str, bytes] = _NO_BASE
+        self.changed: dict[tuple[int, int, str], bool] = {}
+
+    def visit(self, e: ScanEntry) -> None:
+        if "/" not in e.arcname:  # a configured path: its records follow
+            self.old = _base_for_top(self.base, e.arcname, e.path)
+        st = e.st
+        if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+            key = _inode(e)
+            if not same(record(st), self.old.get(e.arcname)):
+                self.changed[key] = True
+            else:
+                self.changed.setdefault(key, False)
+
+
 class ChainWriter:
     """Writes the trees of one chained archive: :func:`write_chained`."""
 
@@ -275,7 +317,7 @@ class ChainWriter:
         self,
         w: ArchiveWriter,
         snap: SnapshotWriter,
-        base: Snapshot | None,
+        links: _LinkGroups,
         found: Found,
         should_stop: Callable[[], bool],
         excluded: Callable[[str, bool], bool] | None,
@@ -283,7 +325,7 @@ class ChainWriter:
     ) -> None:
         self.w = w
         self.snap = snap
-        self.base = base
+        self.links = links
         self.found = found
         self.should_stop = should_stop
         self.excluded = excluded
@@ -318,11 +360,18 @@ class ChainWriter:
                 self.found.vanished.append(name)
             return
         rec = record(st)
-        if same(rec, old.get(name)):
+        if self._same(e, rec, old):
             self.snap.add(name, old[name])
             self.unchanged += 1
         else:
             self._store(e, rec)
+
+    def _same(self, e: ScanEntry, rec: bytes, old: Mapping[str, bytes]) -> bool:
+        """Unchanged since the base: its record, and for a hard-linked file every path of its
+        inode (a changed link group is stored whole, its first path a file, the others links)."""
+        if not same(rec, old.get(e.arcname)):
+            return False
+        return e.st.st_nlink < 2 or not self.links.changed.get(_inode(e), True)
 
     def _store(self, e: ScanEntry, rec: bytes) -> None:
         before = self.w.count
@@ -412,7 +461,7 @@ class ChainWriter:
             changed_dbs = {
                 db
                 for arc, db in siblings.items()
-                if not arc.endswith("-shm") and not same(files[arc][1], old.get(arc))
+                if not arc.endswith("-shm") and not same_but_ctime(files[arc][1], old.get(arc))
             }
             for e, rec in items:
                 name = e.arcname[len(d.arcname) + 1 :]
@@ -421,7 +470,7 @@ class ChainWriter:
                     subdirs.append((e, rec))
                 elif e.arcname in siblings:
                     keep.append((e.arcname, rec))
-                elif same(rec, old.get(e.arcname)) and e.arcname not in changed_dbs:
+                elif self._same(e, rec, old) and e.arcname not in changed_dbs:
                     listing.append((dumpdir.UNCHANGED, name))
                     keep.append((e.arcname, old[e.arcname]))
                 else:
@@ -456,7 +505,8 @@ def write_chained(
     t0 = time.monotonic()
     kind = KIND_FULL if base is None else KIND_INCREMENTAL
     excluded = compile_excludes(config.exclude) if config.exclude else None
-    s = survey(config.paths, should_stop, excluded, backup_dir=config.backup_dir)
+    links = _LinkGroups(base)
+    s = survey(config.paths, should_stop, excluded, backup_dir=config.backup_dir, visit=links.visit)
     if not s.tops:
         raise no_data_error(config)
     if s.emptied:
@@ -490,14 +540,11 @@ def write_chained(
         w = ArchiveWriter(tar, should_stop, sqlite_tmp, index)
         _json_member(tar, META_NAME, meta)
         found = Found()
-        cw = ChainWriter(w, snap, base, found, should_stop, excluded, skip)
+        cw = ChainWriter(w, snap, links, found, should_stop, excluded, skip)
         progress.begin("backup", s.source_bytes)
         try:
             for name, path, top_kind in s.tops:
-                old: Mapping[str, bytes] = _NO_BASE
-                if base is not None and base.tops.get(name) == path:
-                    old = base.entries
-                cw.top(name, path, top_kind, old)
+                cw.top(name, path, top_kind, _base_for_top(base, name, path))
         finally:
             progress.end()
         warnings = s.warnings + found.warnings + w.warnings
