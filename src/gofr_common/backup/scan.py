@@ -76,14 +76,18 @@ def survey(
     should_stop: Callable[[], bool] = lambda: False,
     excluded: Callable[[str, bool], bool] | None = None,
     backup_dir: str | os.PathLike[str] | None = None,
+    visit: Callable[[ScanEntry], None] | None = None,
 ) -> Survey:
     """Find the configured paths that exist, then count what :func:`walk` will yield under them.
     Warnings about the paths themselves are kept; those met inside are left to the second walk.
+    ``visit`` sees every entry (incremental.py finds hard-link groups with it).
     Raises BackupError when a path is (or leads into) the backup directory or is a link to ``/``."""
     result = find_tops(paths, backup_dir)
     found = Found()
     skip = backup_dir_ids(backup_dir)
     for e in walk(result.tops, found, should_stop, excluded, skip, result.ids):
+        if visit is not None:
+            visit(e)
         result.file_count += 1
         if stat.S_ISREG(e.st.st_mode):
             result.source_bytes += e.st.st_size

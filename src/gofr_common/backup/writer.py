@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from blake3 import blake3
 
@@ -541,6 +541,32 @@ def fresh_tmp(tmp: Path) -> None:
         ) from None
 
 
+class TreeWriter(Protocol):
+    """How a chained archive (incremental.py) plugs into :func:`write_archive`: it sees the
+    survey's walk, adds header and end-marker fields, writes the members itself, and keeps a file
+    beside the archive (finished before the archive is renamed, removed if it is not)."""
+
+    def visit(self, e: ScanEntry) -> None: ...
+
+    def meta(self) -> dict[str, Any]: ...
+
+    def write(
+        self,
+        final: Path,
+        w: ArchiveWriter,
+        found: Found,
+        s: Survey,
+        excluded: Callable[[str, bool], bool] | None,
+        skip: frozenset[tuple[int, int]],
+    ) -> None: ...
+
+    def end(self) -> dict[str, Any]: ...
+
+    def finish(self, filename: str, digest: str) -> None: ...
+
+    def abort(self, final: Path) -> None: ...
+
+
 def write_archive(
     config: BackupConfig,
     tier: str,
@@ -548,16 +574,19 @@ def write_archive(
     should_stop: Callable[[], bool] = lambda: False,
     expected_ratio: float | None = None,
     earlier: Sequence[Entry] = (),
+    chained: TreeWriter | None = None,
 ) -> WriteResult:
     """Write one archive into ``{backup_dir}/{tier}/`` and its ``.sha256`` sidecar. ``earlier``:
-    the manifest entries of this project's archives (see :func:`check_not_empty`).
+    the manifest entries of this project's archives (see :func:`check_not_empty`). ``chained``:
+    how a chained archive (incremental.py) writes its trees instead of the plain walk.
 
     The archive is written as ``<name>.partial``, fsynced, and renamed only when complete.
     On any error or interruption the partial file is removed before the exception propagates.
     """
     t0 = time.monotonic()
     excluded = compile_excludes(config.exclude) if config.exclude else None
-    s = survey(config.paths, should_stop, excluded, backup_dir=config.backup_dir)
+    visit = chained.visit if chained is not None else None
+    s = survey(config.paths, should_stop, excluded, backup_dir=config.backup_dir, visit=visit)
     if not s.tops:
         raise no_data_error(config)
     if s.emptied:
@@ -577,6 +606,8 @@ def write_archive(
     partial = tier_dir / (filename + layout.PARTIAL_SUFFIX)
     final = tier_dir / filename
     meta = build_meta(config, tier, created, s)
+    if chained is not None:
+        meta.update(chained.meta())
     sqlite_tmp = lay.tmp if config.sqlite_snapshot else None
     stream: IO[bytes] | None = None
     # the per-file hashes, until they are appended as the index member: an unnamed file (O_TMPFILE)
@@ -594,11 +625,14 @@ def write_archive(
         found = Found()
         progress.begin("backup", s.source_bytes)
         try:
-            for e in walk(s.tops, found, should_stop, excluded, skip, s.ids):
-                added = w.count
-                w.add(e)
-                if e.arcname in s.kinds and w.count == added and e.path not in w.unreadable:
-                    found.vanished.append(e.arcname)  # a file path that went before it was read
+            if chained is not None:
+                chained.write(final, w, found, s, excluded, skip)
+            else:
+                for e in walk(s.tops, found, should_stop, excluded, skip, s.ids):
+                    added = w.count
+                    w.add(e)
+                    if e.arcname in s.kinds and w.count == added and e.path not in w.unreadable:
+                        found.vanished.append(e.arcname)  # a file path that went before it was read
         finally:
             progress.end()
         warnings = s.warnings + found.warnings + w.warnings
@@ -623,6 +657,8 @@ def write_archive(
             "index_hash": INDEX_HASH,
             "index_entries": w.indexed,
         }
+        if chained is not None:
+            end.update(chained.end())
         _index_member(tar, index)
         _json_member(tar, END_NAME, end)
         tar.close()
@@ -632,6 +668,8 @@ def write_archive(
         os.close(fd)
         fd = -1
         digest = hw.sha.hexdigest()
+        if chained is not None:
+            chained.finish(filename, digest)  # before the rename: an archive never lacks its snapshot
         layout.write_sidecar(final, digest)
         os.rename(partial, final)
         fsync_dir(tier_dir)
@@ -641,6 +679,8 @@ def write_archive(
         if fd >= 0:
             os.close(fd)
         remove_quietly(partial)
+        if chained is not None:
+            chained.abort(final)
         raise
     finally:
         index.close()
