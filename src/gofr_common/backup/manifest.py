@@ -62,6 +62,11 @@ class Entry(TypedDict, total=False):
     # the last restore drill of this archive (drill.py): at, ok, error, restore_seconds, seconds,
     # files, bytes, archive, checks, notes
     drill: dict[str, Any]
+    # chained archives (chain.py): "full" or "incremental" (absent: a full); an incremental's
+    # parent and its chain's full, each {"filename", "sha256"} (None for a full)
+    kind: str
+    parent: dict[str, str] | None
+    full: dict[str, str] | None
     # the last source spot check against this archive (spot_check.py): at, ok, error, files,
     # missing, missing_paths, drift, drift_paths, sampled, ...
     spot_check: dict[str, Any]
@@ -141,6 +146,9 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "uploaded_at": (str,),
     "drill": (dict,),
     "spot_check": (dict,),
+    "kind": (str,),
+    "parent": (dict, type(None)),
+    "full": (dict, type(None)),
 }
 # inside ``drill`` and ``spot_check``: what status, list, the metrics and the report read
 RESULT_TYPES: dict[str, tuple[type, ...]] = {
