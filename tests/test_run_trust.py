@@ -4,6 +4,7 @@ full disk. Real files, a real tmpfs, the CLI as a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import signal
 import stat
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -368,19 +370,77 @@ def small_backups(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
 
 
-def _kill_while_writing(env: dict[str, str], backups: Path, at_least: int = 1 << 20) -> None:
-    """SIGKILL a `now` once its partial archive holds ``at_least`` bytes (stopped first, so the
-    size is what it leaves)."""
-    old = set(partials(backups))
-    p = popen_cli("now", env=env)
+def _stop(p: subprocess.Popen[str]) -> bool:
+    """SIGSTOP ``p`` and wait until every thread of it is stopped, so its files no longer change;
+    False if it exited instead. (``p`` is not reaped before ``poll`` says so: the pid is ours.)"""
+    os.kill(p.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 30
+    while p.poll() is None:
+        states = []
+        with contextlib.suppress(FileNotFoundError):
+            for t in os.listdir(f"/proc/{p.pid}/task"):
+                with contextlib.suppress(FileNotFoundError), open(f"/proc/{p.pid}/task/{t}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+        if states and all(s == "T" for s in states):
+            return True
+        assert time.monotonic() < deadline, f"`now` did not stop: {states}"
+    return False
+
+
+def _stopped_with_a_partial(
+    p: subprocess.Popen[str], backups: Path, old: set[Path], at_least: int
+) -> Path | None:
+    """Let ``p`` (a `now`) run until its new partial archive holds ``at_least`` bytes; return that
+    partial with ``p`` stopped, or None if ``p`` got past writing first. Once the partial appears,
+    ``p`` runs in slices of a few milliseconds and is stopped between them, where its size is read:
+    it outruns the test only if the test is kept off the CPU for the rest of the write."""
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and p.poll() is None:
-        if any(n >= at_least for f, n in partials(backups).items() if f not in old):
-            os.kill(p.pid, signal.SIGSTOP)
-            break
-    os.kill(p.pid, signal.SIGKILL)
-    p.communicate(timeout=30)
-    assert p.returncode == -signal.SIGKILL
+    while not any(f not in old for f in partials(backups)):  # its setup, up to the partial
+        if p.poll() is not None:
+            return None
+        assert time.monotonic() < deadline, "`now` wrote no partial archive in 60 s"
+    while _stop(p):
+        new = {f: n for f, n in partials(backups).items() if f not in old}
+        for f, n in new.items():
+            if n >= at_least:
+                return f
+        os.kill(p.pid, signal.SIGCONT)
+        if not new:
+            return None  # renamed into place: the archive is written
+        assert time.monotonic() < deadline, f"the partial archive stayed under {at_least} bytes: {new}"
+        time.sleep(0.002)
+    return None
+
+
+def _kill_while_writing(env: dict[str, str], backups: Path, at_least: int = 1 << 20, tries: int = 5) -> Path:
+    """SIGKILL a `now` while its partial archive holds at least ``at_least`` bytes (stopped first,
+    so the size is what it leaves); returns that partial. A run that finished first (a loaded
+    machine) is undone, the backup dir put back as it was before it (its archive would take the
+    room the test measures), and tried again."""
+    with tempfile.TemporaryDirectory() as aside:
+        before = Path(aside) / "backups"
+        shutil.copytree(backups, before, symlinks=True)
+        err = ""
+        for _ in range(tries):
+            old = set(partials(backups))
+            p = popen_cli("now", env=env)
+            try:
+                partial = _stopped_with_a_partial(p, backups, old, at_least)
+                if partial is not None:
+                    os.kill(p.pid, signal.SIGKILL)
+                    p.communicate(timeout=30)
+                    assert p.returncode == -signal.SIGKILL
+                    assert partials(backups).get(partial, 0) >= at_least, partials(backups)
+                    return partial
+                _, err = p.communicate(timeout=120)
+            finally:
+                if p.poll() is None:  # an assertion above: leave no stopped process behind
+                    p.kill()
+                    p.communicate(timeout=30)
+            for d in backups.iterdir():  # missed: undo the run
+                shutil.rmtree(d) if d.is_dir() and not d.is_symlink() else d.unlink()
+            shutil.copytree(before, backups, symlinks=True, dirs_exist_ok=True)
+    raise AssertionError(f"`now` was never caught writing in {tries} runs; the last said: {err}")
 
 
 def test_partials_of_killed_runs_are_removed_before_the_space_check(
@@ -397,10 +457,9 @@ def test_partials_of_killed_runs_are_removed_before_the_space_check(
     backups = small_backups
     assert run_cli("now", env=env).returncode == 0
     good = manifest(backups)
-    for _ in range(2):
-        _kill_while_writing(env, backups)
+    killed = [_kill_while_writing(env, backups) for _ in range(2)]
     left = partials(backups)
-    assert left, "the killed runs left no partial archive"
+    assert left.get(killed[-1], 0) >= 1 << 20, ("the killed runs left no partial archive", killed, left)
     tmp = backups / ".gofr-plot.tmp"
     assert tmp.is_dir()  # the killed run's scratch dir (SQLite snapshots) is left too
     write(tmp / "snapshot-0.db", os.urandom(1 << 20))  # as a snapshot being copied when it died
