@@ -288,7 +288,9 @@ class Run:
             entry["full"] = link["full"] if isinstance(link, dict) else None
         try:
             cap = None
-            if self.spot_checks:  # the pass that verifies also gathers what the spot check needs
+            # the pass that verifies also gathers what the spot check needs (a full's only: an
+            # incremental holds one day's changes, so every unchanged file would count as missing)
+            if self.spot_checks and chain.kind_of(entry) == chain.KIND_FULL:
                 cap, listing, index = spot_check.capture()
                 self.spot_index = index
             if c.verify_after_backup or cap is not None:
@@ -416,6 +418,13 @@ class Run:
         """After a scheduled backup: compare it with the live source. Its result never changes the
         backup's outcome; a failure is recorded (``status`` turns unhealthy) and logged."""
         if not self.spot_checks:
+            return
+        if chain.kind_of(entry) == chain.KIND_INCREMENTAL:
+            event(
+                "spot_check.skipped",
+                f"source spot check skipped: {entry['filename']} is an incremental archive (the next full "
+                "of the chain is checked)",
+            )
             return
         c = self.config
         try:
