@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +28,8 @@ from gofrtest import (
     snapshot,
     write,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gofr_common.backup import BackupConfig, BackupService
 from gofr_common.backup.archive_format import read_meta
@@ -254,24 +257,30 @@ def test_a_corrupted_middle_archive_found_by_verify_breaks_the_chain_and_the_nex
     app: dict[str, Any],
 ) -> None:
     """A flipped byte keeps the size: status (stats only) cannot see it; verify (or the scheduled
-    scrub) reads the archive, records it failed, and from then on the chain is broken."""
+    scrub) reads the archive, records it failed, and from then on exactly the restore points after
+    it are broken (the ones before stay restorable); the next run starts a new chain."""
     env = inc_env(app)
     full, inc1, inc2 = _three_days(app, env)
-    flip(app["backups"] / inc1["path"])
+    day3(app["data"])
+    inc3, _ = now(env)
+    flip(app["backups"] / inc2["path"])
     r = run_cli("verify", "--all", env=env)
-    assert r.returncode != 0 and inc1["filename"] in r.stdout + r.stderr
+    assert r.returncode != 0 and inc2["filename"] in r.stdout + r.stderr
     code, st, text = _status(env)
     assert code != 0
     broken = [r for r in st["reasons"] if "chain is broken" in r]
-    assert len(broken) == 1 and inc1["filename"] in broken[0] and "failed verification" in broken[0]
-    assert st["restorable"]["filename"] == full["filename"]
+    assert len(broken) == 1 and inc2["filename"] in broken[0] and "failed verification" in broken[0]
+    assert inc3["filename"] in broken[0]
+    assert st["restorable"]["filename"] == inc1["filename"]  # before the bad one: still a restore point
     js = {e["filename"]: e for e in json.loads(run_cli("list", "--json", env=env).stdout)["backups"]}
-    assert "failed verification" in js[inc2["filename"]]["chain_broken"]
+    assert js[full["filename"]]["chain_broken"] is None and js[inc1["filename"]]["chain_broken"] is None
+    assert "failed verification" in js[inc3["filename"]]["chain_broken"]
     assert "NOT RESTORABLE" in run_cli("list", env=env).stdout
-    day3(app["data"])
+    day4(app["data"])
+    write(app["data"] / "storage" / "day5.txt", "5")
     e, log = now(env)
     assert e["kind"] == "full", log
-    assert f"the chain of {inc2['filename']} is broken: {inc1['filename']} failed verification" in log
+    assert f"the chain of {inc3['filename']} is broken: {inc2['filename']} failed verification" in log
     code, st, _ = _status(env)
     assert not [r for r in st["reasons"] if "chain is broken" in r]
     assert st["restorable"]["filename"] == e["filename"]
@@ -528,3 +537,80 @@ def test_scheduled_days_fulls_for_full_every_and_for_tier_copies(tmp_path: Path)
         assert d["kind"] == "full" and w.get("kind") == "full"
         assert os.path.samefile(backups / d["path"], backups / w["path"])
     assert not list((backups / "weekly").glob("*.snap"))
+
+
+# -- a property: random days of changes, each backed up by the run, restored by GNU tar ----------------
+_NAMES = st.sampled_from(["a", "b", "c d", "é", "nl\nx"])
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["add", "modify", "chmod", "delete", "rename", "mkdir", "rmdir", "symlink", "retype"]
+        ),
+        _NAMES,
+        _NAMES,
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _apply(root: Path, op: str, x: str, y: str) -> None:
+    """One change under ``root`` (names may hit a file, a directory or nothing: all are fine)."""
+    a, b = root / x, root / "sub" / y
+    if op == "add":
+        write(b if os.path.isdir(b.parent) else a, f"{op} {x} {y} {time.monotonic_ns()}")
+    elif op == "modify" and a.is_file() and not a.is_symlink():
+        with open(a, "a") as f:
+            f.write("more")
+    elif op == "chmod" and a.exists() and not a.is_symlink():
+        os.chmod(a, 0o600 if a.stat().st_mode & 0o044 else 0o644)
+    elif op == "delete" and (a.is_file() or a.is_symlink()):
+        os.unlink(a)
+    elif op == "rename" and os.path.lexists(a) and not os.path.lexists(b) and os.path.isdir(b.parent):
+        os.rename(a, b)
+    elif op == "mkdir" and not os.path.lexists(root / "sub"):
+        (root / "sub").mkdir()
+    elif op == "rmdir" and (root / "sub").is_dir() and not (root / "sub").is_symlink():
+        shutil.rmtree(root / "sub")
+    elif op == "symlink" and not os.path.lexists(a):
+        os.symlink(y, a)
+    elif op == "retype" and os.path.lexists(a) and not a.is_dir():
+        os.unlink(a)
+        a.mkdir()
+        write(a / "inner", "was a file")
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(days=st.lists(_OPS, min_size=1, max_size=3))
+def test_property_the_runs_chain_restored_by_gnu_tar_equals_each_day(
+    days: list[list[tuple[str, str, str]]],
+) -> None:
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        data, backups = tmp / "data", tmp / "backups"
+        write(data / "storage" / "a", "first")
+        write(data / "storage" / "keep", "no op names it: the data never looks emptied")
+        (data / "storage" / "sub").mkdir()
+        write(data / "storage" / "sub" / "b", "second")
+        env = {
+            "GOFR_PROJECT": "prop",
+            "GOFR_PROP_BACKUP_DATA_DIR": str(data),
+            "GOFR_PROP_BACKUP_DIR": str(backups),
+            "GOFR_PROP_BACKUP_PATHS": "storage:storage",
+            "GOFR_PROP_BACKUP_REPORT_FILE": "off",
+            "GOFR_PROP_BACKUP_MODE": "incremental",
+            "GOFR_PROP_BACKUP_COMPRESSION_LEVEL": "1",
+        }
+        svc = BackupService(BackupConfig.from_env(env=env))
+        chain: list[Path] = []
+        for ops in [[], *days]:
+            for op in ops:
+                _apply(data / "storage", *op)
+            out = svc.run_backup("daily", trigger="manual")
+            assert out.status == "ok", out.error
+            assert out.entry is not None and out.path is not None
+            assert out.entry["kind"] == ("incremental" if chain else "full")
+            chain.append(out.path)
+            into = tmp / "gnu"
+            gnu_restore(chain, into)
+            assert snapshot(into / "storage", OWNERS) == snapshot(data / "storage", OWNERS), ops
