@@ -614,3 +614,26 @@ def test_property_the_runs_chain_restored_by_gnu_tar_equals_each_day(
             into = tmp / "gnu"
             gnu_restore(chain, into)
             assert snapshot(into / "storage", OWNERS) == snapshot(data / "storage", OWNERS), ops
+
+
+def test_the_space_check_takes_its_ratio_from_fulls_not_from_a_tiny_incremental(tmp_path: Path) -> None:
+    """An incremental that stored one byte is ~1.5 KB of headers: its size/data ratio (~1500) would
+    make the next run's space check ask for 1500x the data and refuse every backup after a quiet
+    day. The ratio comes from the newest full."""
+    from gofrtest import tmpfs
+
+    data = tmp_path / "data"
+    write(data / "storage" / "big.bin", os.urandom(2 << 20))  # incompressible: a full is ~2 MB
+    write(data / "storage" / "tiny.txt", "a")
+    with tmpfs(tmp_path / "backups", "size=8m") as backups:
+        env = cli_env(
+            data, backups, GOFR_PLOT_BACKUP_PATHS="storage:storage", GOFR_PLOT_BACKUP_MODE="incremental"
+        )
+        assert now(env)[0]["kind"] == "full"
+        write(data / "storage" / "tiny.txt", "b")
+        inc, _ = now(env)
+        assert inc["kind"] == "incremental" and inc["source_bytes"] == 1
+        write(data / "storage" / "tiny.txt", "c")
+        r = run_cli("now", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["kind"] == "incremental"

@@ -557,11 +557,14 @@ def held_entries(entries: list[Entry], project: str) -> list[Entry]:
 
 
 def last_ratio(entries: list[Entry], project: str, compression: str) -> float | None:
-    """Compressed/source size of the newest good archive with the same codec (pre-flight)."""
+    """Compressed/source size of the newest good full archive with the same codec (pre-flight).
+    Never an incremental's: one that stored a few bytes is mostly headers (a ratio of 1000 or
+    more), which would make the space check refuse every backup after a quiet day."""
     es = [
         e
         for e in entries
         if e.get("project") == project
+        and chain.kind_of(e) == chain.KIND_FULL
         and layout.entry_problem(e, project) is None
         and e.get("compression") == compression
         and e.get("verified") is not False
