@@ -374,6 +374,11 @@ def test_sigkill_during_an_incremental_leaves_nothing_and_the_next_run_is_right(
     assert any(x.name.endswith(".snap.partial") for x in left), left  # what the kill left behind
     assert any(x.name.endswith(".tar.gz.partial") for x in left), left
     killed = {x.name.removesuffix(".partial") for x in left}
+    # as if it had been killed between renaming its .snap and its archive: an orphan .snap
+    orphan = app["backups"] / "daily" / "gofr-plot_daily_20200101_020000.tar.gz.snap"
+    shutil.copy(app["backups"] / (full["path"] + ".snap"), orphan)
+    other = app["backups"] / "daily" / "gofr-other_daily_20200101_020000.tar.gz.snap"
+    shutil.copy(orphan, other)  # another project's: never ours to remove
     assert [e["filename"] for e in daily(app["backups"])] == [full["filename"]]
     write(app["data"] / "storage" / "after.txt", "after the kill\n")
     e, log = now(env)
@@ -384,7 +389,8 @@ def test_sigkill_during_an_incremental_leaves_nothing_and_the_next_run_is_right(
     assert e["kind"] == "incremental" and e["parent"]["filename"] == full["filename"], log
     assert not killed & {n for n in names if e["filename"] != n}
     orphans = [s for s in (app["backups"] / "daily").glob("*.snap") if not s.with_suffix("").exists()]
-    assert orphans == []
+    assert orphans == [other]
+    assert "removed what killed runs left" in log and orphan.name in log
     assert_chain_restores_today(app, e)
 
 

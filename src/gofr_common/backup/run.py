@@ -525,10 +525,13 @@ def chain_base(
 
 
 def remove_dead_snapshot_partials(config: BackupConfig) -> list[str]:
-    """The ``<archive>.snap.partial`` files that killed incremental runs of this project left in
-    the daily tier (the caller holds the run lock: their writers are dead)."""
+    """What killed incremental runs of this project left in the daily tier: ``<archive>.snap.partial``
+    files, and a ``<archive>.snap`` whose archive is not there (a run killed between the two
+    renames: the snapshot is renamed first). The caller holds the run lock: their writers are dead.
+    Retention removes a ``.snap`` with its archive; one it left (killed between the two unlinks)
+    goes here too."""
     removed: list[str] = []
-    suffix = incremental.SNAP_SUFFIX + layout.PARTIAL_SUFFIX
+    snap, partial = incremental.SNAP_SUFFIX, incremental.SNAP_SUFFIX + layout.PARTIAL_SUFFIX
     try:
         fd = tier_dir_fd(config.backup_dir, "daily")
     except NotOurs:
@@ -536,9 +539,16 @@ def remove_dead_snapshot_partials(config: BackupConfig) -> list[str]:
     if fd is None:
         return removed
     try:
-        for n in sorted(os.listdir(fd)):
-            a = layout.parse(n[: -len(suffix)]) if n.endswith(suffix) else None
-            if a is None or a.project != config.project:
+        names = set(os.listdir(fd))
+        for n in sorted(names):
+            if n.endswith(partial):
+                archive = n[: -len(partial)]
+            elif n.endswith(snap) and n[: -len(snap)] not in names:
+                archive = n[: -len(snap)]
+            else:
+                continue
+            a = layout.parse(archive)
+            if a is None or a.project != config.project or a.tier != "daily":
                 continue
             try:
                 if regular_in(fd, n) is not None and unlink_regular(fd, n):
