@@ -191,7 +191,11 @@ def test_a_chain_of_days_restored_by_gnu_tar_alone_equals_each_day(app: dict[str
     assert all(e["chain_broken"] is None for e in js.values())
     st = run_cli("status", "--json", env=env)
     assert st.returncode == 0, st.stdout
-    assert json.loads(st.stdout)["restorable"]["filename"] == prev["filename"]
+    g = json.loads(st.stdout)["restorable"]
+    assert g["filename"] == prev["filename"] and g["kind"] == "incremental"
+    assert g["chain"] == [p.name for p in chain_files(app["backups"], prev)] and len(g["chain"]) == 5
+    text = run_cli("status", env=env).stdout
+    assert f"incremental: a chain of 5 archives from {first['filename']}" in text
 
 
 def test_full_every_bounds_a_chain(app: dict[str, Any]) -> None:

@@ -848,6 +848,11 @@ def cmd_status(config: BackupConfig, args: argparse.Namespace) -> int:
         g = r.get("restorable")
         print(
             f"  restorable:   {g['filename']} (created {g['created']}, verified {g['verified_at'] or '-'})"
+            + (
+                f"; incremental: a chain of {len(g['chain'])} archives from {g['chain'][0]}"
+                if g.get("kind") == "incremental"
+                else ""
+            )
             if g
             else "  restorable:   none"
         )

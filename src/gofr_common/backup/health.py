@@ -125,7 +125,12 @@ def health(config: BackupConfig, now: datetime) -> Health:
         "last_failure": st.get("last_failure"),
         "last_result": st.get("last_result"),
         "last_warnings": st.get("last_warnings", []),
-        "restorable": {k: good.get(k) for k in ("filename", "path", "created", "size_bytes", "verified_at")}
+        "restorable": {
+            **{k: good.get(k) for k in ("filename", "path", "created", "size_bytes", "verified_at")},
+            "kind": chain.kind_of(good),
+            # the archives a restore of it extracts, full first (one for a full)
+            "chain": [str(a.get("filename")) for a in chain.chain_of(entries, good).archives],
+        }
         if good
         else None,
         "last_scrub": st.get("last_scrub"),
