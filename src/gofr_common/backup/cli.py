@@ -408,7 +408,20 @@ def cmd_list(config: BackupConfig, args: argparse.Namespace) -> int:
     now = _now()
     lst = listing(config.layout, args.tier)
     summary = lst.summary()
-    entries: list[dict[str, Any]] = [{**e, "missing": e["path"] in lst.missing} for e in lst.entries]
+    from .chain import kind_of
+    from .health import chain_problem
+
+    entries: list[dict[str, Any]] = [
+        {
+            **e,
+            "missing": e["path"] in lst.missing,
+            "kind": kind_of(e),
+            "parent": e.get("parent"),
+            # an incremental restores only with its whole chain: why it cannot (None: it can)
+            "chain_broken": chain_problem(config, lst.entries, e),
+        }
+        for e in lst.entries
+    ]
     if args.json:
         _print_json({"backups": entries, "summary": summary})
         return EXIT_OK
@@ -420,8 +433,10 @@ def cmd_list(config: BackupConfig, args: argparse.Namespace) -> int:
             print("  (none)")
         for e in es:
             status = "MISSING (file is gone)" if e["missing"] else _verified_text(e)  # type: ignore[arg-type]
+            if e["chain_broken"] and not e["missing"]:
+                status = f"NOT RESTORABLE, chain broken: {e['chain_broken']}; {status}"
             print(
-                f"  {e['filename']:<48} {human_size(e.get('size_bytes')):>9}  "
+                f"  {e['filename']:<48} {e['kind']:<11} {human_size(e.get('size_bytes')):>9}  "
                 f"{human_age(e['created'], now):>10}  {status}"
             )
             for line in (_drill_text(e.get("drill")), _spot_text(e.get("spot_check"))):
@@ -833,6 +848,11 @@ def cmd_status(config: BackupConfig, args: argparse.Namespace) -> int:
         g = r.get("restorable")
         print(
             f"  restorable:   {g['filename']} (created {g['created']}, verified {g['verified_at'] or '-'})"
+            + (
+                f"; incremental: a chain of {len(g['chain'])} archives from {g['chain'][0]}"
+                if g.get("kind") == "incremental"
+                else ""
+            )
             if g
             else "  restorable:   none"
         )

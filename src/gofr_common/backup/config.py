@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "4G",
         "each scheduled run re-verifies the archives checked longest ago, up to this many bytes (0: off)",
     ),
+    "MODE": ("full", "full | incremental: every archive a full copy, or chains of a full and incrementals"),
+    "FULL_EVERY": ("7d", "incremental mode: start a new chain with a full when its full is older than this"),
     "ENABLE_WEEKLY": ("false", "keep the first backup of each ISO week in weekly/"),
     "WEEKLY_RETENTION_WEEKS": ("8", "weekly tier: delete archives older than this many weeks"),
     "ENABLE_MONTHLY": ("false", "keep the first backup of each month in monthly/"),
@@ -149,6 +151,8 @@ class BackupConfig:
     cleanup_on_start: bool = True
     verify_after_backup: bool = True
     scrub_max_bytes: int = 4 << 30
+    mode: str = "full"  # full | incremental
+    full_every: timedelta = timedelta(days=7)
     enable_weekly: bool = False
     weekly_retention_weeks: int = 8
     enable_monthly: bool = False
@@ -215,6 +219,7 @@ class BackupConfig:
         d["unknown_variables"] = list(self.unknown_variables)
         d["identity_file"] = str(self.identity_file) if self.identity_file else None
         d["umask"] = f"{self.umask:04o}"  # as it is written: 0027
+        d["full_every"] = period_text(self.full_every)
         from .observe_config import addr_text, redact_url
 
         # notification and ping URLs hold tokens: never print or log them
@@ -308,6 +313,36 @@ def parse_duration(var: str, value: str) -> float:
     if n > MAX_WAIT:
         raise _bad(var, value, f"expected a duration of at most 24h ({MAX_WAIT:.0f} seconds)")
     return n
+
+
+MODES = ("full", "incremental")
+
+
+def parse_mode(var: str, value: str) -> str:
+    v = value.strip().lower()
+    if v not in MODES:
+        raise _bad(var, value, "expected full or incremental")
+    return v
+
+
+_PERIOD_RE = re.compile(r"^\s*(\d{1,6})\s*(h|d|w)\s*$", re.IGNORECASE)
+
+
+def parse_period(var: str, value: str) -> timedelta:
+    """FULL_EVERY: a whole number of hours, days or weeks (12h, 7d, 2w), from 1h to 100 years."""
+    m = _PERIOD_RE.match(value)
+    if not m:
+        raise _bad(var, value, "expected a whole number followed by h, d or w (e.g. 12h, 7d, 30d, 2w)")
+    n = int(m.group(1)) * {"h": 1, "d": 24, "w": 168}[m.group(2).lower()]
+    if not 1 <= n <= MAX_DAYS * 24:
+        raise _bad(var, value, "expected a duration from 1h to 36500d")
+    return timedelta(hours=n)
+
+
+def period_text(td: timedelta) -> str:
+    """A FULL_EVERY value as it is written: 7d, 2w, 36h."""
+    h = int(td.total_seconds()) // 3600
+    return f"{h // 168}w" if h % 168 == 0 else f"{h // 24}d" if h % 24 == 0 else f"{h}h"
 
 
 def parse_schedule(var: str, value: str, zone: tzinfo = UTC) -> str:
@@ -693,6 +728,8 @@ def load(
         cleanup_on_start=parse_bool(*get("CLEANUP_ON_START")),
         verify_after_backup=parse_bool(*get("VERIFY_AFTER_BACKUP")),
         scrub_max_bytes=parse_size(*get("SCRUB_MAX_BYTES")),
+        mode=parse_mode(*get("MODE")),
+        full_every=parse_period(*get("FULL_EVERY")),
         enable_weekly=parse_bool(*get("ENABLE_WEEKLY")),
         weekly_retention_weeks=parse_int(*get("WEEKLY_RETENTION_WEEKS"), 1, MAX_WEEKS),
         enable_monthly=parse_bool(*get("ENABLE_MONTHLY")),
@@ -726,6 +763,13 @@ def load(
     if cfg.encrypt_local and not cfg.encrypt_recipients:
         raise _bad(
             prefix + "ENCRYPT_LOCAL", "true", f"set {prefix}ENCRYPT_RECIPIENTS too (whom to encrypt for)"
+        )
+    if cfg.mode == "incremental" and cfg.encrypt_local:
+        raise _bad(
+            prefix + "MODE",
+            "incremental",
+            f"it cannot be combined with {prefix}ENCRYPT_LOCAL=true (each incremental archive keeps a "
+            "plaintext .snap beside it that lists every file name); use MODE=full with ENCRYPT_LOCAL",
         )
     return cfg
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from . import chain
 from .config import BackupConfig
 from .layout import TIERS, entry_problem
 from .manifest import Entry, Manifest, created_of, drill_failed, failed, unknown_completeness, unknown_hint
@@ -41,6 +42,45 @@ def tier_summary(entries: list[Entry], backup_dir: Path) -> dict[str, Any]:
     return out
 
 
+def chain_problem(config: BackupConfig, entries: list[Entry], e: Entry, fulls: bool = False) -> str | None:
+    """Why restore point ``e`` cannot be restored by the manifest's account (None: it can, as far
+    as stats tell): its chain (chain.chain_of) is broken (a link missing from the manifest or from
+    disk, replaced, failed verification, malformed), or an archive of the chain has another size on
+    disk than the manifest records (truncated or replaced). One stat per archive of the chain,
+    never a read: a flipped byte is found by verify and the scrub, which then mark it failed.
+    A full is checked only when ``fulls`` (status judges a full's own state as it always did)."""
+    if chain.kind_of(e) == chain.KIND_FULL and not fulls:
+        return None  # a full needs nothing else; its own state is judged as it always was
+    lay = config.layout
+    c = chain.chain_of(entries, e, lay)
+    if not c.ok:
+        return c.broken
+    for a in c.archives:
+        size = a.get("size_bytes")
+        try:
+            on_disk = os.stat(lay.archive(str(a.get("path")))).st_size
+        except OSError as x:
+            return f"{a.get('filename')} cannot be looked at: {x.strerror}"
+        if isinstance(size, int) and on_disk != size:
+            return (
+                f"{a.get('filename')} has {on_disk} bytes on disk, the manifest records {size} "
+                "(truncated or replaced?)"
+            )
+    return None
+
+
+def newest_daily(config: BackupConfig, entries: list[Entry]) -> Entry | None:
+    """The newest archive of the daily tier (the one the next incremental would build on)."""
+    es = [
+        e
+        for e in entries
+        if e.get("project") == config.project
+        and e.get("tier") == "daily"
+        and entry_problem(e, config.project) is None
+    ]
+    return max(es, key=lambda e: (created_of(e), e["filename"]), default=None)
+
+
 def restorable(config: BackupConfig, entries: list[Entry]) -> Entry | None:
     """The newest archive that is complete and verified (with VERIFY_AFTER_BACKUP=false: not
     known to be bad) and did not fail its last restore drill, going by the manifest alone."""
@@ -51,7 +91,9 @@ def restorable(config: BackupConfig, entries: list[Entry]) -> Entry | None:
         and not drill_failed(e)
         and (e.get("verified") is True or (not config.verify_after_backup and e.get("verified") is None))
     ]
-    return max(ok, key=lambda e: (created_of(e), e["tier"] == "daily"), default=None)
+    best = sorted(ok, key=lambda e: (created_of(e), e["tier"] == "daily"), reverse=True)
+    # nothing later in a broken chain is restorable: the newest whose whole chain is there
+    return next((e for e in best if chain_problem(config, entries, e) is None), None)
 
 
 def health(config: BackupConfig, now: datetime) -> Health:
@@ -83,7 +125,12 @@ def health(config: BackupConfig, now: datetime) -> Health:
         "last_failure": st.get("last_failure"),
         "last_result": st.get("last_result"),
         "last_warnings": st.get("last_warnings", []),
-        "restorable": {k: good.get(k) for k in ("filename", "path", "created", "size_bytes", "verified_at")}
+        "restorable": {
+            **{k: good.get(k) for k in ("filename", "path", "created", "size_bytes", "verified_at")},
+            "kind": chain.kind_of(good),
+            # the archives a restore of it extracts, full first (one for a full)
+            "chain": [str(a.get("filename")) for a in chain.chain_of(entries, good).archives],
+        }
         if good
         else None,
         "last_scrub": st.get("last_scrub"),
@@ -159,6 +206,7 @@ def health(config: BackupConfig, now: datetime) -> Health:
             reasons.append(
                 "no backup has succeeded yet" + (f" in the {_human_td(since)} since start" if since else "")
             )
+    reasons += _broken_chain(config, entries)
     reasons += _scrub_findings(st.get("last_scrub"))
     reasons += _failed_on_disk(config, entries)
     reasons += [
@@ -201,6 +249,21 @@ def _why_not_restorable(
     if e.get("complete") is False:
         return f"{said} it is incomplete"
     return f"{said} not verified: run `gofr-backup verify --all`"
+
+
+def _broken_chain(config: BackupConfig, entries: list[Entry]) -> list[str]:
+    """The newest daily archive is an incremental whose chain is broken: that restore point (and
+    every later one of the chain) cannot be restored; the next backup starts a new chain."""
+    e = newest_daily(config, entries)
+    if e is None or chain.kind_of(e) != chain.KIND_INCREMENTAL:
+        return []
+    why = chain_problem(config, entries, e)
+    if why is None:
+        return []
+    return [
+        f"the newest backup {e['filename']} cannot be restored, its chain is broken: {why}; "
+        "the next backup starts a new chain with a full"
+    ]
 
 
 def _on_disk(config: BackupConfig, e: Entry) -> list[str]:

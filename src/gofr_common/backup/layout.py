@@ -5,6 +5,8 @@ Backup directory (shared by every project that uses it; each operation touches o
   {tier}/gofr-{project}_{tier}_{YYYYmmdd_HHMMSS}[_N].tar[.gz|.bz2|.xz|.zst][.age]
   {tier}/<archive>.sha256                    its checksum, in ``sha256sum`` format
   {tier}/<archive>.partial                   an archive being written (never a finished one)
+  daily/<archive>.snap[.partial]             MODE=incremental: the tree as of a chained archive
+                                             (incremental.py), and one being written
   .gofr-{project}.lock                       the project's run lock (one run at a time)
   .gofr-{project}.state.json[.lock]          the service's state (state.py)
   .gofr-{project}.tmp/                       scratch space of one run (SQLite snapshots, encryption)

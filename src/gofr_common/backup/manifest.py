@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -421,7 +422,7 @@ def entry_from_archive(backup_dir: Path, archive: Path, meta: dict[str, Any] | N
     created = str(meta.get("created"))
     if not has_valid_time({"created": created}):  # the name's local time, then
         created = datetime.strptime(parsed.ts, layout.TS_FORMAT).astimezone().isoformat()
-    return new_entry(
+    e = new_entry(
         project=parsed.project,
         filename=archive.name,
         tier=parsed.tier,
@@ -434,6 +435,42 @@ def entry_from_archive(backup_dir: Path, archive: Path, meta: dict[str, Any] | N
         trigger="rebuilt",
         verify_error=None if meta else "archive header unreadable",
     )
+    e.update(chain_fields(meta))  # type: ignore[typeddict-item]
+    return e
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _chain_link(v: Any) -> dict[str, str] | None:
+    """A header's {"filename", "sha256"} link, when well formed: an archive name and a hex digest."""
+    if not isinstance(v, dict):
+        return None
+    name, sha = v.get("filename"), v.get("sha256")
+    if not (isinstance(name, str) and layout.parse(name) is not None and isinstance(sha, str)):
+        return None
+    return {"filename": name, "sha256": sha} if _HEX64.match(sha) else None
+
+
+def chain_fields(meta: dict[str, Any]) -> dict[str, Any]:
+    """``kind``, ``parent`` and ``full`` of a chained archive, from its header (untrusted): {}
+    for an archive without ``kind`` (full mode, or before chains existed: a full). A head gives
+    ``kind: "full"``, parent and full None. An incremental whose ``chain`` is malformed keeps
+    ``kind: "incremental"`` with parent/full None, so chain.chain_of calls it broken (so does any
+    other ``kind``, from a later version or damage); never a full:
+    taken for one, it would be restored alone and give one day's changes as the whole tree."""
+    kind = meta.get("kind")
+    if kind == "full":
+        return {"kind": "full", "parent": None, "full": None}
+    if kind is None:
+        return {}
+    link = meta.get("chain")
+    link = link if isinstance(link, dict) else {}
+    return {
+        "kind": "incremental",
+        "parent": _chain_link(link.get("parent")),
+        "full": _chain_link(link.get("full")),
+    }
 
 
 def _of_type(v: Any, t: type) -> Any:

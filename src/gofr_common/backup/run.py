@@ -15,25 +15,26 @@ import contextlib
 import logging
 import os
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from . import drill, layout, sealed, spot_check
-from .config import BackupConfig
+from . import chain, drill, incremental, layout, sealed, spot_check
+from .config import BackupConfig, period_text
 from .errors import BackupError, Interrupted
-from .fsutil import remove_quietly, run_lock
+from .fsutil import NotOurs, regular_in, remove_quietly, run_lock, tier_dir_fd, unlink_regular
+from .health import chain_problem, newest_daily
 from .hooks import run_hook
 from .log import event
-from .manifest import Entry, Manifest, new_entry
+from .manifest import Entry, Manifest, created_of, drill_failed, failed, new_entry
 from .offsite import sync_and_record
 from .retention import PruneReport, prune, remove_dead_leftovers
 from .schedule import Clock, now_iso
 from .scrub import scrub, verdict_fields
 from .state import SCHEDULED, record_failure, record_remote, record_result, record_scrub
-from .tiers import copy_to_tiers
+from .tiers import copy_to_tiers, wanted_tiers
 from .verify import capturing, verify_archive
 from .writer import WriteResult, any_path_exists, no_data_error, write_archive
 
@@ -190,6 +191,7 @@ class Run:
         except Exception as e:  # noqa: BLE001
             event("backup.clean_failed", f"could not remove what killed runs left: {failure_text(e)}")
             return
+        removed += remove_dead_snapshot_partials(self.config)
         if removed:
             event(
                 "backup.cleaned",
@@ -206,14 +208,32 @@ class Run:
         entries = self.manifest.read()
         ratio = last_ratio(entries, c.project, c.compression)
         try:
-            w = write_archive(
-                c,
-                self.tier,
-                created,
-                self.should_stop,
-                expected_ratio=ratio,
-                earlier=held_entries(entries, c.project),
-            )
+            if c.mode == "incremental" and self.tier == "daily":
+                base, why = self.chain_base(entries, created)
+                event(
+                    "backup.chain",
+                    f"incremental over {base.archive}" if base is not None else f"full: {why}",
+                    kind=chain.KIND_INCREMENTAL if base is not None else chain.KIND_FULL,
+                    parent=base.archive if base is not None else "-",
+                )
+                w = incremental.write_chained(
+                    c,
+                    self.tier,
+                    created,
+                    base,
+                    self.should_stop,
+                    expected_ratio=ratio,
+                    earlier=held_entries(entries, c.project),
+                )
+            else:
+                w = write_archive(
+                    c,
+                    self.tier,
+                    created,
+                    self.should_stop,
+                    expected_ratio=ratio,
+                    earlier=held_entries(entries, c.project),
+                )
         except OSError as e:
             raise BackupError(
                 f"cannot write archive in {c.layout.tier_dir(self.tier)}: {e.strerror or e}"
@@ -230,6 +250,17 @@ class Run:
             throughput=throughput(w.source_bytes, w.duration_s),
         )
         return w
+
+    def tier_due(self, entries: list[Entry], created: datetime) -> list[str]:
+        """The tiers this run will copy its archive into (tier_copies): scheduled daily runs."""
+        if not (self.scheduled and self.tier == "daily"):
+            return []
+        mine = [e for e in entries if e.get("project") == self.config.project]
+        return wanted_tiers(self.config, mine, created)
+
+    def chain_base(self, entries: list[Entry], created: datetime) -> tuple[incremental.Snapshot | None, str]:
+        """Incremental mode: the snapshot to write an incremental over, or (None, why a full)."""
+        return chain_base(self.config, entries, created, self.tier_due(entries, created))
 
     def verify_and_record(self, w: WriteResult, created: datetime) -> Entry:
         """Verify (VERIFY_AFTER_BACKUP), seal (ENCRYPT_LOCAL), add to the manifest. A failure on the
@@ -250,9 +281,16 @@ class Run:
             warnings=w.warnings,
             complete=w.complete,
         )
+        if "kind" in w.meta:  # a chained archive (incremental mode): its place in the chain
+            link = w.meta.get("chain")
+            entry["kind"] = str(w.meta["kind"])
+            entry["parent"] = link["parent"] if isinstance(link, dict) else None
+            entry["full"] = link["full"] if isinstance(link, dict) else None
         try:
             cap = None
-            if self.spot_checks:  # the pass that verifies also gathers what the spot check needs
+            # the pass that verifies also gathers what the spot check needs (a full's only: an
+            # incremental holds one day's changes, so every unchanged file would count as missing)
+            if self.spot_checks and chain.kind_of(entry) == chain.KIND_FULL:
                 cap, listing, index = spot_check.capture()
                 self.spot_index = index
             if c.verify_after_backup or cap is not None:
@@ -277,6 +315,7 @@ class Run:
             for p in (w.path, w.path.with_name(w.filename + layout.AGE_SUFFIX)):
                 remove_quietly(p)
                 remove_quietly(layout.sidecar_path(p))
+            remove_quietly(incremental.snapshot_path(w.path))
             raise
         if entry["verified"] is False:
             raise BackupError(f"archive {w.filename} failed verification: {entry['verify_error']}")
@@ -309,7 +348,13 @@ class Run:
         event("backup.encrypted", f"encrypted locally: {enc.name}")
 
     def tier_copies(self, entry: Entry, created: datetime) -> list[str]:
-        if self.scheduled and self.tier == "daily" and entry["complete"]:
+        # tier copies are made of fulls only: the weekly and monthly tiers never need a daily
+        if (
+            self.scheduled
+            and self.tier == "daily"
+            and entry["complete"]
+            and chain.kind_of(entry) == chain.KIND_FULL
+        ):
             return copy_to_tiers(self.config, self.manifest, entry, created, self.now())
         return []
 
@@ -374,6 +419,13 @@ class Run:
         backup's outcome; a failure is recorded (``status`` turns unhealthy) and logged."""
         if not self.spot_checks:
             return
+        if chain.kind_of(entry) == chain.KIND_INCREMENTAL:
+            event(
+                "spot_check.skipped",
+                f"source spot check skipped: {entry['filename']} is an incremental archive (the next full "
+                "of the chain is checked)",
+            )
+            return
         c = self.config
         try:
             spot_check.after_backup(c, self.clock, entry, self.spot_view, self.should_stop)
@@ -423,6 +475,91 @@ def failure_text(exc: BaseException) -> str:
     return f"unexpected error ({type(exc).__name__}: {text})"
 
 
+FULL_GRACE = timedelta(hours=1)
+
+
+def chain_base(
+    config: BackupConfig,
+    entries: list[Entry],
+    created: datetime,
+    tiers_due: Sequence[str] = (),
+) -> tuple[incremental.Snapshot | None, str]:
+    """What a daily run in incremental mode writes: an incremental over the newest daily archive
+    (its snapshot, and "incremental over X"), or a full (None, and why). A full when there is no
+    earlier daily archive; when the newest failed verification or its restore drill, was written in
+    full mode (no snapshot), or its chain is broken; when the chain's full is FULL_EVERY old (less
+    an hour's grace, so that a 02:00 schedule with 7d starts a chain every 7th day even when a run
+    started a few minutes late); when a weekly/monthly copy is due (those are made of fulls only);
+    and when the newest's snapshot is missing, damaged or not its own (incremental.base_or_full)."""
+    lay = config.layout
+    newest = newest_daily(config, entries)
+    if newest is None:
+        return None, "no earlier daily archive"
+    name = newest["filename"]
+    if failed(newest):
+        return None, f"the newest archive {name} failed verification ({newest.get('verify_error')})"
+    if drill_failed(newest):
+        return None, f"the newest archive {name} failed its restore drill"
+    if "kind" not in newest:
+        return None, f"the newest archive {name} was written in full mode (no snapshot to build on)"
+    mine = [e for e in entries if e.get("project") == config.project]
+    why = chain_problem(config, mine, newest, fulls=True)
+    if why is not None:
+        return None, f"the chain of {name} is broken: {why}"
+    head = chain.chain_of(mine, newest).archives[0]
+    age = created - created_of(head)
+    grace = min(FULL_GRACE, config.full_every / 24)
+    if age >= config.full_every - grace:
+        return None, (
+            f"the chain's full {head['filename']} is {age.total_seconds() / 86400:.1f}d old "
+            f"(FULL_EVERY={period_text(config.full_every)})"
+        )
+    if tiers_due:
+        return None, f"a {' and '.join(tiers_due)} copy is due (tier copies are made of fulls only)"
+    snap, why = incremental.base_or_full(lay.archive(newest["path"]), newest.get("sha256"))
+    if snap is None:
+        return None, str(why)
+    if snap.full != chain.link_of(head):
+        return None, f"the snapshot of {name} names another full ({snap.full.get('filename')})"
+    return snap, f"incremental over {name}"
+
+
+def remove_dead_snapshot_partials(config: BackupConfig) -> list[str]:
+    """What killed incremental runs of this project left in the daily tier: ``<archive>.snap.partial``
+    files, and a ``<archive>.snap`` whose archive is not there (a run killed between the two
+    renames: the snapshot is renamed first). The caller holds the run lock: their writers are dead.
+    Retention removes a ``.snap`` with its archive; one it left (killed between the two unlinks)
+    goes here too."""
+    removed: list[str] = []
+    snap, partial = incremental.SNAP_SUFFIX, incremental.SNAP_SUFFIX + layout.PARTIAL_SUFFIX
+    try:
+        fd = tier_dir_fd(config.backup_dir, "daily")
+    except NotOurs:
+        return removed  # reported by prune
+    if fd is None:
+        return removed
+    try:
+        names = set(os.listdir(fd))
+        for n in sorted(names):
+            if n.endswith(partial):
+                archive = n[: -len(partial)]
+            elif n.endswith(snap) and n[: -len(snap)] not in names:
+                archive = n[: -len(snap)]
+            else:
+                continue
+            a = layout.parse(archive)
+            if a is None or a.project != config.project or a.tier != "daily":
+                continue
+            try:
+                if regular_in(fd, n) is not None and unlink_regular(fd, n):
+                    removed.append(f"daily/{n}")
+            except NotOurs:
+                continue
+    finally:
+        os.close(fd)
+    return removed
+
+
 def held_entries(entries: list[Entry], project: str) -> list[Entry]:
     """The archives of ``project`` (any tier) that tell what the data held: complete or not (an
     incomplete archive that could not read one file still held the others), verified or not."""
@@ -430,11 +567,14 @@ def held_entries(entries: list[Entry], project: str) -> list[Entry]:
 
 
 def last_ratio(entries: list[Entry], project: str, compression: str) -> float | None:
-    """Compressed/source size of the newest good archive with the same codec (pre-flight)."""
+    """Compressed/source size of the newest good full archive with the same codec (pre-flight).
+    Never an incremental's: one that stored a few bytes is mostly headers (a ratio of 1000 or
+    more), which would make the space check refuse every backup after a quiet day."""
     es = [
         e
         for e in entries
         if e.get("project") == project
+        and chain.kind_of(e) == chain.KIND_FULL
         and layout.entry_problem(e, project) is None
         and e.get("compression") == compression
         and e.get("verified") is not False

@@ -1,5 +1,6 @@
 """Tier copies: keep the first scheduled backup of each ISO week in ``weekly/`` and of each calendar
-month in ``monthly/``, as a hard link (or, across file systems, a copy hashed while it is made and
+month in ``monthly/`` (fulls only: an incremental archive is never copied, so those tiers never
+depend on dailies that retention deletes), as a hard link (or, across file systems, a copy hashed while it is made and
 fsynced, kept only when the hash matches) of the daily one."""
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def copy_to_tiers(
     """Copy a daily archive into the weekly/monthly tiers that want it; their paths. A hard link
     is the same file (its verification is the daily one's); a plain copy is hashed while it is
     copied, fsynced, and kept (and "verified") only when that hash matches the archive's."""
+    if entry.get("kind") == "incremental":  # never: the weekly/monthly tiers must not need a daily
+        return []
     lay = config.layout
     src = lay.archive(entry["path"])
     name = layout.parse(entry["filename"])
