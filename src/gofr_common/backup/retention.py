@@ -516,7 +516,8 @@ def _orphan(name: str, project: str, fd: int) -> str | None:
                     return f"{what} without archive"
             return None
     if _dead_partial(name, project):
-        return "unfinished archive of a dead process"
+        what = "snapshot" if name.endswith(SNAP_SUFFIX + layout.PARTIAL_SUFFIX) else "archive"
+        return f"unfinished {what} of a dead process"
     return None
 
 
