@@ -804,6 +804,10 @@ def cmd_prune(config: BackupConfig, args: argparse.Namespace) -> int:
         print(f"{'would clean' if args.dry_run else 'cleaned'} {c}")
     for a in r.adopted:
         print(f"{'would adopt' if args.dry_run else 'adopted'} untracked archive {a}")
+    for k in r.needed:
+        by = k["needed_by"]
+        more = f" and {_count(len(by) - 1, 'other')}" if len(by) > 1 else ""
+        print(f"kept {k['path']}: needed by {by[0]}{more} (on its own it would go: {k['reason']})")
     for x in r.rechecked:
         print(f"verified once more before deleting: {x}")
     for x in r.skipped:

@@ -24,8 +24,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from . import layout
+from .archive_format import read_meta
+from .chain import KIND_FULL, KIND_INCREMENTAL, Chain, chain_of, children
 from .config import BackupConfig
+from .errors import BackupError
 from .fsutil import NotOurs, regular_in, tier_dir_fd, unlink_regular
+from .incremental import SNAP_SUFFIX
 from .layout import TIERS
 from .manifest import Entry, Manifest, created_of, entry_from_archive, failed
 from .schedule import now_iso
@@ -60,26 +64,55 @@ def age_cutoff(tier: str, now: datetime, p: Policy) -> datetime:
     return sub_months(now, p.monthly_months)
 
 
-def plan_retention(entries: Iterable[Entry], now: datetime, policy: Policy) -> list[tuple[Entry, str]]:
-    """Which entries to delete, and why. Pure: no I/O.
+@dataclass
+class Plan:
+    """What retention does to a set of entries. ``delete``: (entry, why), in the order to delete
+    them: an archive always after every archive of its chain that is newer (children before
+    parents), so an interrupted prune never leaves a kept archive without its parent. ``needed``:
+    archives the limits would delete but that a kept restore point needs (its chain): (entry, why
+    the limits would delete it, the kept restore points that need it, oldest first)."""
 
-    Per tier, newest first:
+    delete: list[tuple[Entry, str]] = field(default_factory=list)
+    needed: list[tuple[Entry, str, list[Entry]]] = field(default_factory=list)
+
+
+def plan_retention(entries: Iterable[Entry], now: datetime, policy: Policy) -> list[tuple[Entry, str]]:
+    """Which entries to delete, and why, children before parents (see :func:`retention_plan`)."""
+    return retention_plan(entries, now, policy).delete
+
+
+def retention_plan(entries: Iterable[Entry], now: datetime, policy: Policy) -> Plan:
+    """Which entries to delete, and why, and which are kept only because a kept one needs them.
+    Pure: no I/O.
+
+    Every archive is a **restore point**: itself and the archives before it in its chain
+    (chain.py; a full archive, or an entry without ``kind``, is a chain of one). The rules decide
+    which restore points are kept; a kept restore point keeps its whole chain. Per tier, newest
+    first:
+
     1. Archives that failed verification are deleted (they cannot be restored and must not take
        the slots of good ones) -- unless only their .sha256 file is damaged (archive_intact), and
        never the last archive of a tier: when nothing else is left, the newest failed one stays
        (flagged; ``status`` is unhealthy while it is there). prune() verifies each once more
-       before it deletes it.
-    2. Protected whatever their age (see :func:`protected`): the newest archive that is complete
-       and verified, and the newest verified one (and, while no archive is known to be complete,
-       every one whose completeness is unknown). So a service that was down for longer than the
-       retention period never deletes its last good backup, and an incomplete backup never costs
-       the last complete one.
-    3. Older than the tier's age limit: deleted (unless protected).
-    4. daily only: beyond the newest ``max_count``: deleted (protected ones count as slots).
+       before it deletes it. A failed archive is never kept because another needs it: the
+       restore points after it are broken already.
+    2. Protected whatever their age (see :func:`protected`), with their chains: the newest restore
+       point that is complete and verified and whose chain is intact, and the newest verified one
+       (and, while no restore point is known to be complete, every one whose completeness is
+       unknown). So a service that was down for longer than the retention period never deletes
+       its last good backup, and an incomplete backup never costs the last complete one.
+    3. Older than the tier's age limit: not kept as a restore point (unless protected).
+    4. daily only: beyond the newest ``max_count`` restore points: not kept (protected ones count
+       as places; restore points whose chain is broken get places only after every intact one).
+    5. An archive not kept as a restore point is deleted, unless a kept restore point needs it
+       (it is then in ``needed``). So a chain leaves as a whole, newest first, once no kept
+       restore point needs any of it, and a full stays while an incremental after it is kept.
     """
-    out: list[tuple[Entry, str]] = []
+    es_all = list(entries)
+    plan = Plan()
+    gone: list[tuple[Entry, str]] = []
     by_tier: dict[str, list[Entry]] = {}
-    for e in entries:
+    for e in es_all:
         by_tier.setdefault(e["tier"], []).append(e)
     for tier, es in by_tier.items():
         es.sort(key=lambda e: (created_of(e), e["filename"]), reverse=True)
@@ -87,37 +120,97 @@ def plan_retention(entries: Iterable[Entry], now: datetime, policy: Policy) -> l
         bad = [e for e in es if failed(e)]
         last = bad[:1] if not good else []  # a tier never loses its last archive to this rule
         for e in bad[len(last) :]:
-            out.append((e, f"failed verification: {e.get('verify_error') or 'unknown error'}"))
+            gone.append((e, f"failed verification: {e.get('verify_error') or 'unknown error'}"))
         if not good:
             continue
-        keep = protected(good)
+        chains = {id(e): chain_of(es, e) for e in good}
+        intact = {id(e) for e in good if restorable(chains[id(e)])}
+        keep = protected(good, intact)
         cutoff = age_cutoff(tier, now, policy)
-        kept = []
+        kept: list[Entry] = []
+        dropped: list[tuple[Entry, str]] = []
         for e in good:
             if not any(e is k for k in keep) and created_of(e) < cutoff:
-                out.append((e, f"older than the {tier} limit ({_limit_text(tier, policy)})"))
+                dropped.append((e, f"older than the {tier} limit ({_limit_text(tier, policy)})"))
             else:
                 kept.append(e)
         if tier == "daily" and len(kept) > policy.max_count:
             others = [e for e in kept if not any(e is k for k in keep)]
-            for e in others[max(policy.max_count - len(keep), 0) :]:
-                out.append((e, f"beyond MAX_COUNT={policy.max_count}"))
+            others.sort(key=lambda e: id(e) not in intact)  # stable: newest first within each
+            over = others[max(policy.max_count - len(keep), 0) :]
+            dropped += [(e, f"beyond MAX_COUNT={policy.max_count}") for e in over]
+            kept = [e for e in kept if not any(e is o for o in over)]
+        # the archives the kept restore points need (a failed one never: it is deleted, and the
+        # restore points after it are broken whatever is kept)
+        need: dict[int, list[Entry]] = {}
+        for k in kept:
+            for a in chains[id(k)].archives:
+                if a is not k and not failed(a):
+                    need.setdefault(id(a), []).append(k)
+        for e, why in dropped:
+            if id(e) in need:
+                plan.needed.append(
+                    (e, why, sorted(need[id(e)], key=lambda k: (created_of(k), k["filename"])))
+                )
+            else:
+                gone.append((e, why))
+    plan.delete = children_first(gone)
+    return plan
+
+
+def restorable(c: Chain) -> bool:
+    """Whether a restore point's chain is intact: every link there and matching
+    (:func:`chain.chain_of`), and no archive before the point itself failed verification (not
+    even one whose only damage is its .sha256 file)."""
+    return c.ok and all(a.get("verified") is not False for a in c.archives[:-1])
+
+
+def children_first(plan: list[tuple[Entry, str]]) -> list[tuple[Entry, str]]:
+    """``plan`` reordered so that each entry comes after every entry of the plan that names it as
+    its parent, directly or through others (newest first within a chain). Otherwise the order is
+    kept: a plan without chains is returned as it is."""
+    why = {id(e): w for e, w in plan}
+    kids = children([e for e, _ in plan])
+    out: list[tuple[Entry, str]] = []
+    entered: set[int] = set()
+    for e, _ in plan:
+        stack: list[tuple[Entry, bool]] = [(e, False)]
+        while stack:  # depth first, each entry after its children (a loop is cut where it closes)
+            x, ready = stack.pop()
+            if ready:
+                out.append((x, why[id(x)]))
+                continue
+            if id(x) in entered:
+                continue
+            entered.add(id(x))
+            stack.append((x, True))
+            mine = kids.get(f"{x.get('project')}/{x.get('tier')}/{x.get('filename')}", [])
+            # pushed oldest first, so the newest child (and its subtree) is deleted first
+            for c in sorted(mine, key=lambda c: (created_of(c), c["filename"])):
+                if id(c) not in entered:
+                    stack.append((c, False))
     return out
 
 
-def protected(good: list[Entry]) -> list[Entry]:
-    """Of one tier's archives not known to be bad (newest first), those kept whatever their age:
-    the newest complete and verified one and the newest verified one; while none is complete and
-    verified, also the newest complete one; while none is verified, the newest one. "Complete" is
-    known only from the writer or an archive's end marker (``complete: true``): an entry rebuilt or
-    adopted from the archive alone (``complete: null``) is not complete until a verification has
+def protected(good: list[Entry], intact: set[int] | None = None) -> list[Entry]:
+    """Of one tier's restore points not known to be bad (newest first), those kept whatever their
+    age: the newest complete and verified one and the newest verified one; while none is complete
+    and verified, also the newest complete one; while none is verified, the newest one. "Complete"
+    is known only from the writer or an archive's end marker (``complete: true``): an entry rebuilt
+    or adopted from the archive alone (``complete: null``) is not complete until a verification has
     read its end marker, and while no archive of the tier is known to be complete, none of those
-    unknown ones is deleted for age or count (any of them may be the last complete backup)."""
-    vc = next((e for e in good if e.get("verified") is True and e.get("complete") is True), None)
-    v = next((e for e in good if e.get("verified") is True), None)
-    c = next((e for e in good if e.get("complete") is True), None) if vc is None else None
-    n = good[0] if v is None else None
-    unknown = [e for e in good if e.get("complete") is None] if vc is None and c is None else []
+    unknown ones is deleted for age or count (any of them may be the last complete backup).
+
+    ``intact``: the ids of the restore points whose chain is intact (:func:`restorable`; None: all
+    of them). Only those are candidates: a restore point after a broken link is not restorable and
+    protects nothing; only when no restore point of the tier is intact do the others stand in (a
+    tier is never emptied by age)."""
+    pool = good if intact is None else [e for e in good if id(e) in intact] or good
+    vc = next((e for e in pool if e.get("verified") is True and e.get("complete") is True), None)
+    v = next((e for e in pool if e.get("verified") is True), None)
+    c = next((e for e in pool if e.get("complete") is True), None) if vc is None else None
+    n = pool[0] if v is None else None
+    unknown = [e for e in pool if e.get("complete") is None] if vc is None and c is None else []
     out: list[Entry] = []
     for e in (vc, v, c, n, *unknown):
         if e is not None and not any(e is o for o in out):
@@ -145,6 +238,9 @@ class PruneReport:
     skipped: list[str] = field(default_factory=list)
     # failed archives verified once more before deletion, and what that found
     rechecked: list[str] = field(default_factory=list)
+    # kept only because a kept restore point needs them: {filename, path, tier, reason (what the
+    # limits alone would have done), needed_by (the kept restore points that need it, oldest first)}
+    needed: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +251,7 @@ class PruneReport:
             "kept": self.kept,
             "skipped": self.skipped,
             "rechecked": self.rechecked,
+            "needed": self.needed,
         }
 
 
@@ -262,7 +359,7 @@ def _prune(
                 except NotOurs as x:
                     report.skipped.append(f"{tier}/{x}; not adopted")
                     continue
-                new_entries.append(entry_from_archive(config.backup_dir, config.layout.tier_dir(tier) / n))
+                new_entries.append(_adopt(config, tier, n))
                 continue
             orphan = _orphan(n, config.project, fd)
             if orphan is not None:
@@ -282,7 +379,8 @@ def _prune(
     held: set[str] = set()  # could not be checked again: kept
     updates: dict[str, dict[str, Any]] = {}
     while True:
-        plan = plan_retention([e for e in cands if e["path"] not in held], now, policy)
+        full_plan = retention_plan([e for e in cands if e["path"] not in held], now, policy)
+        plan = full_plan.delete
         todo = [e for e, _ in plan if failed(e) and e["path"] not in checked]
         if dry_run or not todo:
             break
@@ -307,6 +405,16 @@ def _prune(
             "reason": why + (" (it is verified once more first)" if dry_run and failed(e) else ""),
         }
         for e, why in plan
+    ]
+    report.needed = [
+        {
+            "filename": e["filename"],
+            "path": e["path"],
+            "tier": e["tier"],
+            "reason": why,
+            "needed_by": [k["path"] for k in by],
+        }
+        for e, why, by in full_plan.needed
     ]
     report.kept = len(cands) - len(plan)
     if dry_run:
@@ -336,7 +444,10 @@ def _prune(
         es[:] = out
 
     # manifest first: a crash after this leaves an untracked file (adopted next time, or deleted
-    # again), never an entry that points at nothing
+    # again), never an entry that points at nothing. Then the files, children before parents (the
+    # plan's order): a crash part-way leaves a chain's older part, never an incremental without
+    # its parent. An archive goes first, then its .sha256 and its .snap: what a crash leaves of
+    # those is an orphan, cleaned next time.
     manifest.update(fn)
     for e, why in plan:
         fd = dirs.fds[e["tier"]]
@@ -346,11 +457,16 @@ def _prune(
         except NotOurs as x:
             report.skipped.append(f"{e['tier']}/{x}")
             continue
+        try:
+            unlink_regular(fd, e["filename"] + SNAP_SUFFIX)
+        except NotOurs as x:
+            report.skipped.append(f"{e['tier']}/{x}")
         log.info("deleted %s: %s", e["path"], why)
     for e in missing:
         if e["tier"] in dirs.fds:
-            with contextlib.suppress(NotOurs):
-                unlink_regular(dirs.fds[e["tier"]], e["filename"] + layout.SIDECAR_SUFFIX)
+            for suffix in (layout.SIDECAR_SUFFIX, SNAP_SUFFIX):
+                with contextlib.suppress(NotOurs):
+                    unlink_regular(dirs.fds[e["tier"]], e["filename"] + suffix)
     for tier, n, why in orphans:
         try:
             unlink_regular(dirs.fds[tier], n)
@@ -359,35 +475,70 @@ def _prune(
             report.skipped.append(f"{tier}/{x}")
 
 
+def _adopt(config: BackupConfig, tier: str, name: str) -> Entry:
+    """The manifest entry of an untracked archive, with its place in a chain when its header
+    names one (``kind``, and an incremental's ``parent`` and ``full``): adopted as a full, an
+    incremental would be a restore point that needs nothing, and its parents could go."""
+    path = config.layout.tier_dir(tier) / name
+    try:
+        meta = read_meta(path)
+    except BackupError:
+        meta = {}
+    e = entry_from_archive(config.backup_dir, path, meta)
+    if meta.get("kind") == KIND_INCREMENTAL:
+        ch = meta.get("chain")
+        ch = ch if isinstance(ch, dict) else {}
+        # a malformed link is recorded as None: chain.py then calls the chain broken
+        e["kind"] = KIND_INCREMENTAL
+        e["parent"] = _link_or_none(ch.get("parent"))
+        e["full"] = _link_or_none(ch.get("full"))
+    elif meta.get("kind") == KIND_FULL:
+        e["kind"], e["parent"], e["full"] = KIND_FULL, None, None
+    return e
+
+
+def _link_or_none(v: Any) -> dict[str, str] | None:
+    if isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("filename", "sha256")):
+        return {"filename": v["filename"], "sha256": v["sha256"]}
+    return None
+
+
 def _orphan(name: str, project: str, fd: int) -> str | None:
     """Why ``name`` in a tier directory is a leftover of this project (None: it is not one).
     We hold the run lock, so no live process of this project is writing a partial file."""
-    if name.endswith(layout.SIDECAR_SUFFIX):
-        a = layout.parse(name[: -len(layout.SIDECAR_SUFFIX)])
-        if a and a.project == project:
-            try:
-                os.stat(a.filename, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                return "checksum file without archive"
-    elif _dead_partial(name, project):
-        return "unfinished archive of a dead process"
+    for suffix, what in ((layout.SIDECAR_SUFFIX, "checksum file"), (SNAP_SUFFIX, "snapshot file")):
+        if name.endswith(suffix):
+            a = layout.parse(name[: -len(suffix)])
+            if a and a.project == project:
+                try:
+                    os.stat(a.filename, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return f"{what} without archive"
+            return None
+    if _dead_partial(name, project):
+        what = "snapshot" if name.endswith(SNAP_SUFFIX + layout.PARTIAL_SUFFIX) else "archive"
+        return f"unfinished {what} of a dead process"
     return None
 
 
 def _dead_partial(name: str, project: str) -> bool:
-    """Whether ``name`` is a partial archive of this project (dead: the caller holds the run lock)."""
+    """Whether ``name`` is a partial archive of this project, or the partial snapshot written
+    beside one (``.snap.partial``); dead: the caller holds the run lock."""
     if not name.endswith(layout.PARTIAL_SUFFIX):
         return False
-    a = layout.parse(name[: -len(layout.PARTIAL_SUFFIX)])
+    base = name[: -len(layout.PARTIAL_SUFFIX)]
+    a = layout.parse(base.removesuffix(SNAP_SUFFIX))
     return a is not None and a.project == project
 
 
 def remove_dead_leftovers(config: BackupConfig) -> list[str]:
-    """Remove what killed runs of this project left: their partial archives (every tier) and the
-    run's temp dir (``.gofr-{project}.tmp``: SQLite snapshots, encryption). Only these: a backup
-    calls it before its space check, where the rest of housekeeping waits until after the new
-    archive. The caller holds the run lock, so the processes that wrote them are dead. Returns
-    what was removed, with sizes."""
+    """Remove what killed runs of this project left: their partial archives and snapshots
+    (``.partial``, ``.snap.partial``), snapshots whose archive never got its final name (a kill
+    between the ``.snap`` rename and the archive's), in every tier, and the run's temp dir
+    (``.gofr-{project}.tmp``: SQLite snapshots, encryption). Only these: a backup calls it before
+    its space check, where the rest of housekeeping waits until after the new archive. The caller
+    holds the run lock, so the processes that wrote them are dead. Returns what was removed, with
+    sizes."""
     removed: list[str] = []
     for tier in TIERS:
         try:
@@ -398,7 +549,9 @@ def remove_dead_leftovers(config: BackupConfig) -> list[str]:
             continue
         try:
             for n in sorted(os.listdir(fd)):
-                if not _dead_partial(n, config.project):
+                if not _dead_partial(n, config.project) and not (
+                    n.endswith(SNAP_SUFFIX) and _orphan(n, config.project, fd)
+                ):
                     continue
                 try:
                     st = regular_in(fd, n)
