@@ -688,6 +688,12 @@ def _show_plan(plan: RestorePlan, as_json: bool, dry_run: bool) -> None:
     head = "Would restore" if dry_run else "Restored"
     tail = " (INCOMPLETE: what it never saved is kept as it is)" if plan.incomplete else ""
     print(f"{head} {plan.archive.name}{tail}:")
+    if plan.chain:
+        print(f"  with its chain of {len(plan.chain)} archives, each extracted in turn:")
+        for a in plan.chain:
+            print(
+                f"    {a['kind']:<12} {a['filename']}  created {a['created']}  {human_size(a['size_bytes'])}"
+            )
     for line in plan.summary(done=not dry_run):
         print(f"  {line}")
     if dry_run:
