@@ -358,6 +358,16 @@ def test_a_missing_parent_is_refused_and_changes_nothing(scenario: dict[str, Any
     assert ch.results[1].filename in r.stderr and "broken" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert trees(data) == live
+    # --latest passes over every point after the missing link, naming it, and takes the full
+    r = run_cli("restore", "--latest", "--dry-run", "--json", env=ch.env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["archive"] == ch.results[0].filename
+    for k in (3, 2):
+        line = next(
+            x for x in r.stderr.splitlines() if f"passing over the newer {ch.results[k].filename}" in x
+        )
+        assert f"its chain is broken: {ch.results[1].filename} is not on disk" in line, line
+    assert trees(data) == live
     # gone from the manifest too
     doc = json.loads((ch.backups / "manifest.json").read_text())
     doc["backups"] = [e for e in doc["backups"] if e["filename"] != ch.results[1].filename]

@@ -31,7 +31,7 @@ from typing import Any
 from . import chain, layout, sealed
 from .archive_format import header_problem, read_meta
 from .config import BackupConfig
-from .errors import BackupError, ConfigError, CouldNotCheck, LocalFault, VerifyError
+from .errors import BackupError, ConfigError, CouldNotCheck, Interrupted, LocalFault, VerifyError
 from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
 from .fsutil import DirId, dir_id, lineage, open_dir_nofollow, run_lock
 from .manifest import Entry, Manifest, created_of, drill_failed, latest, unknown_completeness, unknown_hint
@@ -561,8 +561,6 @@ def _file_sha256(path: Path, should_stop: Callable[[], bool]) -> str:
         while b := f.read(1 << 20):
             h.update(b)
             if should_stop():
-                from .errors import Interrupted
-
                 raise Interrupted(f"interrupted while checking {path.name}; nothing was changed")
     return h.hexdigest()
 
@@ -599,7 +597,7 @@ def _check_chain(
         elif any(w != digest for w in want):
             why = f"its sha256 is {digest[:16]}, not the recorded {next(w for w in want if w != digest)[:16]}"
         if why:
-            if i < n - 1 and not req.dry_run and lk.sha256 and digest != lk.sha256:
+            if not req.dry_run and lk.sha256 and digest != lk.sha256:  # the archive, not its .sha256
                 _record_bad(
                     config, lk.archive, lk.entry, VerifyResult(lk.archive, False, f"checksum mismatch: {why}")
                 )
@@ -883,7 +881,7 @@ def why_not_restorable(e: Entry, on_disk: bool = True) -> str | None:
     return "; ".join(why) or None
 
 
-def _broken_chain(entries: Sequence[Entry], lay: layout.BackupLayout) -> Callable[[Entry], str | None]:
+def broken_chain(entries: Sequence[Entry], lay: layout.BackupLayout) -> Callable[[Entry], str | None]:
     """Why an incremental's chain cannot be restored (chain.chain_of, files on disk), or None."""
 
     def broken(e: Entry) -> str | None:
@@ -956,7 +954,7 @@ def run_restore(
     lay = config.layout
     entries = Manifest(lay.root).load(config.project)
     passed: list[dict[str, str]] = []
-    broken = _broken_chain(entries, lay)
+    broken = broken_chain(entries, lay)
     if req.latest:
         chosen = latest(
             entries,
