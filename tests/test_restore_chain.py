@@ -368,6 +368,10 @@ def test_a_missing_parent_is_refused_and_changes_nothing(scenario: dict[str, Any
         )
         assert f"its chain is broken: {ch.results[1].filename} is not on disk" in line, line
     assert trees(data) == live
+    # what a drill or a spot check picks without a name: the newest point whose chain is intact
+    from gofr_common.backup.manifest import choose_archive
+
+    assert choose_archive(ch.cfg.layout, None)[0] == ch.results[0].path
     # gone from the manifest too
     doc = json.loads((ch.backups / "manifest.json").read_text())
     doc["backups"] = [e for e in doc["backups"] if e["filename"] != ch.results[1].filename]

@@ -551,6 +551,13 @@ class Link:
     entry: Entry = field(default_factory=lambda: Entry())
 
 
+def _filename(lk: Link) -> str:
+    """The archive's own name (a fetched or decrypted copy may lie in a file named otherwise)."""
+    name = lk.entry.get("filename")
+    name = name if isinstance(name, str) and name else lk.archive.name
+    return name.removesuffix(layout.AGE_SUFFIX)  # a sealed archive's chain names the plain archive
+
+
 def _ordinal(i: int, n: int) -> str:
     return "its full" if i == 0 else f"incremental {i} of {n - 1} of its chain"
 
@@ -611,10 +618,10 @@ def _check_chain(
             why = "its header says it is an incremental, so the archives it depends on are missing"
         elif i > 0 and kind != "incremental":
             why = "its header does not say it is an incremental"
-        elif i > 0 and link.get("parent") != {"filename": links[i - 1].archive.name, "sha256": digests[-1]}:
-            why = f"its header does not name {links[i - 1].archive.name} as its parent"
-        elif i > 0 and link.get("full") != {"filename": links[0].archive.name, "sha256": digests[0]}:
-            why = f"its header does not name {links[0].archive.name} as its full"
+        elif i > 0 and link.get("parent") != {"filename": _filename(links[i - 1]), "sha256": digests[-1]}:
+            why = f"its header does not name {_filename(links[i - 1])} as its parent"
+        elif i > 0 and link.get("full") != {"filename": _filename(links[0]), "sha256": digests[0]}:
+            why = f"its header does not name {_filename(links[0])} as its full"
         if why:
             raise VerifyError(
                 f"refusing to restore {last.name}: its chain is broken at {name} ({what}): {why}; nothing was changed"
