@@ -470,6 +470,46 @@ def test_restore_chain_takes_a_list_of_archives(scenario: dict[str, Any]) -> Non
     assert not (tmp / "bad").exists()
 
 
+def test_a_hard_link_into_an_earlier_archive_is_refused(tmp_path: Path) -> None:
+    """Hard links in an incremental point within the same archive (the writer stores a changed
+    link group whole): a link member whose target only an earlier archive restored is refused."""
+    import tarfile
+
+    from gofrtest import craft_archive
+
+    from gofr_common.backup.errors import VerifyError
+    from gofr_common.backup.restore import Link, RestoreRequest, restore_chain
+
+    data = tmp_path / "data"
+    write(data / "storage" / "a.txt", "alpha", 0o644, T0)
+    ch = Chain(data, tmp_path / "backups", "storage:storage")
+    full = ch.day(0)
+    d = tarfile.TarInfo("storage")
+    d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, T0
+    d.pax_headers = {"GNU.dumpdir": "Na.txt\0Yh\0\0"}
+    h = tarfile.TarInfo("storage/h")
+    h.type, h.linkname, h.mode, h.mtime = tarfile.LNKTYPE, "storage/a.txt", 0o644, T0
+    link = {"filename": full.filename, "sha256": full.sha256}
+    inc = craft_archive(
+        tmp_path / "backups" / "daily" / "gofr-plot_daily_20260302T020000Z.tar.gz",
+        [(d, None), (h, None)],
+        meta_extra={"kind": "incremental", "chain": {"full": link, "parent": link}},
+    )
+    links = [Link(full.path, full.sha256), Link(inc)]
+    with pytest.raises(VerifyError, match="hard link to 'storage/a.txt'.*same archive"):
+        restore_chain(ch.cfg, links, RestoreRequest(target=tmp_path / "out"))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # no staging left
+    # the same archive without the link member restores (the crafted archive itself is sound)
+    d.pax_headers = {"GNU.dumpdir": "Na.txt\0\0"}
+    inc2 = craft_archive(
+        tmp_path / "backups" / "daily" / "gofr-plot_daily_20260303T020000Z.tar.gz",
+        [(d, None)],
+        meta_extra={"kind": "incremental", "chain": {"full": link, "parent": link}},
+    )
+    restore_chain(ch.cfg, [Link(full.path, full.sha256), Link(inc2)], RestoreRequest(target=tmp_path / "ok"))
+    assert (tmp_path / "ok" / "storage" / "a.txt").read_text() == "alpha"
+
+
 # -- SIGKILL during a chain restore -------------------------------------------------------------------
 TRIALS = int(os.environ.get("GOFR_FAULT_TRIALS", "50"))
 SEED = int(os.environ.get("GOFR_FAULT_SEED", "1"))
