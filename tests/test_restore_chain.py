@@ -510,6 +510,27 @@ def test_a_hard_link_into_an_earlier_archive_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / "ok" / "storage" / "a.txt").read_text() == "alpha"
 
 
+def test_space_is_counted_for_the_chains_final_tree_not_every_archive(tmp_path: Path) -> None:
+    """A 3 MB file rewritten on each of three days: the chain's archives hold 9 MB of it, its
+    final tree 3 MB. Into a real 8 MB tmpfs, the dry run and the restore both fit."""
+    from gofrtest import tmpfs
+
+    data = tmp_path / "data"
+    write(data / "storage" / "big.bin", os.urandom(3 << 20), 0o644, T0)
+    ch = Chain(data, tmp_path / "backups", "storage:storage")
+    ch.day(0)
+    for n in (1, 2):
+        write(data / "storage" / "big.bin", os.urandom(3 << 20), 0o644, T0 + n)
+        ch.day(n)
+    want = snapshot(data / "storage")
+    with tmpfs(tmp_path / "small", "size=8m") as mnt:
+        r = run_cli("restore", ch.results[2].filename, "--target", str(mnt), "--dry-run", env=ch.env)
+        assert r.returncode == 0, r.stderr
+        r = run_cli("restore", ch.results[2].filename, "--target", str(mnt), "--yes", env=ch.env)
+        assert r.returncode == 0, r.stderr
+        assert snapshot(mnt / "storage") == want
+
+
 # -- SIGKILL during a chain restore -------------------------------------------------------------------
 TRIALS = int(os.environ.get("GOFR_FAULT_TRIALS", "50"))
 SEED = int(os.environ.get("GOFR_FAULT_SEED", "1"))
