@@ -562,6 +562,18 @@ def _ordinal(i: int, n: int) -> str:
     return "its full" if i == 0 else f"incremental {i} of {n - 1} of its chain"
 
 
+def _link_not_ok(archive: Path, links: Sequence[Link], lk: Link, res: VerifyResult) -> VerifyError:
+    """A failed pass over an archive of ``archive``'s chain before it: refused, naming that link
+    (or could not check, when it could not be read)."""
+    what = _ordinal(list(links).index(lk), len(links))
+    if not res.checked:
+        return CouldNotCheck(
+            f"cannot restore {archive.name}: could not read {lk.archive.name} ({what}): {res.error}; "
+            "nothing was changed"
+        )
+    return _refuse(archive, f"its chain is broken at {lk.archive.name} ({what}): {res.error}")
+
+
 def _file_sha256(path: Path, should_stop: Callable[[], bool]) -> str:
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
@@ -671,18 +683,15 @@ def restore(
             metas.append(_read_meta_or_refuse(lk.archive))
         except CouldNotCheck:
             raise
-        except (
-            VerifyError
-        ) as e:  # its head is damaged: one verification pass says what is wrong, and it is recorded
+        except VerifyError:
+            # its head is damaged: one verification pass says what is wrong, and it is recorded
             res = verify_archive(lk.archive, lk.sha256, should_stop=should_stop)
             if res.ok:
                 raise
             if not req.dry_run:
                 _record_bad(config, lk.archive, lk.entry, res)
             if lk.archive is not archive:
-                raise VerifyError(
-                    f"refusing to restore {archive.name}: its chain is broken at {lk.archive.name}: {e}"
-                ) from None
+                raise _link_not_ok(archive, links, lk, res) from None
             raise _not_ok(archive, res) from None
     meta = metas[-1]
     chained = len(links) > 1 or meta.get("kind") == "incremental"
@@ -758,11 +767,7 @@ def restore(
                 if not req.dry_run:
                     _record_bad(config, lk.archive, lk.entry, res)
                 if lk.archive is not archive:
-                    err = _not_ok(lk.archive, res)
-                    raise type(err)(
-                        f"refusing to restore {archive.name}: its chain is broken at {lk.archive.name} "
-                        f"({_ordinal(i, len(links))}): {res.error}; nothing was changed"
-                    )
+                    raise _link_not_ok(archive, links, lk, res)
                 raise _not_ok(archive, res)
             if res.note:
                 notes.append(res.note)
