@@ -672,13 +672,14 @@ def _print_notes(plan: RestorePlan) -> None:
 
 def _choose_interactively(config: BackupConfig) -> str:
     from .manifest import drill_failed, latest, listing
-    from .restore import passed_over, passed_over_line, restorable
+    from .restore import broken_chain, passed_over, passed_over_line, restorable
 
     lst = listing(config.layout)
     usable = [e for e in lst.entries if e["path"] not in lst.missing]
     if not usable:
         raise BackupError(f"no backups of {config.project} in {config.backup_dir}")
-    best = latest(usable, usable=restorable)
+    broken = broken_chain(lst.entries, config.layout)
+    best = latest(usable, usable=lambda e: restorable(e) and broken(e) is None)
     for i, e in enumerate(usable, 1):
         mark = "  <- newest complete and verified (Enter)" if e is best else ""
         drill = f", drill failed {(e.get('drill') or {}).get('at')}" if drill_failed(e) else ""
@@ -686,7 +687,7 @@ def _choose_interactively(config: BackupConfig) -> str:
             f"  {i:>3}) {e['filename']}  {human_size(e.get('size_bytes'))}  {_verified_text(e)}{drill}{mark}\n"
         )
     if best is not None:
-        for p in passed_over(lst.entries, best, lambda e: e["path"] not in lst.missing):
+        for p in passed_over(lst.entries, best, lambda e: e["path"] not in lst.missing, broken):
             sys.stderr.write(f"{PROG}: note: {passed_over_line(p, best['filename'])}\n")
     ans = _ask(f"Restore which backup? [1-{len(usable)}] ")
     if ans == "" and best is not None:
@@ -703,6 +704,12 @@ def _show_plan(plan: RestorePlan, as_json: bool, dry_run: bool) -> None:
     head = "Would restore" if dry_run else "Restored"
     tail = " (INCOMPLETE: what it never saved is kept as it is)" if plan.incomplete else ""
     print(f"{head} {plan.archive.name}{tail}:")
+    if plan.chain:
+        print(f"  with its chain of {len(plan.chain)} archives, each extracted in turn:")
+        for a in plan.chain:
+            print(
+                f"    {a['kind']:<12} {a['filename']}  created {a['created']}  {human_size(a['size_bytes'])}"
+            )
     for line in plan.summary(done=not dry_run):
         print(f"  {line}")
     if dry_run:

@@ -14,7 +14,17 @@ names alone (no realpath per member):
   link, verbatim. They are created after every other member (GNU tar's delayed links) in a parent
   reached with O_NOFOLLOW, and nothing is ever written through one: a member below a symlink
   member, or a symlink whose name is the parent of another member, is refused in either order;
-- hard links point to a regular file restored earlier in the same path.
+- hard links point to a regular file restored earlier in the same path (and the same archive).
+
+A **chain** (issue 17: a full, then incrementals, each read in one pass into the same staging, as
+``tar --listed-incremental=/dev/null -x`` of each in turn would) goes through one Extractor:
+:meth:`Extractor.next_archive` starts each archive after the first, resetting the per-archive rules
+(duplicates, parents, hard links, delayed symlinks) while :attr:`Extractor.tree` keeps the staged
+tree as the earlier archives left it. A directory member carrying a ``GNU.dumpdir`` first purges
+from the staged directory every entry its listing does not name, every ``Y`` entry that is a
+directory and every ``D`` entry that is not (never following a link); each ``N`` entry (unchanged,
+not stored) must be a non-directory there already, or the chain is incomplete and the restore is
+refused. A member replaces whatever an earlier archive staged at its name (another type too).
 
 Files are opened with O_NOFOLLOW relative to directory descriptors (while files are written no
 symlink exists in the staging yet). Owners are restored when running as root; modes without a
@@ -30,6 +40,7 @@ import copy
 import errno
 import hashlib
 import os
+import shutil
 import stat
 import tarfile
 from collections.abc import Iterator
@@ -37,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import dumpdir
 from .archive_format import member_limits_error
 from .errors import LocalFault
 from .fsutil import free_bytes, open_dir_nofollow
@@ -187,9 +199,16 @@ class Extractor:
         self.by_name = {t.name: t for t in targets}
         self.declared = declared  # the names the archive's header lists
         self.dry = dry
-        self.seen: dict[str, str] = {}  # name -> d (dir), f (file), h (hard link), l (symlink)
-        self.parents: set[str] = set()  # every directory some member lies below
-        self.links: dict[str, str] = {}  # symlink members: name -> target (created last)
+        # this archive's members: name -> d (dir), f (file), h (hard link), l (symlink)
+        self.seen: dict[str, str] = {}
+        self.parents: set[str] = set()  # every directory some member of this archive lies below
+        # the staged tree as every archive so far left it (a chain: purged, replaced), same kinds
+        self.tree: dict[str, str] = {}
+        self.kids: dict[str, set[str]] = {}  # directory of the tree -> its entries' names
+        # name -> created / replaced / None (unchanged): each name of the tree compared with the live data
+        self.verdicts: dict[str, str | None] = {}
+        self.archive = ""  # the archive being read (for messages)
+        self.links: dict[str, str] = {}  # symlinks of the tree: name -> target (created last)
         self.delayed: list[tarfile.TarInfo] = []
         self.skipped: list[str] = []  # members below a .gofr-restore-* directory: never restored
         self.dirs: list[tuple[tarfile.TarInfo, str]] = []
@@ -218,10 +237,13 @@ class Extractor:
         parent = name.rpartition("/")[0]
         while parent and parent not in self.parents:  # a directory met for the first time
             k = self.seen.get(parent)
+            earlier = k is None and parent in self.tree  # staged by an earlier archive of the chain
+            k = self.tree.get(parent) if earlier else k
+            where = "an earlier archive of its chain" if earlier else "this archive"
             if k == "l":
-                raise Refused(f"it would be written through the symlink {parent!r}")
+                raise Refused(f"it would be written through the symlink {parent!r} (of {where})")
             if k is not None and k != "d":
-                raise Refused(f"{parent!r} is a file in this archive, not a directory")
+                raise Refused(f"{parent!r} is a file in {where}, not a directory")
             self.parents.add(parent)
             parent = parent.rpartition("/")[0]
         if m.islnk():
@@ -232,7 +254,8 @@ class Extractor:
                 or self.seen.get(target) not in ("f", "h")
             ):
                 raise Refused(
-                    f"hard link to {m.linkname!r}, which is not a file restored before it in the same path"
+                    f"hard link to {m.linkname!r}, which is not a file restored before it in the same "
+                    "path (and the same archive)"
                 )
 
     def __call__(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
@@ -256,8 +279,15 @@ class Extractor:
             self._check(m, name, kind)
         except Refused as e:
             raise StopVerify(f"refusing member {m.name!r}: {e}") from None
-        self.seen[name] = kind
         t = self.by_name[top]
+        try:
+            listing = self._listing(m, name)
+            self._put(t, name, kind)
+            if listing is not None:
+                self._purge(t, name, listing)
+        except Refused as e:
+            raise StopVerify(f"refusing member {m.name!r}: {e}") from None
+        self.seen[name] = kind
         verdict = self._compare(t, name, m) if self.live_exists[top] else "created"
         hasher = hashlib.sha256() if verdict == "content" else None
         try:  # an OSError here is a read of the archive (its stream, its disk); writes raise LocalFault
@@ -274,13 +304,93 @@ class Extractor:
             raise StopVerify(f"cannot extract {m.name!r}: {e}") from None
         if hasher is not None:
             verdict = None if _sha256_file(t.live(name)) == hasher.hexdigest() else "replaced"
-        c = self.changes[top]
-        if verdict == "created":
-            c.created.append(name)
-        elif verdict == "replaced":
-            c.replaced.append(name)
-        else:
-            c.unchanged += 1
+        self.verdicts[name] = verdict
+
+    # -- a chain: the staged tree across archives --------------------------------------------------
+    def next_archive(self, archive: str, declared: set[str]) -> None:
+        """Start the next archive of a chain (``declared``: the names its header lists). The rules
+        that hold within one archive start again; a selected name this archive's header does not
+        list is gone from the result (each header is authoritative for the configured names)."""
+        self.close()  # no descriptor outlives an archive: a later one may replace the directory
+        self.archive = archive
+        self.declared = declared
+        self.seen = {}
+        self.parents = set()
+        self.delayed = []
+        self.dirs = []
+        for name, t in self.by_name.items():
+            if name not in declared and name in self.tree:
+                self._drop(t, name)
+
+    def _listing(self, m: tarfile.TarInfo, name: str) -> dict[str, str] | None:
+        """A directory member's GNU.dumpdir as {entry name: tag}, or None."""
+        raw = dumpdir.of_member(m) if m.isdir() else None
+        if raw is None:
+            return None
+        try:
+            return {os.fsdecode(n): tag for tag, n in dumpdir.decode(raw)}
+        except ValueError as e:
+            raise Refused(f"its {dumpdir.KEYWORD} is malformed: {e}") from None
+
+    def _put(self, t: Target, name: str, kind: str) -> None:
+        """``name`` now holds a member of ``kind``: whatever an earlier archive staged there goes
+        first, unless both are directories (then the directory stays, and its listing purges it)."""
+        old = self.tree.get(name)
+        if old is not None and (old != "d" or kind != "d"):
+            self._drop(t, name)
+        self.tree[name] = kind
+        parent, _, leaf = name.rpartition("/")
+        if parent:
+            self.kids.setdefault(parent, set()).add(leaf)
+        if kind == "d":
+            self.kids.setdefault(name, set())
+
+    def _purge(self, t: Target, name: str, listing: dict[str, str]) -> None:
+        """GNU tar's purge of an existing directory (``try_purge_directory``): every staged entry
+        the listing does not name, ``Y`` entries that are directories and ``D`` entries that are
+        not; then every ``N`` entry must be a non-directory staged by an earlier archive."""
+        for leaf in sorted(self.kids.get(name, ())):
+            tag, k = listing.get(leaf), self.tree[f"{name}/{leaf}"]
+            if tag is None or (tag == dumpdir.DIRECTORY) != (k == "d"):
+                self._drop(t, f"{name}/{leaf}")
+        for leaf, tag in listing.items():
+            if tag != dumpdir.UNCHANGED or leaf.startswith(STAGING_PREFIX):
+                continue
+            staged = self.tree.get(f"{name}/{leaf}")
+            if staged is None or staged == "d":
+                raise Refused(
+                    f"it lists {leaf!r} as unchanged since the archive before it, but no earlier archive "
+                    "of its chain restored it"
+                    + (" as a file" if staged == "d" else "")
+                    + ": the chain is incomplete"
+                )
+
+    def _drop(self, t: Target, name: str) -> None:
+        """Remove ``name`` (and all below it) from the staged tree, never following a link (its
+        parents are real staged directories: see _check)."""
+        kind = self.tree.get(name)
+        stack = [name]
+        while stack:
+            n = stack.pop()
+            self.tree.pop(n, None)
+            self.verdicts.pop(n, None)
+            self.links.pop(n, None)
+            stack.extend(f"{n}/{leaf}" for leaf in self.kids.pop(n, ()))
+        parent, _, leaf = name.rpartition("/")
+        if parent in self.kids:
+            self.kids[parent].discard(leaf)
+        if self.dry or kind is None:
+            return
+        key = f"{t.name}\0{name}"  # as _dirfd names its descriptors
+        for k in [k for k in self._fds if k == key or k.startswith(key + "/")]:
+            os.close(self._fds.pop(k))
+        path = f"{t.base}/{name}"
+        with self._writing(t, name):
+            if kind == "d":
+                shutil.rmtree(path)  # fd-based on Linux: never follows a symlink
+            else:
+                with contextlib.suppress(FileNotFoundError):  # a symlink of this archive: not made yet
+                    os.unlink(path)
 
     def _room(self, t: Target, m: tarfile.TarInfo) -> None:
         if m.size <= 0:
@@ -412,6 +522,8 @@ class Extractor:
         setting a parent's mtime is the last thing that touches it (GNU tar's order)."""
         for m in self.delayed:
             name = m.name.rstrip("/")
+            if self.tree.get(name) != "l":  # purged by a directory listing after it
+                continue
             t = self.by_name[name.split("/", 1)[0]]
             parent, _, base = name.rpartition("/")
             try:
@@ -428,6 +540,8 @@ class Extractor:
                     raise Refused(f"cannot create the symlink {name!r}: {e.strerror}") from None
                 raise LocalFault(f"cannot write {name!r} in {t.parent}: {e.strerror or e}", e) from None
         for ti, path in sorted(self.dirs, key=lambda x: x[1].count("/"), reverse=True):
+            if self.tree.get(ti.name.rstrip("/")) != "d":  # purged by a directory listing after it
+                continue
             t = self.by_name[ti.name.rstrip("/").split("/", 1)[0]]
             with self._writing(t, ti.name.rstrip("/")):
                 fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -451,7 +565,7 @@ class Extractor:
         ``inclusive``, ``name`` itself too)."""
         parent = name if inclusive else name.rpartition("/")[0]
         while parent:
-            k = self.seen.get(parent)
+            k = self.tree.get(parent)
             if k == "l":
                 where = resolve_link(self.links, parent)
                 leads = "outside the archive" if where is None else "/".join(where)
@@ -475,8 +589,16 @@ class Extractor:
 
     def finish_changes(self, t: Target) -> Change:
         c = self.changes[t.name]
+        for name, verdict in self.verdicts.items():
+            if name == t.name or name.startswith(t.name + "/"):
+                if verdict == "created":
+                    c.created.append(name)
+                elif verdict == "replaced":
+                    c.replaced.append(name)
+                else:
+                    c.unchanged += 1
         live = _rel_tree(str(t.dest), t.name) if self.live_exists[t.name] else {}
-        gone = topmost([p for p in live if p not in self.seen])
+        gone = topmost([p for p in live if p not in self.tree])
         if t.keep_all:
             t.keep = sorted(set(t.keep) | set(gone))
         keep = topmost([k for k in t.keep if k in live])
@@ -485,6 +607,6 @@ class Extractor:
         if keep:
             c.created = [n for n in c.created if not _under(n, keep)]
             c.replaced = [n for n in c.replaced if not _under(n, keep)]
-        c.removed = sorted(p for p in live if p not in self.seen and not _under(p, keep))
+        c.removed = sorted(p for p in live if p not in self.tree and not _under(p, keep))
         c.outside = self.outside_links(t)
         return c

@@ -246,7 +246,8 @@ def latest(entries: Iterable[Entry], usable: Callable[[Entry], bool] = lambda e:
 
 def choose_archive(lay: layout.BackupLayout, name: str | None) -> tuple[Path, Entry | None]:
     """The archive a user names (see BackupLayout.find), or without a name the newest of the
-    project that has not failed verification and is on disk; and its entry, if the manifest has
+    project that has not failed verification and is on disk (an incremental: with its chain
+    intact, chain.chain_of); and its entry, if the manifest has
     one. Raises ConfigError (no such name) or BackupError (no archive at all). Reads only."""
     entries = Manifest(lay.root).load(lay.project, repair=False)
     if name:
@@ -261,7 +262,14 @@ def choose_archive(lay: layout.BackupLayout, name: str | None) -> tuple[Path, En
                 "'restore NAME --target DIR'"
             )
     else:
-        e = latest(entries, usable=lambda e: lay.archive(e["path"]).is_file())
+        from . import chain  # chain.py reads manifest entries: imported here, not at the top
+
+        def usable(e: Entry) -> bool:  # on disk, and an incremental's chain intact
+            if not lay.archive(e["path"]).is_file():
+                return False
+            return chain.kind_of(e) != chain.KIND_INCREMENTAL or chain.chain_of(entries, e, lay).ok
+
+        e = latest(entries, usable=usable)
         if e is None:
             raise BackupError(f"no usable backup of {lay.project} in {lay.root}")
         archive = lay.archive(e["path"])

@@ -19,6 +19,7 @@ A restore that is refused or cancelled changes nothing, not even a parent direct
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -27,10 +28,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import layout, sealed
+from . import chain, layout, sealed
 from .archive_format import header_problem, read_meta
 from .config import BackupConfig
-from .errors import BackupError, ConfigError, CouldNotCheck, LocalFault, VerifyError
+from .errors import BackupError, ConfigError, CouldNotCheck, Interrupted, LocalFault, VerifyError
 from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
 from .fsutil import DirId, dir_id, lineage, open_dir_nofollow, run_lock
 from .manifest import Entry, Manifest, created_of, drill_failed, latest, unknown_completeness, unknown_hint
@@ -47,6 +48,8 @@ class RestorePlan:
     notes: list[str] = field(default_factory=list)  # what the operator should know (checksum used, ...)
     # newer archives --latest passed over: {"filename", "reason"} (also in ``notes``)
     passed_over: list[dict[str, str]] = field(default_factory=list)
+    # an incremental's chain, full first: {"filename", "kind", "created", "size_bytes"} (empty: one archive)
+    chain: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self, done: bool = False) -> list[str]:
         out = []
@@ -73,6 +76,7 @@ class RestorePlan:
             "incomplete": self.incomplete,
             "notes": self.notes,
             "passed_over": self.passed_over,
+            "chain": self.chain,
             "targets": [
                 {
                     "name": t.name,
@@ -536,6 +540,127 @@ def recover_interrupted(config: BackupConfig, targets: Sequence[Target] = ()) ->
     return recover(recovery_dirs(config, targets))
 
 
+# -- chains (issue 17) -------------------------------------------------------------------------------
+@dataclass
+class Link:
+    """One archive of a chain to restore: its (plain) file, the checksum it is trusted to have (the
+    manifest's), and its manifest entry if there is one."""
+
+    archive: Path
+    sha256: str | None = None
+    entry: Entry = field(default_factory=lambda: Entry())
+
+
+def _filename(lk: Link) -> str:
+    """The archive's own name (a fetched or decrypted copy may lie in a file named otherwise)."""
+    name = lk.entry.get("filename")
+    name = name if isinstance(name, str) and name else lk.archive.name
+    return name.removesuffix(layout.AGE_SUFFIX)  # a sealed archive's chain names the plain archive
+
+
+def _ordinal(i: int, n: int) -> str:
+    return "its full" if i == 0 else f"incremental {i} of {n - 1} of its chain"
+
+
+def _link_not_ok(archive: Path, links: Sequence[Link], lk: Link, res: VerifyResult) -> VerifyError:
+    """A failed pass over an archive of ``archive``'s chain before it: refused, naming that link
+    (or could not check, when it could not be read)."""
+    what = _ordinal(list(links).index(lk), len(links))
+    if not res.checked:
+        return CouldNotCheck(
+            f"cannot restore {archive.name}: could not read {lk.archive.name} ({what}): {res.error}; "
+            "nothing was changed"
+        )
+    return _refuse(archive, f"its chain is broken at {lk.archive.name} ({what}): {res.error}")
+
+
+def _file_sha256(path: Path, should_stop: Callable[[], bool]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while b := f.read(1 << 20):
+            h.update(b)
+            if should_stop():
+                raise Interrupted(f"interrupted while checking {path.name}; nothing was changed")
+    return h.hexdigest()
+
+
+def _check_chain(
+    config: BackupConfig,
+    links: Sequence[Link],
+    metas: list[dict[str, Any]],
+    req: RestoreRequest,
+    should_stop: Callable[[], bool],
+) -> None:
+    """Before anything is staged: every archive of the chain matches its checksum (the manifest's
+    and its .sha256), and each header names the one before it (``chain.parent``) and the chain's
+    full. A failure names the broken link; the damaged archive is recorded as `verify` would."""
+    last = links[-1].archive
+    n = len(links)
+    digests: list[str] = []
+    for i, (lk, meta) in enumerate(zip(links, metas, strict=True)):
+        name, what = lk.archive.name, _ordinal(i, n)
+        side = layout.read_sidecar(lk.archive)
+        try:
+            digest = _file_sha256(lk.archive, should_stop)
+        except OSError as e:
+            raise CouldNotCheck(
+                f"cannot restore {last.name}: could not read {name} ({what}): {e.strerror or e}; "
+                "nothing was changed"
+            ) from None
+        want = [w for w in (lk.sha256, side or None) if w]
+        why: str | None = None
+        if not want:
+            why = (
+                f"it has no checksum to check it against ({layout.sidecar_path(lk.archive).name} is missing)"
+            )
+        elif any(w != digest for w in want):
+            why = f"its sha256 is {digest[:16]}, not the recorded {next(w for w in want if w != digest)[:16]}"
+        if why:
+            if not req.dry_run and lk.sha256 and digest != lk.sha256:  # the archive, not its .sha256
+                _record_bad(
+                    config, lk.archive, lk.entry, VerifyResult(lk.archive, False, f"checksum mismatch: {why}")
+                )
+            raise VerifyError(
+                f"refusing to restore {last.name}: its chain is broken at {name} ({what}): {why}; nothing was changed"
+            )
+        kind = meta.get("kind")
+        raw_link = meta.get("chain")
+        link: dict[str, Any] = raw_link if isinstance(raw_link, dict) else {}
+        if i == 0 and kind == "incremental":
+            why = "its header says it is an incremental, so the archives it depends on are missing"
+        elif i > 0 and kind != "incremental":
+            why = "its header does not say it is an incremental"
+        elif i > 0 and link.get("parent") != {"filename": _filename(links[i - 1]), "sha256": digests[-1]}:
+            why = f"its header does not name {_filename(links[i - 1])} as its parent"
+        elif i > 0 and link.get("full") != {"filename": _filename(links[0]), "sha256": digests[0]}:
+            why = f"its header does not name {_filename(links[0])} as its full"
+        if why:
+            raise VerifyError(
+                f"refusing to restore {last.name}: its chain is broken at {name} ({what}): {why}; nothing was changed"
+            )
+        digests.append(digest)
+
+
+def chain_summary(links: Sequence[Link], metas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for lk, meta in zip(links, metas, strict=True):
+        try:
+            size: int | None = lk.archive.stat().st_size
+        except OSError:
+            size = None
+        out.append(
+            {
+                "filename": lk.archive.name,
+                "kind": "incremental" if meta.get("kind") == "incremental" else "full",
+                "created": meta.get("created")
+                if isinstance(meta.get("created"), str)
+                else lk.entry.get("created"),
+                "size_bytes": size,
+            }
+        )
+    return out
+
+
 def restore(
     config: BackupConfig,
     archive: Path,
@@ -546,21 +671,36 @@ def restore(
     should_stop: Callable[[], bool] = lambda: False,
     notes: list[str] | None = None,
     passed: list[dict[str, str]] | None = None,
+    earlier: Sequence[Link] = (),
 ) -> RestorePlan:
-    """Plan (``req.dry_run``) or restore ``archive``: the same pass and the same checks either way."""
+    """Plan (``req.dry_run``) or restore ``archive``: the same pass and the same checks either way.
+    ``earlier``: the archives of its chain before it, full first (none for a full archive)."""
     entry = entry or Entry()
-    try:
-        meta = _read_meta_or_refuse(archive)
-    except CouldNotCheck:
-        raise
-    except VerifyError:  # its head is damaged: one verification pass says what is wrong, and it is recorded
-        res = verify_archive(archive, expected_sha256, should_stop=should_stop)
-        if res.ok:
+    links = [*earlier, Link(archive, expected_sha256, entry)]
+    metas: list[dict[str, Any]] = []
+    for lk in links:
+        try:
+            metas.append(_read_meta_or_refuse(lk.archive))
+        except CouldNotCheck:
             raise
-        if not req.dry_run:
-            _record_bad(config, archive, entry, res)
-        raise _not_ok(archive, res) from None
+        except VerifyError:
+            # its head is damaged: one verification pass says what is wrong, and it is recorded
+            res = verify_archive(lk.archive, lk.sha256, should_stop=should_stop)
+            if res.ok:
+                raise
+            if not req.dry_run:
+                _record_bad(config, lk.archive, lk.entry, res)
+            if lk.archive is not archive:
+                raise _link_not_ok(archive, links, lk, res) from None
+            raise _not_ok(archive, res) from None
+    meta = metas[-1]
+    chained = len(links) > 1 or meta.get("kind") == "incremental"
+    if chained:
+        _check_chain(config, links, metas, req, should_stop)
     other = _foreign_project(config, archive, meta)
+    for lk, m in zip(links[:-1], metas[:-1], strict=True):
+        if _foreign_project(config, lk.archive, m) != other:
+            raise _refuse(archive, f"{lk.archive.name}, of its chain, belongs to another project")
     if other is not None and req.target is None:
         raise ConfigError(
             f"{archive.name} is an archive of project {other}, not {config.project}: restoring it in place "
@@ -569,6 +709,13 @@ def restore(
         )
     targets = resolve_targets(config, meta, req.target, req.only)
     protect = {t.name: _protected(config, t, req.scratch) for t in targets}
+    for lk in links[:-1]:
+        if lk.entry.get("complete") is False and not req.allow_incomplete:
+            raise ConfigError(
+                f"{archive.name} depends on {lk.archive.name}, which is incomplete (the backup could not "
+                "read everything): pass --allow-incomplete to restore it and remove nothing from the live "
+                "data that the chain does not hold, or restore a complete archive (--latest)"
+            )
     if entry.get("complete") is False and not req.allow_incomplete:
         res = verify_archive(archive, expected_sha256, should_stop=should_stop)  # to name what it misses
         if not res.ok:
@@ -578,6 +725,12 @@ def restore(
     if other is not None:
         notes.append(
             f"{archive.name} is an archive of project {other}, not {config.project}: a copy under {req.target}"
+        )
+    if chained:
+        notes.append(
+            f"{archive.name} is restored with its chain: "
+            + ", then ".join(f"{lk.archive.name}" for lk in links)
+            + f" ({len(links)} archives, checked against their checksums first)"
         )
     if req.dry_run:
         notes += [
@@ -597,24 +750,47 @@ def restore(
                 st = os.stat(t.parent)
                 parent_times.setdefault(t.parent, (st.st_atime_ns, st.st_mtime_ns))
             staging.create()
-        ex = Extractor(targets, set(meta.get("paths") or {}), dry=req.dry_run)
-        try:
-            res = verify_archive(archive, expected_sha256, visit=ex, should_stop=should_stop)
-        except LocalFault as e:  # ours, unless the archive turns out to be damaged
-            ex.close()
-            _judge_after_fault(archive, expected_sha256, should_stop, e)
-            raise
-        finally:
-            ex.close()
-        if not res.ok:
-            if not req.dry_run:
-                _record_bad(config, archive, entry, res)
-            raise _not_ok(archive, res)
-        if res.note:
-            notes.append(res.note)
+        ex = Extractor(targets, set(metas[0].get("paths") or {}), dry=req.dry_run)
+        earlier_incomplete = False
+        for i, (lk, m) in enumerate(zip(links, metas, strict=True)):
+            if i > 0:
+                ex.next_archive(lk.archive.name, set(m.get("paths") or {}))
+            try:
+                res = verify_archive(lk.archive, lk.sha256, visit=ex, should_stop=should_stop)
+            except LocalFault as e:  # ours, unless the archive turns out to be damaged
+                ex.close()
+                _judge_after_fault(lk.archive, lk.sha256, should_stop, e)
+                raise
+            finally:
+                ex.close()
+            if not res.ok:
+                if not req.dry_run:
+                    _record_bad(config, lk.archive, lk.entry, res)
+                if lk.archive is not archive:
+                    raise _link_not_ok(archive, links, lk, res)
+                raise _not_ok(archive, res)
+            if res.note:
+                notes.append(res.note)
+            if lk.archive is not archive:
+                earlier_incomplete |= is_incomplete(lk.entry, res.end)
+                if not req.dry_run:
+                    try:
+                        ex.finish()
+                    except Refused as e:
+                        raise _refuse(archive, f"{lk.archive.name}: {e}") from None
+        if earlier_incomplete and not req.allow_incomplete:
+            raise ConfigError(
+                f"{archive.name} depends on an incomplete archive of its chain (the backup could not read "
+                "everything): pass --allow-incomplete to restore it and remove nothing from the live data "
+                "that the chain does not hold, or restore a complete archive (--latest)"
+            )
         incomplete = _apply_incomplete(
             archive, entry, meta, res.end, targets, req.allow_incomplete, req.only is not None
         )
+        if earlier_incomplete:
+            incomplete = True
+            for t in targets:
+                t.keep_all = True
         if not incomplete and is_incomplete(entry, res.end):
             notes.append(
                 f"{archive.name} is incomplete, but all it could not read lies outside --only "
@@ -642,6 +818,8 @@ def restore(
                 + _show(outside, 5)
             )
         plan = RestorePlan(archive, targets, changes, incomplete, notes, list(passed or []))
+        if chained:
+            plan.chain = chain_summary(links, metas)
         if req.dry_run:
             return plan
         if not confirm(plan):
@@ -715,16 +893,33 @@ def why_not_restorable(e: Entry, on_disk: bool = True) -> str | None:
     return "; ".join(why) or None
 
 
+def broken_chain(entries: Sequence[Entry], lay: layout.BackupLayout) -> Callable[[Entry], str | None]:
+    """Why an incremental's chain cannot be restored (chain.chain_of, files on disk), or None."""
+
+    def broken(e: Entry) -> str | None:
+        if chain.kind_of(e) != chain.KIND_INCREMENTAL:
+            return None
+        return chain.chain_of(entries, e, lay).broken
+
+    return broken
+
+
 def passed_over(
-    entries: Sequence[Entry], chosen: Entry | None, on_disk: Callable[[Entry], bool]
+    entries: Sequence[Entry],
+    chosen: Entry | None,
+    on_disk: Callable[[Entry], bool],
+    broken: Callable[[Entry], str | None] = lambda e: None,
 ) -> list[dict[str, str]]:
     """The archives newer than ``chosen`` (all, without one) that ``--latest`` passes over, newest
-    first, each with why."""
+    first, each with why (``broken``: why an incremental's chain is not intact)."""
     out = []
     for e in sorted(entries, key=created_of, reverse=True):
         if chosen is not None and created_of(e) <= created_of(chosen):
             break
         why = why_not_restorable(e, on_disk(e))
+        chain_why = broken(e) if on_disk(e) else None
+        if chain_why:
+            why = "; ".join([*([why] if why else []), f"its chain is broken: {chain_why}"])
         if why:
             out.append({"filename": e["filename"], "reason": why})
     return out
@@ -771,8 +966,12 @@ def run_restore(
     lay = config.layout
     entries = Manifest(lay.root).load(config.project)
     passed: list[dict[str, str]] = []
+    broken = broken_chain(entries, lay)
     if req.latest:
-        chosen = latest(entries, usable=lambda e: restorable(e) and lay.archive(e["path"]).is_file())
+        chosen = latest(
+            entries,
+            usable=lambda e: restorable(e) and lay.archive(e["path"]).is_file() and broken(e) is None,
+        )
         if chosen is None:
             unknown = [e for e in unknown_completeness(entries) if lay.archive(e["path"]).is_file()]
             if unknown:
@@ -786,11 +985,25 @@ def run_restore(
                 "'gofr-backup list'; 'gofr-backup verify --all' checks them again, and NAME restores one"
             )
         archive = lay.archive(chosen["path"])
-        passed = passed_over(entries, chosen, lambda e: lay.archive(e["path"]).is_file())
+        passed = passed_over(entries, chosen, lambda e: lay.archive(e["path"]).is_file(), broken)
     else:
         archive = lay.find(req.name or "")
     entry = next((e for e in entries if lay.archive(e["path"]) == archive), None) or Entry()
     said = [passed_over_line(p, archive.name) for p in passed]
+    earlier: list[Link] = []
+    if chain.kind_of(entry) == chain.KIND_INCREMENTAL:
+        c = chain.chain_of(entries, entry, lay)
+        if c.broken is not None:
+            raise VerifyError(
+                f"cannot restore {archive.name}: its chain is broken: {c.broken}; nothing was changed "
+                "(restore an older archive, or 'gofr-backup list' to see the chains)"
+            )
+        earlier = [Link(lay.archive(e["path"]), e.get("sha256"), e) for e in c.archives[:-1]]
+        if any(layout.is_sealed(lk.archive.name) for lk in [*earlier, Link(archive)]):
+            raise ConfigError(
+                f"cannot restore {archive.name}: restoring a chain of sealed (.age) archives is not "
+                "supported yet; decrypt them, or restore a full archive"
+            )
     if layout.is_sealed(archive.name):
         _, err = sealed.checksum_error(archive, entry.get("sha256"))
         if err:
@@ -813,7 +1026,7 @@ def run_restore(
                 passed,
             )
     return _restore_plain(
-        config, archive, entry.get("sha256"), entry, req, confirm, should_stop, said, passed
+        config, archive, entry.get("sha256"), entry, req, confirm, should_stop, said, passed, earlier
     )
 
 
@@ -827,9 +1040,31 @@ def _restore_plain(
     should_stop: Callable[[], bool],
     notes: list[str] | None = None,
     passed: list[dict[str, str]] | None = None,
+    earlier: Sequence[Link] = (),
 ) -> RestorePlan:
     if req.dry_run:
-        return restore(config, archive, req, sha, entry, confirm, should_stop, notes, passed)
+        return restore(config, archive, req, sha, entry, confirm, should_stop, notes, passed, earlier)
     # the backup volume may be mounted read-only for a restore
     with run_lock(config.layout, config.lock_timeout, should_stop, readonly_ok=True):
-        return restore(config, archive, req, sha, entry, confirm, should_stop, notes, passed)
+        return restore(config, archive, req, sha, entry, confirm, should_stop, notes, passed, earlier)
+
+
+def restore_chain(
+    config: BackupConfig,
+    links: Sequence[Link],
+    req: RestoreRequest,
+    confirm: Callable[[RestorePlan], bool] = lambda p: True,
+    should_stop: Callable[[], bool] = lambda: False,
+    notes: list[str] | None = None,
+) -> RestorePlan:
+    """Restore (or plan, ``req.dry_run``) the restore point ``links[-1]`` from its chain ``links``
+    (full first; plain archives already on this machine, e.g. fetched from the remote or a drill's
+    copies), under the project's run lock: every archive is checked against ``Link.sha256`` and its
+    .sha256 before anything is staged, then each is extracted in turn into one staging, then the
+    swap. ``req.name``/``latest``/``from_remote`` are not used. One link: a plain restore."""
+    if not links:
+        raise ConfigError("nothing to restore: the chain is empty")
+    *earlier, last = links
+    return _restore_plain(
+        config, last.archive, last.sha256, last.entry, req, confirm, should_stop, notes, None, earlier
+    )
