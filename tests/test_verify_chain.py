@@ -89,24 +89,31 @@ def entry_of(
     return e
 
 
+def add_day(data: Path, backups: Path, env: dict[str, str], es: list[Entry], day: int) -> Entry:
+    """Day ``day``'s archive: the day's churn (none on a chain's first day), then an incremental
+    over the last of ``es`` (a full when ``es`` is empty), added to the manifest and to ``es``."""
+    cfg = BackupConfig.from_env(env=env)
+    if es:
+        change(data, day)
+    created = DAY0 + timedelta(days=day)
+    base = load_snapshot(backups / es[-1]["path"], str(es[-1]["sha256"])) if es else None
+    w = write_chained(cfg, "daily", created, base)
+    e = entry_of(cfg, w, created, es[-1] if es else None, es[0] if es else None)
+    Manifest(backups).add(e)
+    es.append(e)
+    return e
+
+
 def build_chain(
     data: Path, backups: Path, days: int, env: dict[str, str] | None = None, first_day: int = 0
 ) -> tuple[BackupConfig, list[Entry]]:
     """A full and ``days - 1`` incrementals, one a day, each after a day's churn, all in the
     manifest (as run.py records them)."""
     env = env or env_for(data, backups)
-    cfg = BackupConfig.from_env(env=env)
     out: list[Entry] = []
     for d in range(first_day, first_day + days):
-        if d > first_day:
-            change(data, d)
-        created = DAY0 + timedelta(days=d)
-        base = load_snapshot(backups / out[-1]["path"], str(out[-1]["sha256"])) if out else None
-        w = write_chained(cfg, "daily", created, base)
-        e = entry_of(cfg, w, created, out[-1] if out else None, out[0] if out else None)
-        Manifest(backups).add(e)
-        out.append(e)
-    return cfg, out
+        add_day(data, backups, env, out, d)
+    return BackupConfig.from_env(env=env), out
 
 
 def chain_cli(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:

@@ -712,7 +712,8 @@ def cmd_sync(config: BackupConfig, args: argparse.Namespace) -> int:
         for x in rep.skipped:
             print(f"skipped {x}")
         print(
-            f"{len(rep.uploaded)} uploaded, {len(rep.deleted)} deleted; {rep.remote_count} on {config.remote.url}"
+            f"{len(rep.uploaded)} uploaded ({human_size(rep.uploaded_bytes)}), {len(rep.deleted)} deleted; "
+            f"{rep.remote_count} on {config.remote.url}"
         )
     return EXIT_OK
 
