@@ -214,3 +214,58 @@ def test_an_encrypted_chain_keeps_its_links_and_is_fetched_decrypted(tmp_path: P
         assert all(
             p.read_bytes() == (backups / e["path"]).read_bytes() for p, e in zip(paths, es, strict=True)
         )
+
+
+def test_a_rebuilt_remote_manifest_knows_the_chain_from_the_headers(tmp_path: Path, s3: S3Server) -> None:  # noqa: F811
+    data, env = _env(tmp_path / "app", s3, **KEEP)
+    backups = tmp_path / "backups"
+    cfg, es = build_chain(data, backups, 3, env)
+    assert run_cli("sync", env=env).returncode == 0
+    (s3.data / "backups" / "off" / "plot" / "manifest.json").unlink()
+    time.sleep(1.5)
+    remote = remote_for(cfg)
+    assert remote is not None
+    rentries = remote.read_manifest()
+    assert remote.manifest_state == "missing"
+    got = {e["filename"]: e for e in rentries}
+    for e in es:
+        assert {k: got[e["filename"]].get(k) for k in ("kind", "parent", "full")} == {
+            k: e[k] for k in ("kind", "parent", "full")
+        }
+    point = find_remote(rentries, es[-1]["filename"])
+    assert point is not None
+    with fetched_chain(remote, rentries, point, None) as paths:
+        assert [p.name for p in paths] == [e["filename"] for e in es]
+
+
+def test_an_incremental_is_never_restored_alone_from_the_remote(tmp_path: Path, s3: S3Server) -> None:  # noqa: F811
+    data, env = _env(tmp_path / "app", s3, **KEEP)
+    backups = tmp_path / "backups"
+    cfg, es = build_chain(data, backups, 2, env)
+    assert run_cli("sync", env=env).returncode == 0
+    # a remote manifest that takes it for a full (edited, or rebuilt without reading it)
+    mpath = s3.data / "backups" / "off" / "plot" / "manifest.json"
+    doc = json.loads(mpath.read_text())
+    for e in doc["backups"]:
+        for k in ("kind", "parent", "full"):
+            e.pop(k, None)
+    mpath.write_text(json.dumps(doc))
+    time.sleep(1.5)
+    before = {n: tree(data / n) for n in ("storage", "auth")}
+    r = run_cli("restore", "--from-remote", es[-1]["filename"], "--yes", env=env)
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "its header says it is an incremental archive" in r.stderr
+    assert {n: tree(data / n) for n in ("storage", "auth")} == before
+    remote = remote_for(cfg)
+    assert remote is not None
+    rentries = remote.read_manifest()
+    point = find_remote(rentries, es[-1]["filename"])
+    assert point is not None
+    with (
+        pytest.raises(VerifyError, match="header says it is an incremental, the manifest says full"),
+        fetched_chain(remote, rentries, point, None),
+    ):
+        raise AssertionError("fetched")
+    # the full still restores from the remote, alone
+    r = run_cli("restore", "--from-remote", es[0]["filename"], "--yes", env=env)
+    assert r.returncode == 0, r.stderr

@@ -276,11 +276,25 @@ def fetched(remote: S3Remote, entry: Entry, identity: Path | None) -> Iterator[P
             )
         if not layout.is_sealed(name):
             layout.write_sidecar(dl, got)
+            _not_alone(dl, name)
             yield dl
             return
         with open(dl, "rb") as f, sealed.decrypted(f, name, identity, entry.get("plain_sha256")) as plain:
             dl.unlink()
+            _not_alone(plain, name)
             yield plain
+
+
+def _not_alone(plain: Path, name: str) -> None:
+    """An incremental archive is never restored alone, whatever the remote manifest says of it (a
+    rebuilt one does not know an encrypted archive's kind): its own header is read."""
+    from .archive_format import read_meta
+
+    if read_meta(plain).get("kind") == KIND_INCREMENTAL:
+        raise VerifyError(
+            f"refusing to restore {name} alone: its header says it is an incremental archive, whose "
+            "restore needs its whole chain; nothing was changed"
+        )
 
 
 def remote_chain(remote: S3Remote, rentries: list[Entry], entry: Entry) -> list[Entry]:
@@ -347,23 +361,17 @@ def fetched_chain(
             layout.write_sidecar(dl, got)
             # the archive as downloaded, named as its children's headers name it
             view = Entry({**a, "filename": dl.name, "sha256": got})
-            if len(chain) > 1:
-                if views:
-                    view["parent"] = {
-                        "filename": views[-1][0]["filename"],
-                        "sha256": str(views[-1][0]["sha256"]),
-                    }
-                    view["full"] = {"filename": views[0][0]["filename"], "sha256": str(views[0][0]["sha256"])}
-                why = header_problem(
-                    view,
-                    read_meta(dl),
-                    views[-1] if views else None,
-                    views[0][0] if views else None,
+            if views:
+                view["parent"] = {"filename": views[-1][0]["filename"], "sha256": str(views[-1][0]["sha256"])}
+                view["full"] = {"filename": views[0][0]["filename"], "sha256": str(views[0][0]["sha256"])}
+            # a chain of one too: a "full" whose header says incremental is never restored alone
+            why = header_problem(
+                view, read_meta(dl), views[-1] if views else None, views[0][0] if views else None
+            )
+            if why:
+                raise VerifyError(
+                    f"refusing to restore {entry['filename']} from the remote: {why}; nothing was changed"
                 )
-                if why:
-                    raise VerifyError(
-                        f"refusing to restore {entry['filename']} from the remote: {why}; nothing was changed"
-                    )
             views.append((view, VerifyResult(dl, ok=True, sha256=got, archive_intact=True)))
             out.append(dl)
         yield out
