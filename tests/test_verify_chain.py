@@ -13,7 +13,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from gofrtest import cli_env, manifest, run_cli, write
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gofr_common.backup import layout
 from gofr_common.backup.config import BackupConfig
@@ -362,3 +365,69 @@ def test_chain_option_errors_are_one_line(tmp_path: Path) -> None:
     assert r.returncode == 1 and "is not in the manifest" in r.stderr and len(r.stderr.splitlines()) == 1
     after = (backups / "manifest.json").read_bytes() if (backups / "manifest.json").exists() else None
     assert before == after
+
+
+# -- a property: a break at archive k breaks exactly the restore points from k on, naming k ----------
+MUTATIONS = ("flip", "delete file", "drop entry", "manifest lies")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(k=st.integers(0, 4), how=st.sampled_from(MUTATIONS), where=st.floats(0.0, 0.999))
+def test_a_break_anywhere_breaks_exactly_the_later_restore_points(
+    tmp_path_factory: pytest.TempPathFactory, k: int, how: str, where: float
+) -> None:
+    from gofr_common.backup.chain_verify import verify_chain
+    from gofr_common.backup.verify import verify_archive
+
+    base = _five(tmp_path_factory)
+    root = tmp_path_factory.mktemp("case")
+    backups = root / "backups"
+    shutil.copytree(base / "backups", backups)
+    es = [x for x in manifest(backups)]
+    es.sort(key=lambda e: e["created"])
+    target = backups / es[k]["path"]
+    if how == "flip":
+        flip_byte(target, int(where * target.stat().st_size))
+    elif how == "delete file":
+        target.unlink()
+    elif how == "drop entry":
+        Manifest(backups).update(
+            lambda xs: xs.remove(next(x for x in xs if x["filename"] == es[k]["filename"]))
+        )
+    else:  # the manifest names another checksum for k, and its child's link agrees with the lie
+        lie = "0" * 64
+        Manifest(backups).set_fields(es[k]["path"], sha256=lie)
+        if k + 1 < len(es):
+            Manifest(backups).set_fields(
+                es[k + 1]["path"], parent={"filename": es[k]["filename"], "sha256": lie}
+            )
+    entries = manifest(backups)
+    lay = BackupConfig.from_env(env=env_for(base / "data", backups)).layout
+    by_path = {e["path"]: e for e in entries}
+
+    def one(p: Path) -> Any:
+        e = by_path.get(lay.rel(p))
+        return verify_archive(p, e.get("sha256") if e else None)
+
+    for i, e in enumerate(es):
+        point = by_path.get(e["path"])
+        if point is None:
+            continue  # its entry was dropped: not a restore point any more
+        rep = verify_chain(entries, point, lay, one, snapshots=False)
+        if i < k:
+            assert rep.ok, (i, k, how, rep.broken)
+        else:
+            assert not rep.ok and es[k]["filename"] in str(rep.broken), (i, k, how, rep.broken)
+
+
+_FIVE: dict[str, Path] = {}
+
+
+def _five(factory: pytest.TempPathFactory) -> Path:
+    """One chain of five archives, written once for every example (each works on a copy)."""
+    if "root" not in _FIVE:
+        root = factory.mktemp("five")
+        make_tree(root / "data")
+        build_chain(root / "data", root / "backups", 5)
+        _FIVE["root"] = root
+    return _FIVE["root"]
