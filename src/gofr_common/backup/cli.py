@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--latest", action="store_true", help=LATEST_HELP)
     g.add_argument("--all", action="store_true", help="every archive of the project")
     c.add_argument(
+        "--chain",
+        action="store_true",
+        help="check NAME's (or --latest's) whole chain: every archive from its full to it, and each "
+        "link (the manifest's and the archives' own headers)",
+    )
+    c.add_argument(
         "--remote", action="store_true", help="verify the off-site copies, streamed (no local disk)"
     )
     c.add_argument("--identity", help="age identity file: also check what is inside encrypted archives")
@@ -507,9 +513,38 @@ def _print_verify(results: list[dict[str, Any]], as_json: bool) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _result_row(p: Path, r: Any) -> dict[str, Any]:
+    from .chain_verify import snapshot_note
+
+    return {
+        "filename": p.name,
+        "path": str(p),
+        "ok": r.ok,
+        "checked": r.checked,  # False: could not be read (EIO, ...), nothing concluded
+        "error": r.error,
+        "sha256": r.sha256,
+        "file_count": r.file_count,
+        # True: encrypted and no identity: the checksum was checked, not the contents
+        "checksum_only": r.checksum_only,
+        "checksum_note": r.note,
+        # the .snap beside a chained archive is not its own: a warning, not a failure
+        "snapshot_warning": snapshot_note(p, r),
+    }
+
+
+def _print_snapshot_warning(row: dict[str, Any]) -> None:
+    if row.get("snapshot_warning"):
+        print(f"        warning: {row['snapshot_warning']}")
+
+
 def cmd_verify(config: BackupConfig, args: argparse.Namespace) -> int:
     from .manifest import Manifest, latest
 
+    if args.chain and (args.all or args.remote or args.repair):
+        raise ConfigError(
+            "--chain takes one archive NAME or --latest, local only (--all checks every chain already; "
+            "--remote checks each off-site archive)"
+        )
     if args.remote:
         return _verify_remote(config, args)
     lay = config.layout
@@ -537,28 +572,102 @@ def cmd_verify(config: BackupConfig, args: argparse.Namespace) -> int:
         paths = [lay.archive(e["path"])]
     else:
         paths = [lay.find(args.name)]
+    if args.chain:
+        return _verify_chain(config, args, svc, entries, paths[0])
     results = []
+    done: dict[Path, Any] = {}
     for p in paths:
         r = svc.verify(p, _identity(config, args))
-        results.append(
-            {
-                "filename": p.name,
-                "path": str(p),
-                "ok": r.ok,
-                "checked": r.checked,  # False: could not be read (EIO, ...), nothing concluded
-                "error": r.error,
-                "sha256": r.sha256,
-                "file_count": r.file_count,
-                # True: encrypted and no identity: the checksum was checked, not the contents
-                "checksum_only": r.checksum_only,
-                "checksum_note": r.note,
-            }
-        )
+        done[p] = r
+        results.append(_result_row(p, r))
         if not args.json:
             _print_verify(results[-1:], False)
+            _print_snapshot_warning(results[-1])
+    chains = _broken_chains(config, svc, done) if args.all else []
     if args.json:
-        return _print_verify(results, True)
-    return EXIT_OK if all(r["ok"] for r in results) else EXIT_FAILED
+        ok = all(r["ok"] for r in results) and not chains
+        _print_json(
+            {"results": results, "broken_chains": chains, "ok": ok}
+            if args.all
+            else {"results": results, "ok": ok}
+        )
+        return EXIT_OK if ok else EXIT_FAILED
+    for c in chains:
+        print(f"BROKEN  {c['point']}  cannot be restored: {c['broken']}")
+    return EXIT_OK if all(r["ok"] for r in results) and not chains else EXIT_FAILED
+
+
+def _broken_chains(config: BackupConfig, svc: BackupService, done: dict[Path, Any]) -> list[dict[str, Any]]:
+    """verify --all: every incremental restore point whose chain is broken, with the first broken
+    link (the archives were all just read: their results are reused, not read again)."""
+    from .chain import KIND_INCREMENTAL, kind_of
+    from .chain_verify import verify_chain
+    from .layout import entry_problem
+    from .manifest import Manifest
+
+    lay = config.layout
+    entries = [e for e in Manifest(lay.root).load(config.project) if entry_problem(e, config.project) is None]
+
+    def again(p: Path) -> Any:
+        return done[p] if p in done else svc.verify(p, None)
+
+    out = []
+    for e in sorted(entries, key=lambda e: (e["tier"], e["created"])):
+        own = done.get(lay.archive(e["path"]))
+        if kind_of(e) != KIND_INCREMENTAL or (own is not None and not own.ok):
+            continue  # a full stands alone; a point that failed itself has its FAILED line
+        rep = verify_chain(
+            entries, e, lay, again, reload=lambda: Manifest(lay.root).load(config.project), snapshots=False
+        )
+        if not rep.ok:
+            out.append({"point": e["filename"], "broken": rep.broken, "checked": rep.checked})
+    return out
+
+
+def _verify_chain(
+    config: BackupConfig, args: argparse.Namespace, svc: BackupService, entries: list[Entry], p: Path
+) -> int:
+    """verify --chain: one line per archive of the chain, full first, then the verdict."""
+    from .chain_verify import verify_chain
+    from .manifest import Manifest
+
+    lay = config.layout
+    point = next((e for e in entries if lay.archive(e["path"]) == p), None)
+    if point is None:
+        raise BackupError(
+            f"{p.name} is not in the manifest, so its chain is not known: 'gofr-backup prune' adopts "
+            "it, 'gofr-backup verify' checks it alone"
+        )
+    identity = _identity(config, args)
+    rep = verify_chain(
+        entries,
+        point,
+        lay,
+        lambda a: svc.verify(a, identity),
+        reload=lambda: Manifest(lay.root).load(config.project),
+    )
+    if args.json:
+        _print_json({"chain": rep.to_dict(), "ok": rep.ok})
+        return EXIT_OK if rep.ok else EXIT_FAILED
+    for a in rep.archives:
+        if a.get("checked") is False:
+            label, detail = "NOT CHECKED", a["error"]
+        elif a["ok"]:
+            label, detail = "OK    ", f"({a.get('file_count')} members)"
+            if a.get("checksum_only"):
+                label, detail = "OK    ", "(checksum only: pass --identity to read its contents)"
+        else:
+            label, detail = "FAILED", a["error"] or a["link_error"]
+        print(f"{label}  {a['filename']}  {a['kind']}  {detail}")
+        _print_snapshot_warning(a)
+    n = len(rep.archives)
+    if rep.ok:
+        print(f"CHAIN OK  {rep.point}: {_count(n, 'archive')}, from {rep.archives[0]['filename']}")
+    elif not rep.checked:
+        print(f"CHAIN NOT CHECKED  {rep.point}: {rep.broken}")
+    else:
+        print(f"CHAIN BROKEN  {rep.point}: {rep.broken}")
+    return EXIT_OK if rep.ok else EXIT_FAILED
 
 
 def _verify_remote(config: BackupConfig, args: argparse.Namespace) -> int:
@@ -618,7 +727,8 @@ def cmd_sync(config: BackupConfig, args: argparse.Namespace) -> int:
         for x in rep.skipped:
             print(f"skipped {x}")
         print(
-            f"{len(rep.uploaded)} uploaded, {len(rep.deleted)} deleted; {rep.remote_count} on {config.remote.url}"
+            f"{len(rep.uploaded)} uploaded ({human_size(rep.uploaded_bytes)}), {len(rep.deleted)} deleted; "
+            f"{rep.remote_count} on {config.remote.url}"
         )
     return EXIT_OK
 

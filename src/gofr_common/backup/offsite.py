@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import layout, sealed
+from .chain import KIND_INCREMENTAL, chain_of, kind_of, link_of
 from .config import BackupConfig
 from .errors import VerifyError
 from .log import event
@@ -38,10 +39,14 @@ class SyncReport:
     incomplete: list[str] = field(default_factory=list)  # leftovers kept for now (grace period)
     foreign: list[str] = field(default_factory=list)  # not ours: never touched
     skipped: list[str] = field(default_factory=list)  # remote manifest entries that are not ours
+    # bytes of the archives uploaded in this run (as stored: encrypted ones at their sealed size;
+    # their .sha256 objects and the manifest are not counted): the run's off-site traffic
+    uploaded_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "uploaded": self.uploaded,
+            "uploaded_bytes": self.uploaded_bytes,
             "deleted": self.deleted,
             "cleaned": self.cleaned,
             "remote_count": self.remote_count,
@@ -132,6 +137,7 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
             warnings=e.get("warnings", []),
             complete=e.get("complete"),
         )
+        r.update(_chain_fields(e, ours))  # type: ignore[typeddict-item]
         r.update(
             {
                 "key": key,
@@ -147,7 +153,8 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
         ours.append(r)
         remote.write_manifest(rentries)  # progress survives an interruption
         rep.uploaded.append(name)
-        event("remote.uploaded", f"uploaded {name} to {remote.url(key)}", key=key)
+        rep.uploaded_bytes += size
+        event("remote.uploaded", f"uploaded {name} to {remote.url(key)}", key=key, size_bytes=size)
     # remote retention (the newest verified remote copy is never deleted: plan_retention protects it)
     plan = plan_retention(ours, now, remote_policy(config))
     if plan:
@@ -180,6 +187,36 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
     return rep
 
 
+def _chain_fields(e: Entry, ours: list[Entry]) -> dict[str, Any]:
+    """The remote entry's ``kind``, ``parent`` and ``full``: the local entry's, with each link
+    naming the remote object of that archive (``X.age`` and its sealed checksum when it was
+    encrypted on the way up), so that chain.chain_of follows remote entries as it does local
+    ones. A link whose archive is not on the remote (yet) is kept as it is: the chain is then
+    broken there, and says so. Absent for an entry written before chains (a full)."""
+    if "kind" not in e:
+        return {}
+    out: dict[str, Any] = {"kind": kind_of(e)}
+    for k in ("parent", "full"):
+        v = e.get(k)
+        link = v if isinstance(v, dict) else None
+        if link is not None:
+            plain = layout.plain_name(str(link.get("filename")))
+            there = next(
+                (
+                    r
+                    for r in ours
+                    if r.get("tier") == e.get("tier")
+                    and layout.plain_name(str(r.get("filename"))) == plain
+                    and link.get("sha256") in (r.get("plain_sha256"), r.get("sha256"))
+                ),
+                None,
+            )
+            if there is not None:
+                link = link_of(there)
+        out[k] = link
+    return out
+
+
 def _listed(remote: S3Remote, rentries: list[Entry]) -> set[str]:
     """The keys the manifest accounts for (its entries that are this project's archives)."""
     ours = [e for e in rentries if remote.entry_problem(e) is None]
@@ -195,9 +232,10 @@ def sync_and_record(config: BackupConfig, clock: Clock) -> SyncReport:
     record_remote(config, now_iso(clock.now()), count=rep.remote_count)
     event(
         "remote.synced",
-        f"off-site copy up to date: {len(rep.uploaded)} uploaded, {len(rep.deleted)} "
-        f"deleted, {rep.remote_count} on {config.remote.url}",
+        f"off-site copy up to date: {len(rep.uploaded)} uploaded ({rep.uploaded_bytes} bytes), "
+        f"{len(rep.deleted)} deleted, {rep.remote_count} on {config.remote.url}",
         uploaded=len(rep.uploaded),
+        uploaded_bytes=rep.uploaded_bytes,
     )
     return rep
 
@@ -221,6 +259,12 @@ def fetched(remote: S3Remote, entry: Entry, identity: Path | None) -> Iterator[P
     .sha256 (decrypted if needed). The download is checked against the remote manifest's sha256
     before it is used, and the decrypted archive against its recorded plain checksum."""
     name = entry["filename"]
+    if kind_of(entry) == KIND_INCREMENTAL:
+        remote_chain(remote, remote.read_manifest(), entry)  # refuses a chain the remote lacks a part of
+        raise VerifyError(
+            f"refusing to restore {name} alone: it is an incremental archive, whose restore needs its "
+            "whole chain (fetched_chain); nothing was changed"
+        )
     with tempfile.TemporaryDirectory(prefix="gofr-fetch-") as td:
         dl = Path(td) / name
         remote.download(entry["key"], dl)
@@ -232,11 +276,105 @@ def fetched(remote: S3Remote, entry: Entry, identity: Path | None) -> Iterator[P
             )
         if not layout.is_sealed(name):
             layout.write_sidecar(dl, got)
+            _not_alone(dl, name)
             yield dl
             return
         with open(dl, "rb") as f, sealed.decrypted(f, name, identity, entry.get("plain_sha256")) as plain:
             dl.unlink()
+            _not_alone(plain, name)
             yield plain
+
+
+def _not_alone(plain: Path, name: str) -> None:
+    """An incremental archive is never restored alone, whatever the remote manifest says of it (a
+    rebuilt one does not know an encrypted archive's kind): its own header is read."""
+    from .archive_format import read_meta
+
+    if read_meta(plain).get("kind") == KIND_INCREMENTAL:
+        raise VerifyError(
+            f"refusing to restore {name} alone: its header says it is an incremental archive, whose "
+            "restore needs its whole chain; nothing was changed"
+        )
+
+
+def remote_chain(remote: S3Remote, rentries: list[Entry], entry: Entry) -> list[Entry]:
+    """The remote entries of ``entry``'s chain, full first, each of whose objects is on the
+    remote. Raises VerifyError (one line) naming the first link that is not."""
+    ours = [e for e in rentries if remote.entry_problem(e) is None]
+    c = chain_of(ours, entry)
+    name = entry["filename"]
+    if not c.ok:
+        raise VerifyError(
+            f"refusing to restore {name} from {remote.url(remote.base)}: its chain is broken there: "
+            f"{c.broken}; nothing was changed"
+        )
+    if len(c.archives) > 1:
+        keys = {o["Key"] for o in remote.list_keys()}
+        for a in c.archives:
+            if a["key"] not in keys:
+                raise VerifyError(
+                    f"refusing to restore {name} from {remote.url(remote.base)}: {a['filename']} of its "
+                    f"chain is missing there ({remote.url(a['key'])}); nothing was changed"
+                )
+    return c.archives
+
+
+@contextlib.contextmanager
+def fetched_chain(
+    remote: S3Remote, rentries: list[Entry], entry: Entry, identity: Path | None
+) -> Iterator[list[Path]]:
+    """Download the chain of the remote archive ``entry`` (a full: just it) into one private temp
+    dir and yield the plain archives, full first, each with its .sha256. Before anything is
+    yielded: every archive of the chain must be on the remote (:func:`remote_chain`), each
+    download must match the remote manifest's sha256 (and a decrypted one its plain checksum),
+    and each archive's own header must name, as its parent and full, the archives actually
+    downloaded before it (file name and sha256): the remote manifest is untrusted too. Raises
+    VerifyError (one line, naming the archive) otherwise; the temp dir is always removed."""
+    from .archive_format import read_meta
+    from .chain_verify import header_problem
+
+    chain = remote_chain(remote, rentries, entry)
+    with tempfile.TemporaryDirectory(prefix="gofr-fetch-") as td:
+        out: list[Path] = []
+        views: list[tuple[Entry, VerifyResult]] = []
+        for a in chain:
+            name = a["filename"]
+            dl = Path(td) / name
+            remote.download(a["key"], dl)
+            got = sealed.sha256_file(dl)
+            if a.get("sha256") and got != a["sha256"]:
+                raise VerifyError(
+                    f"refusing {name}: the download has sha256 {got[:16]}…, the remote manifest says "
+                    f"{str(a['sha256'])[:16]}…"
+                )
+            if layout.is_sealed(name):
+                plain = Path(td) / layout.plain_name(name)
+                with open(dl, "rb") as f:
+                    sealed.decrypt_to(f, plain, identity)
+                dl.unlink()
+                got = sealed.sha256_file(plain)
+                if a.get("plain_sha256") and got != a["plain_sha256"]:
+                    raise VerifyError(
+                        f"refusing {name}: the decrypted archive does not match its recorded checksum"
+                    )
+                dl = plain
+            layout.write_sidecar(dl, got)
+            # the archive as downloaded, named as its children's headers name it
+            view = Entry({**a, "filename": dl.name, "sha256": got})
+            if views:
+                view["parent"] = {"filename": views[-1][0]["filename"], "sha256": str(views[-1][0]["sha256"])}
+                view["full"] = {"filename": views[0][0]["filename"], "sha256": str(views[0][0]["sha256"])}
+            # a chain of one too: a "full" whose header says incremental is never restored alone
+            why = header_problem(
+                view, read_meta(dl), views[-1] if views else None, views[0][0] if views else None
+            )
+            if why:
+                raise VerifyError(
+                    f"refusing to restore {entry['filename']} from the remote: {why}; nothing was changed"
+                )
+            views.append((view, VerifyResult(dl, ok=True, sha256=got, archive_intact=True)))
+            out.append(dl)
+        yield out
 
 
 def verify_remote(remote: S3Remote, entry: Entry, identity: Path | None) -> tuple[VerifyResult, str]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import layout
+from .archive_format import META_NAME
 from .config import BackupConfig, RemoteConfig
 from .errors import BackupError
 from .log import event
@@ -189,6 +190,27 @@ class S3Remote:
                 return out
             token = r.get("NextContinuationToken")
 
+    def read_header(self, key: str, filename: str) -> dict[str, Any] | None:
+        """The header (first member) of a plain archive object, from its first MiB only; None when
+        it cannot be read from that (the object is untrusted: nothing here raises for it)."""
+        import io
+
+        from .archive_format import open_tar_stream
+
+        try:
+            body = self._retry(
+                f"download {key}",
+                lambda: self.s3.get_object(Bucket=self.rc.bucket, Key=key, Range="bytes=0-1048575")["Body"],
+            )
+            data = body.read()
+            with open_tar_stream(Path(filename), raw=io.BytesIO(data)) as tar:
+                first = tar.next()
+                f = tar.extractfile(first) if first is not None and first.name == META_NAME else None
+                meta = json.loads(f.read(1 << 20)) if f is not None else None
+        except Exception:  # noqa: BLE001 - a damaged or foreign object: no header
+            return None
+        return meta if isinstance(meta, dict) else None
+
     def sha256_of(self, key: str) -> str:
         """Re-read the stored object and hash it."""
         h = hashlib.sha256()
@@ -281,6 +303,8 @@ class S3Remote:
                 trigger="rebuilt",
             )
             e.update({"key": k, "encrypted": p.encrypted})
+            if not p.encrypted:  # its chain, as its own header names it (an encrypted one's is sealed)
+                e.update(_chain_of_header(self.read_header(k, fn)))  # type: ignore[typeddict-item]
             out.append(e)
         return out
 
@@ -293,6 +317,23 @@ class S3Remote:
             "backups": entries,
         }
         self.put_bytes(self.manifest_key, json.dumps(doc, indent=1).encode())
+
+
+def _chain_of_header(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """``kind``/``parent``/``full`` for a rebuilt entry of a plain archive, from its header (whose
+    links name plain archives: the remote objects themselves). Nothing when it names none."""
+    if not isinstance(meta, dict) or meta.get("kind") not in ("full", "incremental"):
+        return {}
+    if meta["kind"] == "full":
+        return {"kind": "full", "parent": None, "full": None}
+    raw = meta.get("chain")
+    c: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    links: dict[str, dict[str, str] | None] = {}
+    for k in ("parent", "full"):
+        v = c.get(k)
+        ok = isinstance(v, dict) and all(isinstance(v.get(x), str) for x in ("filename", "sha256"))
+        links[k] = {"filename": v["filename"], "sha256": v["sha256"]} if ok and isinstance(v, dict) else None
+    return {"kind": "incremental", **links}
 
 
 def remote_for(config: BackupConfig) -> S3Remote | None:
