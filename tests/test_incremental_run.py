@@ -647,3 +647,25 @@ def test_the_space_check_takes_its_ratio_from_fulls_not_from_a_tiny_incremental(
         r = run_cli("now", "--json", env=env)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["kind"] == "incremental"
+
+
+@pytest.mark.parametrize("how", ["failed verification", "failed its restore drill"])
+def test_a_newest_archive_known_bad_is_never_built_on(app: dict[str, Any], how: str) -> None:
+    env = inc_env(app)
+    _full, inc1 = now(env)[0], None
+    day1(app["data"])
+    inc1 = now(env)[0]
+    if how == "failed verification":
+        flip(app["backups"] / inc1["path"])
+        assert run_cli("verify", inc1["filename"], env=env).returncode != 0
+    else:
+        doc = json.loads((app["backups"] / "manifest.json").read_text())
+        for e in doc["backups"]:
+            if e["filename"] == inc1["filename"]:
+                e["drill"] = {"at": inc1["created"], "ok": False, "error": "the probe failed"}
+        (app["backups"] / "manifest.json").write_text(json.dumps(doc))
+    day2(app["data"])
+    e, log = now(env)
+    assert e["kind"] == "full", log
+    assert f"full: the newest archive {inc1['filename']} {how}" in log
+    assert_chain_restores_today(app, e)
