@@ -300,7 +300,10 @@ def test_a_header_that_disagrees_with_the_manifest_is_named(tmp_path: Path) -> N
         full={"filename": es[0]["filename"], "sha256": "f" * 64},
     )
     code, doc = chain_cli(env, last["filename"])
-    assert code == 1 and "names a full that is not the head of its chain" in doc["chain"]["broken"]
+    assert code == 1 and doc["chain"]["broken"] == (
+        f"{last['filename']}'s header names its full {es[0]['filename']} (sha256 {str(es[0]['sha256'])[:16]}), "
+        f"the manifest says {es[0]['filename']} (sha256 {'f' * 16})"
+    )
 
 
 def test_verify_all_lists_the_restore_points_a_broken_chain_makes_unrestorable(tmp_path: Path) -> None:

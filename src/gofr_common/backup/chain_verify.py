@@ -156,7 +156,15 @@ def verify_chain(
         p = lay.archive(str(a.get("path")))
         results[str(a.get("path"))] = verify_one(p) if p.is_file() else None
     problems: list[str] = []
-    if c.broken:
+    # where the manifest's own break lies: before the first archive reached (a missing, replaced
+    # or malformed parent, a loop) or at it (not on disk), unless the walk reached an existing
+    # full: then it is the point's record of its full, which comes after every archive's own state
+    last = (
+        bool(c.archives)
+        and kind_of(c.archives[0]) == KIND_FULL
+        and results[str(c.archives[0].get("path"))] is not None
+    )
+    if c.broken and not last:
         problems.append(c.broken)
     prev: tuple[Entry, VerifyResult | None] | None = None
     head = c.archives[0] if c.archives and kind_of(c.archives[0]) == KIND_FULL else None
@@ -194,6 +202,8 @@ def verify_chain(
         if link_error:
             problems.append(link_error)
         prev = (a, r)
+    if c.broken and last:
+        problems.append(c.broken)
     if reload is not None and not problems:
         again = chain_of(reload(), point, lay)  # what the manifest now says, verdicts included
         if again.broken:
