@@ -190,8 +190,10 @@ def test_a_missing_parent_is_named(tmp_path: Path) -> None:
     gone.unlink()
     code, doc = chain_cli(env, es[-1]["filename"])
     assert code == 1 and doc["chain"]["broken"] == f"{es[1]['filename']} is not on disk"
-    assert doc["chain"]["archives"][0]["filename"] == es[1]["filename"]
-    assert doc["chain"]["archives"][0]["error"] == "not on disk"
+    # the chain is still followed past it (its manifest entry names its parent): all of it is read
+    assert [a["filename"] for a in doc["chain"]["archives"]] == [e["filename"] for e in es]
+    assert [a["ok"] for a in doc["chain"]["archives"]] == [True, False, True, True]
+    assert doc["chain"]["archives"][1]["error"] == "not on disk"
     # and gone from the manifest too
     Manifest(backups).update(lambda xs: xs.remove(next(x for x in xs if x["filename"] == es[1]["filename"])))
     code, doc = chain_cli(env, es[-1]["filename"])
