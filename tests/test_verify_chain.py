@@ -190,8 +190,10 @@ def test_a_missing_parent_is_named(tmp_path: Path) -> None:
     gone.unlink()
     code, doc = chain_cli(env, es[-1]["filename"])
     assert code == 1 and doc["chain"]["broken"] == f"{es[1]['filename']} is not on disk"
-    assert doc["chain"]["archives"][0]["filename"] == es[1]["filename"]
-    assert doc["chain"]["archives"][0]["error"] == "not on disk"
+    # the chain is still followed past it (its manifest entry names its parent): all of it is read
+    assert [a["filename"] for a in doc["chain"]["archives"]] == [e["filename"] for e in es]
+    assert [a["ok"] for a in doc["chain"]["archives"]] == [True, False, True, True]
+    assert doc["chain"]["archives"][1]["error"] == "not on disk"
     # and gone from the manifest too
     Manifest(backups).update(lambda xs: xs.remove(next(x for x in xs if x["filename"] == es[1]["filename"])))
     code, doc = chain_cli(env, es[-1]["filename"])
@@ -300,7 +302,10 @@ def test_a_header_that_disagrees_with_the_manifest_is_named(tmp_path: Path) -> N
         full={"filename": es[0]["filename"], "sha256": "f" * 64},
     )
     code, doc = chain_cli(env, last["filename"])
-    assert code == 1 and "names a full that is not the head of its chain" in doc["chain"]["broken"]
+    assert code == 1 and doc["chain"]["broken"] == (
+        f"{last['filename']}'s header names its full {es[0]['filename']} (sha256 {str(es[0]['sha256'])[:16]}), "
+        f"the manifest says {es[0]['filename']} (sha256 {'f' * 16})"
+    )
 
 
 def test_verify_all_lists_the_restore_points_a_broken_chain_makes_unrestorable(tmp_path: Path) -> None:

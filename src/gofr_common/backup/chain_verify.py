@@ -6,10 +6,11 @@ records say what those links are, and both are untrusted: the manifest's ``kind`
 ``full`` (a manifest can be rebuilt, edited, or restored from elsewhere) and each archive's own
 header (``kind`` and ``chain: {"full", "parent"}``, written when the archive was). Here:
 
-1. the chain is followed in the manifest (chain.chain_of, with the layout: each file on disk);
-   a missing, replaced, looping or malformed link breaks it. Earlier verification failures are
-   not taken on trust here: every archive reached is read again, and the chain is followed
-   past one that failed before so that all of it is checked;
+1. the chain is followed in the manifest (chain.chain_of); a missing, replaced, looping or
+   malformed link breaks it, and so does an archive whose file is not on disk. Earlier
+   verification failures are not taken on trust here: every archive reached is read again, and
+   the chain is followed past one that failed before (or is not on disk) so that all of it is
+   checked;
 2. every archive of it is verified as ``verify`` does (checksum, the whole stream, member count,
    the BLAKE3 index) and the result recorded in the manifest by the caller's ``verify_one``;
 3. each archive's header must agree with its manifest entry (``kind``, ``parent``, ``full``)
@@ -150,13 +151,19 @@ def verify_chain(
     records) one archive; ``reload`` re-reads the manifest after that (so that the verdict
     uses what the verification found); ``snapshots``: also check each ``.snap`` (snapshot_note)."""
     rep = ChainReport(str(point.get("filename")))
-    c = chain_of(_unfailed(entries), point, lay)
+    # followed in the manifest alone (no layout): a file missing from disk is a row of its own,
+    # and the chain is still followed past it, so that every archive of it is checked
+    c = chain_of(_unfailed(entries), point)
     results: dict[str, VerifyResult | None] = {}
     for a in c.archives:
         p = lay.archive(str(a.get("path")))
         results[str(a.get("path"))] = verify_one(p) if p.is_file() else None
     problems: list[str] = []
-    if c.broken:
+    # where the manifest's own break lies: before the first archive reached (a missing, replaced
+    # or malformed parent, a loop), unless the walk reached a full: then it is the point's record
+    # of its full, which comes after every archive's own state
+    last = bool(c.archives) and kind_of(c.archives[0]) == KIND_FULL
+    if c.broken and not last:
         problems.append(c.broken)
     prev: tuple[Entry, VerifyResult | None] | None = None
     head = c.archives[0] if c.archives and kind_of(c.archives[0]) == KIND_FULL else None
@@ -171,6 +178,7 @@ def verify_chain(
         if r is None:
             row.update(ok=False, checked=True, error="not on disk", link_error=None)
             rep.archives.append(row)
+            problems.append(f"{a.get('filename')} is not on disk")
             prev = None
             continue
         link_error = header_problem(a, r.meta, prev if i > 0 else None, head)
@@ -194,6 +202,8 @@ def verify_chain(
         if link_error:
             problems.append(link_error)
         prev = (a, r)
+    if c.broken and last:
+        problems.append(c.broken)
     if reload is not None and not problems:
         again = chain_of(reload(), point, lay)  # what the manifest now says, verdicts included
         if again.broken:

@@ -583,7 +583,7 @@ def cmd_verify(config: BackupConfig, args: argparse.Namespace) -> int:
         if not args.json:
             _print_verify(results[-1:], False)
             _print_snapshot_warning(results[-1])
-    chains = _broken_chains(config, svc, done) if args.all else []
+    chains = _broken_chains(config, svc, done, _identity(config, args)) if args.all else []
     if args.json:
         ok = all(r["ok"] for r in results) and not chains
         _print_json(
@@ -597,7 +597,9 @@ def cmd_verify(config: BackupConfig, args: argparse.Namespace) -> int:
     return EXIT_OK if all(r["ok"] for r in results) and not chains else EXIT_FAILED
 
 
-def _broken_chains(config: BackupConfig, svc: BackupService, done: dict[Path, Any]) -> list[dict[str, Any]]:
+def _broken_chains(
+    config: BackupConfig, svc: BackupService, done: dict[Path, Any], identity: Path | None
+) -> list[dict[str, Any]]:
     """verify --all: every incremental restore point whose chain is broken, with the first broken
     link (the archives were all just read: their results are reused, not read again)."""
     from .chain import KIND_INCREMENTAL, kind_of
@@ -609,7 +611,7 @@ def _broken_chains(config: BackupConfig, svc: BackupService, done: dict[Path, An
     entries = [e for e in Manifest(lay.root).load(config.project) if entry_problem(e, config.project) is None]
 
     def again(p: Path) -> Any:
-        return done[p] if p in done else svc.verify(p, None)
+        return done[p] if p in done else svc.verify(p, identity)
 
     out = []
     for e in sorted(entries, key=lambda e: (e["tier"], e["created"])):

@@ -1,7 +1,10 @@
 """Off-site copies: ``sync`` makes the remote hold every verified local backup that remote
 retention keeps, then applies remote retention and removes leftovers of interrupted uploads (ours
 only, older than LEFTOVER_GRACE, never in a run that had to rebuild the remote manifest);
-``fetched`` and ``verify_remote`` read a remote archive back (for restore and verify --remote)."""
+``fetched`` and ``verify_remote`` read a remote archive back (for restore and verify --remote),
+``fetched_chain`` a whole chain (issue 17: an incremental is never restored alone). Chained
+archives are uploaded as they are, with ``kind``/``parent``/``full`` in their remote entries; the
+``.snap`` beside them is not uploaded (it only spares the next run a full)."""
 
 from __future__ import annotations
 
@@ -99,8 +102,13 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
     ]
     missing = [e for e in local if layout.plain_name(e["filename"]) not in have]
     # do not upload what remote retention would delete straight away
+    # (planned over plain views: a local incremental chains with its parent's remote copy even
+    # when that one is encrypted)
+    new_ids = {id(e) for e in missing}
     doomed_new = {
-        id(e) for e, _ in plan_retention(ours + missing, now, remote_policy(config)) if e in missing
+        id(e)
+        for e, _ in plan_retention(_plain_views(ours) + missing, now, remote_policy(config))
+        if id(e) in new_ids
     }
     todo = sorted((e for e in missing if id(e) not in doomed_new), key=lambda e: e["created"])
     tmp = config.layout.tmp
@@ -214,6 +222,40 @@ def _chain_fields(e: Entry, ours: list[Entry]) -> dict[str, Any]:
             if there is not None:
                 link = link_of(there)
         out[k] = link
+    return out
+
+
+def _plain_views(ours: list[Entry]) -> list[Entry]:
+    """Remote entries as the plain archives they hold (``X`` and its plain checksum for ``X.age``,
+    and links to such), so that they chain with local entries in one retention plan."""
+    by_name = {(e.get("tier"), e.get("filename")): e for e in ours}
+
+    def plain(link: Any, tier: Any) -> Any:
+        if not isinstance(link, dict) or not isinstance(link.get("filename"), str):
+            return link
+        r = by_name.get((tier, link["filename"]))
+        sha = link.get("sha256")
+        if r is not None and r.get("sha256") == sha and isinstance(r.get("plain_sha256"), str):
+            sha = r["plain_sha256"]
+        return {"filename": layout.plain_name(link["filename"]), "sha256": sha}
+
+    out = []
+    for e in ours:
+        if not layout.is_sealed(str(e.get("filename"))):
+            out.append(e)
+            continue
+        v = Entry(
+            {
+                **e,
+                "filename": layout.plain_name(e["filename"]),
+                "sha256": e.get("plain_sha256") or e.get("sha256"),
+            }
+        )
+        v["path"] = f"{e['tier']}/{v['filename']}"
+        for k in ("parent", "full"):
+            if k in e:
+                v[k] = plain(e.get(k), e.get("tier"))
+        out.append(v)
     return out
 
 
