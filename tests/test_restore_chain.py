@@ -531,6 +531,36 @@ def test_space_is_counted_for_the_chains_final_tree_not_every_archive(tmp_path: 
         assert snapshot(mnt / "storage") == want
 
 
+def test_a_chain_restores_in_place_into_a_mount_point(tmp_path: Path) -> None:
+    """`data:.` with the data volume a real tmpfs: the chain is staged inside the mount point and
+    swapped in entry by entry under the journal, as a full is."""
+    from gofrtest import tmpfs
+
+    from gofr_common.backup.restore import is_mount
+
+    with tmpfs(tmp_path / "app" / "data", "size=32m") as data:
+        s = data / "storage"
+        write(s / "a.txt", "a", 0o644, T0)
+        write(s / "gone" / "x", "x", 0o644, T0)
+        write(data / "top.json", "{}", 0o644, T0)
+        ch = Chain(data, tmp_path / "backups", "data:.")
+        ch.day(0)
+        want = []
+        for n in (1, 2):
+            write(s / "a.txt", f"a {n}", 0o644, T0 + n)
+            write(data / f"new-{n}.txt", "n", 0o644, T0 + n)
+            shutil.rmtree(s / "gone", ignore_errors=True)
+            os.chmod(data, 0o750 if n == 1 else 0o755)
+            ch.day(n)
+            want.append(snapshot(data))
+        write(data / "later.txt", "after the last backup")
+        for k in (1, 2):
+            r = run_cli("restore", ch.results[k].filename, "--yes", env=ch.env)
+            assert r.returncode == 0, r.stderr
+            assert snapshot(data) == want[k - 1]
+            assert is_mount(data) and not list(data.glob(".gofr-restore-*"))
+
+
 # -- SIGKILL during a chain restore -------------------------------------------------------------------
 TRIALS = int(os.environ.get("GOFR_FAULT_TRIALS", "50"))
 SEED = int(os.environ.get("GOFR_FAULT_SEED", "1"))
