@@ -561,6 +561,25 @@ def test_a_chain_restores_in_place_into_a_mount_point(tmp_path: Path) -> None:
             assert is_mount(data) and not list(data.glob(".gofr-restore-*"))
 
 
+def test_a_mount_points_own_mtime_is_restored(tmp_path: Path) -> None:
+    """A full-mode archive too: removing the staging base (inside the mount point) after the
+    swap set the mount point's mtime to the time of the restore (found by the chain test above;
+    this fails on ce0b54b: got the restore's time, not T0)."""
+    from gofrtest import tmpfs
+
+    with tmpfs(tmp_path / "app" / "data", "size=8m") as data:
+        write(data / "storage" / "a.txt", "a", 0o644, T0)
+        os.utime(data, (T0, T0))
+        env = env_of(data, tmp_path / "backups", "data:.")
+        r = run_cli("now", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        want = snapshot(data)
+        write(data / "later.txt", "x")
+        r = run_cli("restore", json.loads(r.stdout)["filename"], "--yes", env=env)
+        assert r.returncode == 0, r.stderr
+        assert snapshot(data) == want and int(os.stat(data).st_mtime) == T0
+
+
 # -- SIGKILL during a chain restore -------------------------------------------------------------------
 TRIALS = int(os.environ.get("GOFR_FAULT_TRIALS", "50"))
 SEED = int(os.environ.get("GOFR_FAULT_SEED", "1"))
