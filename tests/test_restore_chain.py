@@ -462,6 +462,8 @@ def test_restore_chain_takes_a_list_of_archives(scenario: dict[str, Any]) -> Non
     plan = restore_chain(ch.cfg, links, RestoreRequest(target=tmp / "lib"))
     assert restored(tmp / "lib") == scenario["days"][2]
     assert [c["filename"] for c in plan.chain] == [w.filename for w in ch.results[:3]]
+    on_disk = {f"storage/{k}" if k != "." else "storage" for k in scenario["days"][2]["storage"]}
+    assert {n for n in plan.tree if n.split("/")[0] == "storage"} == on_disk
     # out of order: refused, naming the link
     from gofr_common.backup.errors import VerifyError
 

@@ -50,6 +50,9 @@ class RestorePlan:
     passed_over: list[dict[str, str]] = field(default_factory=list)
     # an incremental's chain, full first: {"filename", "kind", "created", "size_bytes"} (empty: one archive)
     chain: list[dict[str, Any]] = field(default_factory=list)
+    # what the restore put in place (the chain's final tree): archive name -> d, f, h (hard link), l
+    # (symlink); for a drill's checks of a chain, whose last archive alone holds only what changed
+    tree: dict[str, str] = field(default_factory=dict)
 
     def summary(self, done: bool = False) -> list[str]:
         out = []
@@ -818,6 +821,7 @@ def restore(
                 + _show(outside, 5)
             )
         plan = RestorePlan(archive, targets, changes, incomplete, notes, list(passed or []))
+        plan.tree = ex.tree
         if chained:
             plan.chain = chain_summary(links, metas)
         if req.dry_run:
