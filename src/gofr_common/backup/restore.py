@@ -730,10 +730,12 @@ def restore(
             f"{archive.name} is an archive of project {other}, not {config.project}: a copy under {req.target}"
         )
     if chained:
+        names = [lk.archive.name for lk in links]
+        if len(names) > 4:
+            names = [names[0], names[1], f"... {len(names) - 3} more", names[-1]]
         notes.append(
-            f"{archive.name} is restored with its chain: "
-            + ", then ".join(f"{lk.archive.name}" for lk in links)
-            + f" ({len(links)} archives, checked against their checksums first)"
+            f"{archive.name} is restored with its chain: {', then '.join(names)} ({len(links)} archives, "
+            "each checked against its checksum first)"
         )
     if req.dry_run:
         notes += [
