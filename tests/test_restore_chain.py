@@ -582,6 +582,42 @@ def test_a_mount_points_own_mtime_is_restored(tmp_path: Path) -> None:
         assert snapshot(data) == want and int(os.stat(data).st_mtime) == T0
 
 
+def test_only_and_an_incomplete_link(scenario: dict[str, Any]) -> None:
+    ch: Chain = scenario["chain"]
+    tmp: Path = scenario["tmp"]
+    data: Path = scenario["data"]
+    r = run_cli(
+        "restore", ch.results[2].filename, "--only", "cfg", "--target", str(tmp / "only"), "--yes", env=ch.env
+    )
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp / "only")) == ["cfg"]
+    assert snapshot(tmp / "only" / "cfg") == scenario["days"][2]["cfg"]
+    # a middle archive that could not read everything: the points after it need --allow-incomplete,
+    # and then nothing the chain does not hold is removed from the live data
+    doc = json.loads((ch.backups / "manifest.json").read_text())
+    for e in doc["backups"]:
+        if e["filename"] == ch.results[1].filename:
+            e["complete"] = False
+    (ch.backups / "manifest.json").write_text(json.dumps(doc))
+    write(data / "storage" / "not-in-any-backup.txt", "keep me")
+    live = trees(data)
+    r = run_cli("restore", ch.results[2].filename, "--yes", env=ch.env)
+    assert r.returncode == 2 and ch.results[1].filename in r.stderr and "--allow-incomplete" in r.stderr, (
+        r.stderr
+    )
+    assert trees(data) == live
+    r = run_cli("restore", ch.results[2].filename, "--allow-incomplete", "--yes", env=ch.env)
+    assert r.returncode == 0, r.stderr
+    assert (data / "storage" / "not-in-any-backup.txt").read_text() == "keep me"
+    got = trees(data)
+    del got["storage"]["not-in-any-backup.txt"]
+    want = scenario["days"][2]
+    assert got["auth"] == want["auth"] and got["cfg"] == want["cfg"]
+    assert {k: v for k, v in got["storage"].items() if k != "."} == {
+        k: v for k, v in want["storage"].items() if k != "."
+    }
+
+
 # -- SIGKILL during a chain restore -------------------------------------------------------------------
 TRIALS = int(os.environ.get("GOFR_FAULT_TRIALS", "50"))
 SEED = int(os.environ.get("GOFR_FAULT_SEED", "1"))
