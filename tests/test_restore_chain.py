@@ -147,6 +147,8 @@ def day0(data: Path) -> None:
     os.symlink("a.txt", s / "link")
     os.symlink("nowhere", s / "dangling")
     (s / "empty").mkdir()
+    write(s / os.fsdecode(b"\xff not utf-8"), "latin-1 name\n", 0o644, T0)
+    write(s / "e\nf" / "é", "newline and é\n", 0o644, T0)
     write(data / "auth" / "tokens.json", '{"t": 1}', 0o600, T0)
     write(data / "config.json", '{"cfg": 1}', 0o644, T0)
 
@@ -168,6 +170,7 @@ def day1(data: Path) -> None:
     os.chmod(s / "big.bin", 0o600)
     write(s / "hard1", "linked, changed\n", 0o644, T0 + 100)  # the link group, changed
     write(data / "config.json", '{"cfg": 2}', 0o644, T0 + 100)
+    write(s / os.fsdecode(b"\xff not utf-8"), "latin-1 name, changed\n", 0o644, T0 + 100)
 
 
 def day2(data: Path) -> None:
@@ -179,6 +182,8 @@ def day2(data: Path) -> None:
     write(s / "dangling" / "in.txt", "inside\n", 0o640, T0 + 200)
     os.link(s / "new.txt", s / "new-link")  # a new hard link
     shutil.rmtree(s / "empty")
+    (s / os.fsdecode(b"\xff not utf-8")).unlink()
+    os.rename(s / "e\nf", s / "e\nf renamed")
     write(data / "auth" / "more.json", "{}", 0o600, T0 + 200)
 
 
