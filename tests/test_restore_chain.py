@@ -147,6 +147,8 @@ def day0(data: Path) -> None:
     os.symlink("a.txt", s / "link")
     os.symlink("nowhere", s / "dangling")
     (s / "empty").mkdir()
+    write(s / os.fsdecode(b"\xff not utf-8"), "latin-1 name\n", 0o644, T0)
+    write(s / "e\nf" / "é", "newline and é\n", 0o644, T0)
     write(data / "auth" / "tokens.json", '{"t": 1}', 0o600, T0)
     write(data / "config.json", '{"cfg": 1}', 0o644, T0)
 
@@ -168,6 +170,7 @@ def day1(data: Path) -> None:
     os.chmod(s / "big.bin", 0o600)
     write(s / "hard1", "linked, changed\n", 0o644, T0 + 100)  # the link group, changed
     write(data / "config.json", '{"cfg": 2}', 0o644, T0 + 100)
+    write(s / os.fsdecode(b"\xff not utf-8"), "latin-1 name, changed\n", 0o644, T0 + 100)
 
 
 def day2(data: Path) -> None:
@@ -179,6 +182,8 @@ def day2(data: Path) -> None:
     write(s / "dangling" / "in.txt", "inside\n", 0o640, T0 + 200)
     os.link(s / "new.txt", s / "new-link")  # a new hard link
     shutil.rmtree(s / "empty")
+    (s / os.fsdecode(b"\xff not utf-8")).unlink()
+    os.rename(s / "e\nf", s / "e\nf renamed")
     write(data / "auth" / "more.json", "{}", 0o600, T0 + 200)
 
 
@@ -462,6 +467,8 @@ def test_restore_chain_takes_a_list_of_archives(scenario: dict[str, Any]) -> Non
     plan = restore_chain(ch.cfg, links, RestoreRequest(target=tmp / "lib"))
     assert restored(tmp / "lib") == scenario["days"][2]
     assert [c["filename"] for c in plan.chain] == [w.filename for w in ch.results[:3]]
+    on_disk = {f"storage/{k}" if k != "." else "storage" for k in scenario["days"][2]["storage"]}
+    assert {n for n in plan.tree if n.split("/")[0] == "storage"} == on_disk
     # out of order: refused, naming the link
     from gofr_common.backup.errors import VerifyError
 
@@ -531,6 +538,91 @@ def test_space_is_counted_for_the_chains_final_tree_not_every_archive(tmp_path: 
         assert snapshot(mnt / "storage") == want
 
 
+def test_a_chain_restores_in_place_into_a_mount_point(tmp_path: Path) -> None:
+    """`data:.` with the data volume a real tmpfs: the chain is staged inside the mount point and
+    swapped in entry by entry under the journal, as a full is."""
+    from gofrtest import tmpfs
+
+    from gofr_common.backup.restore import is_mount
+
+    with tmpfs(tmp_path / "app" / "data", "size=32m") as data:
+        s = data / "storage"
+        write(s / "a.txt", "a", 0o644, T0)
+        write(s / "gone" / "x", "x", 0o644, T0)
+        write(data / "top.json", "{}", 0o644, T0)
+        ch = Chain(data, tmp_path / "backups", "data:.")
+        ch.day(0)
+        want = []
+        for n in (1, 2):
+            write(s / "a.txt", f"a {n}", 0o644, T0 + n)
+            write(data / f"new-{n}.txt", "n", 0o644, T0 + n)
+            shutil.rmtree(s / "gone", ignore_errors=True)
+            os.chmod(data, 0o750 if n == 1 else 0o755)
+            ch.day(n)
+            want.append(snapshot(data))
+        write(data / "later.txt", "after the last backup")
+        for k in (1, 2):
+            r = run_cli("restore", ch.results[k].filename, "--yes", env=ch.env)
+            assert r.returncode == 0, r.stderr
+            assert snapshot(data) == want[k - 1]
+            assert is_mount(data) and not list(data.glob(".gofr-restore-*"))
+
+
+def test_a_mount_points_own_mtime_is_restored(tmp_path: Path) -> None:
+    """A full-mode archive too: removing the staging base (inside the mount point) after the
+    swap set the mount point's mtime to the time of the restore (found by the chain test above;
+    this fails on ce0b54b: got the restore's time, not T0)."""
+    from gofrtest import tmpfs
+
+    with tmpfs(tmp_path / "app" / "data", "size=8m") as data:
+        write(data / "storage" / "a.txt", "a", 0o644, T0)
+        os.utime(data, (T0, T0))
+        env = env_of(data, tmp_path / "backups", "data:.")
+        r = run_cli("now", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        want = snapshot(data)
+        write(data / "later.txt", "x")
+        r = run_cli("restore", json.loads(r.stdout)["filename"], "--yes", env=env)
+        assert r.returncode == 0, r.stderr
+        assert snapshot(data) == want and int(os.stat(data).st_mtime) == T0
+
+
+def test_only_and_an_incomplete_link(scenario: dict[str, Any]) -> None:
+    ch: Chain = scenario["chain"]
+    tmp: Path = scenario["tmp"]
+    data: Path = scenario["data"]
+    r = run_cli(
+        "restore", ch.results[2].filename, "--only", "cfg", "--target", str(tmp / "only"), "--yes", env=ch.env
+    )
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp / "only")) == ["cfg"]
+    assert snapshot(tmp / "only" / "cfg") == scenario["days"][2]["cfg"]
+    # a middle archive that could not read everything: the points after it need --allow-incomplete,
+    # and then nothing the chain does not hold is removed from the live data
+    doc = json.loads((ch.backups / "manifest.json").read_text())
+    for e in doc["backups"]:
+        if e["filename"] == ch.results[1].filename:
+            e["complete"] = False
+    (ch.backups / "manifest.json").write_text(json.dumps(doc))
+    write(data / "storage" / "not-in-any-backup.txt", "keep me")
+    live = trees(data)
+    r = run_cli("restore", ch.results[2].filename, "--yes", env=ch.env)
+    assert r.returncode == 2 and ch.results[1].filename in r.stderr and "--allow-incomplete" in r.stderr, (
+        r.stderr
+    )
+    assert trees(data) == live
+    r = run_cli("restore", ch.results[2].filename, "--allow-incomplete", "--yes", env=ch.env)
+    assert r.returncode == 0, r.stderr
+    assert (data / "storage" / "not-in-any-backup.txt").read_text() == "keep me"
+    got = trees(data)
+    del got["storage"]["not-in-any-backup.txt"]
+    want = scenario["days"][2]
+    assert got["auth"] == want["auth"] and got["cfg"] == want["cfg"]
+    assert {k: v for k, v in got["storage"].items() if k != "."} == {
+        k: v for k, v in want["storage"].items() if k != "."
+    }
+
+
 # -- SIGKILL during a chain restore -------------------------------------------------------------------
 TRIALS = int(os.environ.get("GOFR_FAULT_TRIALS", "50"))
 SEED = int(os.environ.get("GOFR_FAULT_SEED", "1"))
@@ -563,7 +655,7 @@ def test_sigkill_during_a_chain_restore_leaves_each_path_old_or_new(tmp_path: Pa
     duration = time.monotonic() - t0
     assert trees(data) == new
     rng = random.Random(SEED + 17)
-    seen = {"old": 0, "new": 0, "mixed paths": 0}
+    seen = {"old": 0, "new": 0, "mixed paths": 0, "staging": 0}
     problems: list[str] = []
     for i in range(max(6, TRIALS // 4)):
         shutil.rmtree(data)
@@ -571,6 +663,7 @@ def test_sigkill_during_a_chain_restore_leaves_each_path_old_or_new(tmp_path: Pa
         assert trees(data) == old
         p = popen_cli("restore", point, "--yes", env=ch.env)
         time.sleep(rng.uniform(0.05, duration))
+        seen["staging"] += bool(list(data.glob(".gofr-restore-*")))  # killed with work in flight
         p.send_signal(signal.SIGKILL)
         p.communicate()
         now = trees(data)
@@ -593,7 +686,7 @@ def test_sigkill_during_a_chain_restore_leaves_each_path_old_or_new(tmp_path: Pa
         if list(data.parent.rglob(".gofr-restore-*")):
             problems.append(f"trial {i}: staging left behind")
     assert not problems, problems
-    assert seen["old"] > 0, seen  # some kills landed while the chain was being staged
+    assert seen["staging"] > 0 and seen["old"] > 0, seen  # some kills landed while the chain was staged
 
 
 # -- the property: generated change sequences -----------------------------------------------------

@@ -50,6 +50,9 @@ class RestorePlan:
     passed_over: list[dict[str, str]] = field(default_factory=list)
     # an incremental's chain, full first: {"filename", "kind", "created", "size_bytes"} (empty: one archive)
     chain: list[dict[str, Any]] = field(default_factory=list)
+    # what the restore put in place (the chain's final tree): archive name -> d, f, h (hard link), l
+    # (symlink); for a drill's checks of a chain, whose last archive alone holds only what changed
+    tree: dict[str, str] = field(default_factory=dict)
 
     def summary(self, done: bool = False) -> list[str]:
         out = []
@@ -596,6 +599,22 @@ def _check_chain(
     full. A failure names the broken link; the damaged archive is recorded as `verify` would."""
     last = links[-1].archive
     n = len(links)
+    if n == 1:  # an incremental on its own: a restore of it alone would be silently short
+        raise VerifyError(
+            f"refusing to restore {last.name}: it is an incremental archive (its header says so), and "
+            "the archives it depends on are not known here (no manifest entry records its chain): "
+            "restore a full archive, or extract its chain with GNU tar ('tar --listed-incremental="
+            "/dev/null -xf' each archive, full first); nothing was changed"
+        )
+    for i, (lk, meta) in enumerate(zip(links, metas, strict=True)):
+        kind = meta.get("kind")
+        if (i == 0) == (kind == "incremental"):
+            raise VerifyError(
+                f"refusing to restore {last.name}: its chain is broken at {lk.archive.name} "
+                f"({_ordinal(i, n)}): its header says it is "
+                + ("an incremental" if i == 0 else "not an incremental")
+                + "; nothing was changed"
+            )
     digests: list[str] = []
     for i, (lk, meta) in enumerate(zip(links, metas, strict=True)):
         name, what = lk.archive.name, _ordinal(i, n)
@@ -623,14 +642,9 @@ def _check_chain(
             raise VerifyError(
                 f"refusing to restore {last.name}: its chain is broken at {name} ({what}): {why}; nothing was changed"
             )
-        kind = meta.get("kind")
         raw_link = meta.get("chain")
         link: dict[str, Any] = raw_link if isinstance(raw_link, dict) else {}
-        if i == 0 and kind == "incremental":
-            why = "its header says it is an incremental, so the archives it depends on are missing"
-        elif i > 0 and kind != "incremental":
-            why = "its header does not say it is an incremental"
-        elif i > 0 and link.get("parent") != {"filename": _filename(links[i - 1]), "sha256": digests[-1]}:
+        if i > 0 and link.get("parent") != {"filename": _filename(links[i - 1]), "sha256": digests[-1]}:
             why = f"its header does not name {_filename(links[i - 1])} as its parent"
         elif i > 0 and link.get("full") != {"filename": _filename(links[0]), "sha256": digests[0]}:
             why = f"its header does not name {_filename(links[0])} as its full"
@@ -727,10 +741,12 @@ def restore(
             f"{archive.name} is an archive of project {other}, not {config.project}: a copy under {req.target}"
         )
     if chained:
+        names = [lk.archive.name for lk in links]
+        if len(names) > 4:
+            names = [names[0], names[1], f"... {len(names) - 3} more", names[-1]]
         notes.append(
-            f"{archive.name} is restored with its chain: "
-            + ", then ".join(f"{lk.archive.name}" for lk in links)
-            + f" ({len(links)} archives, checked against their checksums first)"
+            f"{archive.name} is restored with its chain: {', then '.join(names)} ({len(links)} archives, "
+            "each checked against its checksum first)"
         )
     if req.dry_run:
         notes += [
@@ -818,6 +834,7 @@ def restore(
                 + _show(outside, 5)
             )
         plan = RestorePlan(archive, targets, changes, incomplete, notes, list(passed or []))
+        plan.tree = ex.tree
         if chained:
             plan.chain = chain_summary(links, metas)
         if req.dry_run:

@@ -310,6 +310,11 @@ def roll_forward(journal: Path) -> list[str]:
             journal.unlink()
             fsync_dir(base)
         shutil.rmtree(base, ignore_errors=True)
+    for rec in recs:  # removing a staging base inside a mount point touched its mtime: set it again
+        a = rec.get("attrs")
+        if a:
+            with contextlib.suppress(OSError):
+                os.utime(rec["dest"], ns=(a["atime_ns"], a["mtime_ns"]))
     return [r["name"] for r in recs]
 
 
