@@ -488,7 +488,10 @@ class Chained:
 
     def meta(self) -> dict[str, Any]:
         base = self.base
-        return {"kind": self.kind, "chain": None if base is None else {"full": base.full, "parent": base.link()}}
+        return {
+            "kind": self.kind,
+            "chain": None if base is None else {"full": base.full, "parent": base.link()},
+        }
 
     def write(
         self,
