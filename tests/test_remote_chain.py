@@ -269,3 +269,25 @@ def test_an_incremental_is_never_restored_alone_from_the_remote(tmp_path: Path, 
     # the full still restores from the remote, alone
     r = run_cli("restore", "--from-remote", es[0]["filename"], "--yes", env=env)
     assert r.returncode == 0, r.stderr
+
+
+def test_restore_from_remote_of_an_incremental_restores_its_chain(tmp_path: Path, s3: S3Server) -> None:  # noqa: F811
+    data, env = _env(tmp_path / "app", s3, **KEEP)
+    backups = tmp_path / "backups"
+    _, es = build_chain(data, backups, 3, env)
+    want = {n: tree(data / n) for n in ("storage", "auth")}
+    assert run_cli("sync", env=env).returncode == 0
+    shutil.rmtree(backups)  # the backup volume is lost: only the remote has the chain
+    shutil.rmtree(data / "storage")
+    (data / "auth" / "extra").write_text("not in any backup\n")
+    r = run_cli("restore", "--from-remote", es[-1]["filename"], "--dry-run", env=env)
+    assert r.returncode == 0, r.stderr
+    assert all(e["filename"] in r.stdout for e in es), r.stdout  # the dry run shows the chain
+    assert not (data / "storage").exists()
+    r = run_cli("restore", "--from-remote", es[-1]["filename"], "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert {n: tree(data / n) for n in ("storage", "auth")} == want
+    (data / "auth" / "extra").write_text("again\n")
+    r = run_cli("restore", "--from-remote", "--latest", "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert {n: tree(data / n) for n in ("storage", "auth")} == want

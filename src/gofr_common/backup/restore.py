@@ -970,7 +970,9 @@ def run_restore(
             )
         rentries = remote.read_manifest()
         rentry = (
-            latest(rentries, usable=lambda e: e.get("complete") is not False)
+            latest(
+                rentries, usable=lambda e: e.get("complete") is not False and chain.chain_of(rentries, e).ok
+            )
             if req.latest
             else find_remote(rentries, req.name or "")
         )
@@ -978,6 +980,13 @@ def run_restore(
             if req.latest:
                 raise BackupError(f"no complete off-site backup of {config.project} in {config.remote.url}")
             raise ConfigError(f"{req.name!r} is not in {config.remote.url} (see 'gofr-backup list --remote')")
+        if chain.kind_of(rentry) == chain.KIND_INCREMENTAL:  # the whole chain, fetched and checked first
+            from .offsite import fetched_chain
+
+            with fetched_chain(remote, rentries, rentry, identity) as paths:
+                entries_of = chain.chain_of(rentries, rentry).archives
+                links = [Link(p, None, e) for p, e in zip(paths, entries_of, strict=True)]
+                return restore_chain(config, links, req, confirm, should_stop)
         with fetched(remote, rentry, identity) as plain:
             return _restore_plain(config, plain, None, rentry, req, confirm, should_stop)
     lay = config.layout
