@@ -863,9 +863,15 @@ def cmd_drill(config: BackupConfig, args: argparse.Namespace) -> int:
             f"(time to a usable copy); the whole drill took {res.seconds or 0:.2f} s, of which removing "
             f"the copy {res.cleanup_seconds or 0:.2f} s"
         )
+    if res.chain:
+        print(f"  chain: {res.chain} archive(s), the full first, restored in turn")
     ch = res.checks
     done = []
-    if res.files is not None:
+    if res.files is not None and res.chain:
+        done.append(
+            f"the chain's final tree ({ch.get('tree')} entries, the last archive's listings), entry count and bytes"
+        )
+    elif res.files is not None:
         done.append("entry count and bytes against the archive's record")
     if ch.get("hashes") is not None:
         done.append(f"{ch['hashes']} file hashes (BLAKE3)")
