@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import sqlite3
 import stat
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 from blake3 import blake3
-from gofrtest import Members, cli_env, manifest, rewrite_archive, run_cli, write
+from gofrtest import Members, cli_env, manifest, needs, rewrite_archive, run_cli, without_dac, write
 
 from gofr_common.backup import drill as drill_mod
 from gofr_common.backup.archive_format import INDEX_NAME, index_line, read_index
@@ -223,8 +225,6 @@ def test_a_file_altered_in_the_restored_copy_is_caught(app: App) -> None:
     scratch = app.tmp / "copy"
 
     def restore_and_check(damage: Any) -> str | None:
-        import shutil
-
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir()
         with open(scratch / ".idx", "w+b") as index:
@@ -284,3 +284,21 @@ def test_a_full_mode_drill_is_unchanged(tmp_path: Path) -> None:
         assert "entry count and bytes against the archive's record" in r.stdout
     finally:
         a.db.close()
+
+
+def test_an_incomplete_incremental_drills_what_it_holds(app: App) -> None:
+    """A new file the backup cannot read (run without root's read-anything capability): the
+    incremental is incomplete, its listing names the file, no archive stores it. The drill of it
+    passes and says what the copy lacks; the complete one after it drills as usual."""
+    needs(shutil.which("setpriv") is not None and os.geteuid() == 0, "needs root and setpriv")
+    assert app.now()["kind"] == "full"
+    write(app.data / "storage" / "secret.txt", "no one may read this\n", 0o000)
+    r = subprocess.run(without_dac("now", "--json"), env=app.env, capture_output=True, text=True)
+    assert r.returncode == 3, r.stderr  # completed with warnings: incomplete
+    inc = json.loads(r.stdout)
+    assert inc["kind"] == "incremental" and inc["complete"] is False, inc
+    code, d = drill(app, inc["filename"])
+    assert code == 0, d
+    assert d["chain"] == 2
+    assert any("missing from the restored copy: storage/secret.txt" in n for n in d["notes"]), d["notes"]
+    assert any("entry count and bytes were not compared" in n for n in d["notes"]), d["notes"]
