@@ -158,6 +158,8 @@ def test_a_drill_of_the_newest_incremental_restores_its_chain_and_checks_the_fin
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"Restore drill of {inc3['filename']}: OK" in r.stdout
     assert "chain: 4 archive(s)" in r.stdout and "the chain's final tree" in r.stdout, r.stdout
+    r = run_cli("list", env=app.env)
+    assert "a chain of 4 archives)" in r.stdout, r.stdout
 
 
 def test_a_drill_of_a_middle_incremental_checks_that_day(app: App) -> None:

@@ -293,8 +293,10 @@ def _drill_text(d: Any) -> str:
         return ""
     if d.get("ok"):
         secs = d.get("restore_seconds")
+        n = d.get("chain")
+        chained = f", a chain of {n} archives" if isinstance(n, int) and not isinstance(n, bool) else ""
         return f"drill ok {d.get('at')}" + (
-            f" (restored in {secs:.1f} s)" if isinstance(secs, int | float) else ""
+            f" (restored in {secs:.1f} s{chained})" if isinstance(secs, int | float) else ""
         )
     if d.get("checked") is False:
         return f"DRILL COULD NOT RUN {d.get('at')}: {d.get('error')}"
