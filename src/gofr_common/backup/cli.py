@@ -293,8 +293,10 @@ def _drill_text(d: Any) -> str:
         return ""
     if d.get("ok"):
         secs = d.get("restore_seconds")
+        n = d.get("chain")
+        chained = f", a chain of {n} archives" if isinstance(n, int) and not isinstance(n, bool) else ""
         return f"drill ok {d.get('at')}" + (
-            f" (restored in {secs:.1f} s)" if isinstance(secs, int | float) else ""
+            f" (restored in {secs:.1f} s{chained})" if isinstance(secs, int | float) else ""
         )
     if d.get("checked") is False:
         return f"DRILL COULD NOT RUN {d.get('at')}: {d.get('error')}"
@@ -865,9 +867,15 @@ def cmd_drill(config: BackupConfig, args: argparse.Namespace) -> int:
             f"(time to a usable copy); the whole drill took {res.seconds or 0:.2f} s, of which removing "
             f"the copy {res.cleanup_seconds or 0:.2f} s"
         )
+    if res.chain:
+        print(f"  chain: {res.chain} archive(s), the full first, restored in turn")
     ch = res.checks
     done = []
-    if res.files is not None:
+    if res.files is not None and res.chain:
+        done.append(
+            f"the chain's final tree ({ch.get('tree')} entries, the last archive's listings), entry count and bytes"
+        )
+    elif res.files is not None:
         done.append("entry count and bytes against the archive's record")
     if ch.get("hashes") is not None:
         done.append(f"{ch['hashes']} file hashes (BLAKE3)")

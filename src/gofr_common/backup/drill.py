@@ -9,6 +9,16 @@
   -> record ``drill`` in the manifest entry and ``last_drill`` in the state file -> remove the
   scratch dir, always.
 
+An incremental is drilled with its chain (issue 17): the restore engine extracts the full, then
+every incremental up to it, into the scratch dir; a broken chain (chain.chain_of: a link missing,
+failed, another checksum) fails the drill, naming the link. The copy is checked against the chain's
+final tree, not against the last archive alone (whose end marker counts and whose index lists only
+what it stores): while the restore reads each archive, :class:`_ChainRecord` notes, in a SQLite
+file in the scratch dir, every member (the newest archive that stored a path wins) and, from each
+archive's index, its BLAKE3; and the last archive's ``GNU.dumpdir`` listings, which name every
+entry of the final tree (``Y``/``N`` non-directories, ``D`` subdirectories). See
+:func:`_check_chain_copy`.
+
 The scratch dir is ``.gofr-{project}.drill`` in the backup dir, or in DRILL_DIR. A drill that was
 killed leaves it behind: the next drill, the next backup and the service's start remove it (under
 the drill lock, which a running drill holds), and the state's ``drill_running`` tells ``status``
@@ -17,12 +27,14 @@ that it did not finish.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import sqlite3
 import stat
+import tarfile
 import tempfile
 import time
 import uuid
@@ -34,7 +46,7 @@ from urllib.parse import quote
 
 from blake3 import blake3
 
-from . import layout
+from . import chain, dumpdir, layout
 from .archive_format import read_index
 from .codecs import CHUNK
 from .config import BackupConfig
@@ -71,6 +83,8 @@ class DrillResult:
     cleanup_seconds: float | None = None  # removing the copy (on a disk, as long as rm -rf takes)
     files: int | None = None  # entries restored (files, directories, links)
     bytes: int | None = None  # bytes of regular files restored
+    # an incremental: how many archives its chain has (the full first, this one last); None otherwise
+    chain: int | None = None
     checks: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -343,6 +357,7 @@ def _run(
     from .restore import run_restore
 
     scratch = scratch_dir(config)
+    links = _chain_entries(config, entry, res)  # an incremental's chain, full first (None: not one)
     try:
         remove_tree(scratch)  # left by a drill that was killed (we hold the drill lock)
         scratch.mkdir(mode=0o700, parents=True)
@@ -350,7 +365,7 @@ def _run(
         raise _CouldNotRun(f"cannot make the drill's scratch dir {scratch}: {e.strerror or e}") from None
     meta = None if layout.is_sealed(archive.name) else _meta_or_none(read_meta, archive)
     try:
-        preflight(config, scratch, archive, entry, meta)
+        preflight(config, scratch, archive, entry if links is None else _chain_estimate(links), meta)
     except BackupError as e:
         raise _CouldNotRun(str(e)) from None
     # wait for a running backup first, so that the time measured is the restore's own
@@ -360,7 +375,15 @@ def _run(
         index = tempfile.TemporaryFile(dir=scratch)  # noqa: SIM115 - closed below
     except OSError as e:
         raise _CouldNotRun(f"cannot write in the drill's scratch dir {scratch}: {e.strerror or e}") from None
-    with index, capturing(Capture(index=index)) as cap:
+    cap = Capture(index=index)
+    rec: _ChainRecord | None = None
+    if links is not None:
+        try:
+            rec = _ChainRecord(scratch, cap)
+        except (OSError, sqlite3.Error) as e:
+            index.close()
+            raise _CouldNotRun(f"cannot write in the drill's scratch dir {scratch}: {e}") from None
+    with index, contextlib.closing(rec or _Nothing()), capturing(cap):
         t0 = time.monotonic()
         try:
             run_restore(config, _restore_request(archive, scratch, identity), should_stop=should_stop)
@@ -378,11 +401,154 @@ def _run(
             raise _Failed("the restore did not read the archive's record")
         names = list((vr.meta.get("paths") or {}).keys())
         try:
-            _check_copy(config, scratch, names, vr.end, index if cap.has_index else None, should_stop, res)
-        except OSError as e:  # reading our own copy back (EIO on the scratch disk): not the archive
+            if rec is None:
+                _check_copy(
+                    config, scratch, names, vr.end, index if cap.has_index else None, should_stop, res
+                )
+            else:
+                assert links is not None
+                rec.flush()
+                if rec.passes != len(links):  # pragma: no cover - run_restore restores the same chain
+                    raise _Failed(f"the restore read {rec.passes} archive(s); the chain has {len(links)}")
+                res.notes.append(
+                    f"restored with its chain of {len(links)} archives: " + ", then ".join(rec.archives)
+                )
+                incomplete = rec.incomplete or any(e.get("complete") is False for e in links)
+                _check_chain_copy(config, scratch, names, rec, should_stop, res, incomplete)
+        except (
+            OSError,
+            sqlite3.Error,
+        ) as e:  # reading our own copy back (EIO on the scratch disk): not the archive
             raise _CouldNotRun(f"cannot read the restored copy in {scratch} back: {e}") from None
     if config.drill_command:
         _probe(config, scratch, archive, should_stop, res, token)
+
+
+def _chain_entries(config: BackupConfig, entry: Entry | None, res: DrillResult) -> list[Entry] | None:
+    """The chain of an incremental (its manifest entries, full first), or None for any other archive.
+    A broken chain fails the drill here, naming the broken link: the archives are at fault."""
+    if entry is None or chain.kind_of(entry) != chain.KIND_INCREMENTAL:
+        return None
+    entries = Manifest(config.layout.root).load(config.project, repair=False)
+    c = chain.chain_of(entries, entry, config.layout)
+    if c.broken is not None:
+        raise _Failed(
+            f"its chain is broken: {c.broken}; it cannot be restored (restore points after the broken link "
+            "are lost; the next backup starts a new full)"
+        )
+    res.chain = len(c.archives)
+    return c.archives
+
+
+def _chain_estimate(links: list[Entry]) -> Entry:
+    """What a chain's restore needs, for the pre-flight: an estimate, its largest archive (usually
+    its full); a tree that grew since makes the restore stop midway instead (could not run)."""
+    est = Entry()
+    est["source_bytes"] = max(int(e.get("source_bytes") or 0) for e in links)
+    est["file_count"] = max(int(e.get("file_count") or 0) for e in links)
+    return est
+
+
+class _Nothing:
+    def close(self) -> None:
+        pass
+
+
+def _raw(name: str) -> bytes:
+    """A member's or an index line's name as the bytes on disk (tarfile decodes with surrogateescape)."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+_FLUSH = 4096  # members buffered before they are written to the record
+
+
+class _ChainRecord:
+    """What the restore's passes over a chain saw (one pass per archive, full first), kept in a
+    SQLite file in the scratch dir so that memory does not grow with the tree:
+
+    * ``f``: every path with the newest archive (pass) that stored it, that member's type (``f``
+      regular, ``h`` hard link, ``l`` symlink, ``d`` directory, ``o`` other) and size, and its BLAKE3
+      from that archive's index (regular files and hard links);
+    * ``d``: the last archive's directories and their ``GNU.dumpdir`` listings (earlier passes'
+      are dropped as each pass ends).
+
+    ``member`` and ``done`` are the verification passes' hooks (verify.Capture)."""
+
+    def __init__(self, scratch: Path, cap: Capture) -> None:
+        fd, name = tempfile.mkstemp(dir=scratch, prefix=".gofr-drill-chain-", suffix=".db")
+        os.close(fd)
+        self.path = Path(name)
+        self.db = sqlite3.connect(name, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("CREATE TABLE f (name BLOB PRIMARY KEY, pass INT, kind TEXT, size INT, digest TEXT)")
+        self.db.execute("CREATE TABLE d (name BLOB PRIMARY KEY, pass INT, listing BLOB)")
+        self.cap = cap
+        cap.member, cap.done = self.member, self.done
+        self.passes = 0
+        self.archives: list[str] = []
+        self.incomplete = False
+        self._f: list[tuple[bytes, int, str, int]] = []
+        self._d: list[tuple[bytes, int, bytes]] = []
+
+    def member(self, m: tarfile.TarInfo) -> None:
+        name = _raw(m.name.rstrip("/"))
+        kind = "f" if m.isreg() else "h" if m.islnk() else "d" if m.isdir() else "l" if m.issym() else "o"
+        self._f.append((name, self.passes, kind, m.size if kind == "f" else 0))
+        if kind == "d":
+            listing = dumpdir.of_member(m)
+            if listing is not None:
+                self._d.append((name, self.passes, listing))
+        if len(self._f) >= _FLUSH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._f and not self._d:
+            return
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT OR REPLACE INTO f VALUES (?, ?, ?, ?, NULL)", self._f)
+        self.db.executemany("INSERT OR REPLACE INTO d VALUES (?, ?, ?)", self._d)
+        self.db.execute("COMMIT")
+        self._f.clear()
+        self._d.clear()
+
+    def done(self, vr: Any) -> None:
+        """One archive read to its end: its index's digests go to the paths it stored."""
+        self.flush()
+        if self.cap.has_index and self.cap.index is not None:
+            self.db.execute("BEGIN")
+            try:
+                for name, digest in read_index(self.cap.index):
+                    self.db.execute(
+                        "UPDATE f SET digest = ? WHERE name = ? AND pass = ?",
+                        (digest, _raw(name), self.passes),
+                    )
+            except ValueError:
+                pass  # a damaged index: the pass itself fails on it (verify compares it)
+            self.db.execute("COMMIT")
+        self.db.execute("DELETE FROM d WHERE pass < ?", (self.passes,))
+        end = vr.end or {}
+        self.incomplete |= end.get("complete") is False or bool(end.get("unreadable"))
+        self.archives.append(vr.path.name)
+        self.passes += 1
+
+    def row(self, name: bytes) -> tuple[str, int, str | None] | None:
+        """(kind, size, digest) of the newest member stored at ``name``, or None."""
+        r = self.db.execute("SELECT kind, size, digest FROM f WHERE name = ?", (name,)).fetchone()
+        return None if r is None else (r[0], r[1], r[2])
+
+    def listed(self, name: bytes) -> bool:
+        """Whether the last archive has a directory member (with a listing) at ``name``."""
+        return self.db.execute("SELECT 1 FROM d WHERE name = ?", (name,)).fetchone() is not None
+
+    def dirs(self) -> Iterator[tuple[bytes, bytes]]:
+        yield from self.db.execute("SELECT name, listing FROM d ORDER BY name")
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
 
 
 def _meta_or_none(read: Callable[[Path], dict[str, Any]], archive: Path) -> dict[str, Any] | None:
@@ -483,30 +649,8 @@ def _check_copy(
     if want_bytes is None:
         res.notes.append("the archive's record has no byte count: bytes not compared")
 
-    json_match = compile_excludes(config.drill_json_glob) if config.drill_json_glob else None
-    dbs: list[str] = []
-    parsed = 0
-    json_bad: list[str] = []
-    json_big: list[str] = []
-
-    def look(rel: str, head: bytes, body: bytes | None) -> None:
-        nonlocal parsed
-        if is_sqlite(head):
-            dbs.append(rel)
-        if body is not None:
-            try:
-                json.loads(body)
-                parsed += 1
-            except ValueError as e:
-                json_bad.append(f"{rel} ({e})")
-
-    def wants_json(rel: str, size: int) -> bool:
-        if json_match is None or not json_match(rel, False):
-            return False
-        if size > JSON_MAX:
-            json_big.append(rel)
-            return False
-        return True
+    data = _DataChecks(config)
+    json_match, wants_json, look = data.json_match, data.wants_json, data.look
 
     if index is not None:
         differ: list[str] = []
@@ -557,26 +701,248 @@ def _check_copy(
             if stat.S_ISREG(st.st_mode) and (st.st_size >= 512 or json_match is not None):
                 _hash(f"{scratch}/{rel}", rel, wants_json, look, head_only=True)
 
-    res.checks["sqlite"] = len(dbs)
-    for rel in dbs:
-        if should_stop():
-            raise Interrupted("interrupted while checking SQLite databases")
-        err = sqlite_check(scratch / rel, should_stop)
-        if err:
-            problems.append(f"{one_line(rel)}: {err}")
-    if json_match is not None:
-        res.checks["json"] = parsed
-        if json_bad:
-            problems.append(
-                f"{len(json_bad)} JSON file(s) do not parse: {_shown(json_bad[:SHOWN], len(json_bad))}"
-            )
-        if json_big:
-            res.notes.append(
-                f"{len(json_big)} JSON file(s) larger than {JSON_MAX >> 20} MB were not parsed: "
-                + _shown(json_big[:SHOWN], len(json_big))
-            )
+    data.finish(scratch, should_stop, res, problems)
     if problems:
         raise _Failed("; ".join(problems))
+
+
+class _DataChecks:
+    """The application-data checks of a restored copy: SQLite databases (found by their header
+    while each file is hashed) and the JSON files DRILL_JSON_GLOB names."""
+
+    def __init__(self, config: BackupConfig) -> None:
+        self.json_match = compile_excludes(config.drill_json_glob) if config.drill_json_glob else None
+        self.dbs: list[str] = []
+        self.parsed = 0
+        self.json_bad: list[str] = []
+        self.json_big: list[str] = []
+
+    def look(self, rel: str, head: bytes, body: bytes | None) -> None:
+        if is_sqlite(head):
+            self.dbs.append(rel)
+        if body is not None:
+            try:
+                json.loads(body)
+                self.parsed += 1
+            except ValueError as e:
+                self.json_bad.append(f"{rel} ({e})")
+
+    def wants_json(self, rel: str, size: int) -> bool:
+        if self.json_match is None or not self.json_match(rel, False):
+            return False
+        if size > JSON_MAX:
+            self.json_big.append(rel)
+            return False
+        return True
+
+    def finish(
+        self, scratch: Path, should_stop: Callable[[], bool], res: DrillResult, problems: list[str]
+    ) -> None:
+        res.checks["sqlite"] = len(self.dbs)
+        for rel in self.dbs:
+            if should_stop():
+                raise Interrupted("interrupted while checking SQLite databases")
+            err = sqlite_check(scratch / rel, should_stop)
+            if err:
+                problems.append(f"{one_line(rel)}: {err}")
+        if self.json_match is not None:
+            res.checks["json"] = self.parsed
+            if self.json_bad:
+                problems.append(
+                    f"{len(self.json_bad)} JSON file(s) do not parse: "
+                    f"{_shown(self.json_bad[:SHOWN], len(self.json_bad))}"
+                )
+            if self.json_big:
+                res.notes.append(
+                    f"{len(self.json_big)} JSON file(s) larger than {JSON_MAX >> 20} MB were not parsed: "
+                    + _shown(self.json_big[:SHOWN], len(self.json_big))
+                )
+
+
+class _Tally:
+    """A count of one kind of problem, and the first few names."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.names: list[str] = []
+
+    def add(self, name: str) -> None:
+        self.n += 1
+        if len(self.names) < SHOWN:
+            self.names.append(name)
+
+    def said(self) -> str:
+        return _shown(self.names, self.n)
+
+
+def _check_chain_copy(
+    config: BackupConfig,
+    scratch: Path,
+    names: list[str],
+    rec: _ChainRecord,
+    should_stop: Callable[[], bool],
+    res: DrillResult,
+    incomplete: bool,
+) -> None:
+    """An incremental's restored copy against its chain's final tree:
+
+    * the tree: each directory of the last archive holds exactly what its ``GNU.dumpdir`` lists
+      (``D`` a directory, ``Y``/``N`` not one), and each listed subdirectory has a listing of its
+      own; so, from the configured paths down, the copy holds the final tree's entries, no more;
+    * every ``Y``/``N`` entry was stored by some archive of the chain (an ``N`` never stored is a
+      chain that cannot hold it);
+    * every regular file of the copy: the BLAKE3 the newest archive that stored it recorded (a
+      file no archive stored as a regular file fails);
+    * the entry count and the bytes: against those figures of the final tree (sizes from the
+      newest member of each path; a hard link adds none);
+    * SQLite and JSON as for any archive.
+
+    In an incomplete chain (the backup could not read everything), entries the copy lacks are
+    notes, not failures: the drill proves what the chain holds."""
+    problems: list[str] = []
+    missing, extra, wrong, never, unlisted = _Tally(), _Tally(), _Tally(), _Tally(), _Tally()
+    want_files = want_bytes = 0
+    root = os.fsencode(scratch)
+
+    def expect_file(rel: bytes) -> None:
+        nonlocal want_files, want_bytes
+        want_files += 1
+        row = rec.row(rel)
+        if row is None or row[0] == "d":
+            never.add(os.fsdecode(rel))
+        elif row[0] == "f":
+            want_bytes += row[1]
+
+    for top in names:
+        raw = _raw(top)
+        try:
+            st = os.lstat(root + b"/" + raw)
+        except FileNotFoundError:
+            missing.add(top)
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if not rec.listed(raw):
+                (missing if incomplete else unlisted).add(top)
+        else:
+            expect_file(raw)
+    for rel, listing in rec.dirs():
+        if should_stop():
+            raise Interrupted("interrupted while checking the restored copy")
+        want_files += 1
+        try:
+            on_disk: dict[bytes, os.stat_result | None] = dict(_listdir_raw(root + b"/" + rel))
+        except (FileNotFoundError, NotADirectoryError):
+            missing.add(os.fsdecode(rel))
+            continue
+        try:
+            entries = dumpdir.decode(listing)
+        except ValueError as e:  # pragma: no cover - the restore refuses a malformed listing
+            problems.append(f"the listing of {one_line(os.fsdecode(rel))} is malformed: {e}")
+            continue
+        for tag, name in entries:
+            child = rel + b"/" + name
+            got = on_disk.pop(name, None)
+            if tag == dumpdir.DIRECTORY:
+                if not rec.listed(child):
+                    (missing if incomplete else unlisted).add(os.fsdecode(child))
+                if got is not None and not stat.S_ISDIR(got.st_mode):
+                    wrong.add(os.fsdecode(child))
+            elif got is not None or not incomplete:  # (a file the backup could not read: missing)
+                expect_file(child)
+                if got is not None and stat.S_ISDIR(got.st_mode):
+                    wrong.add(os.fsdecode(child))
+            if got is None:
+                missing.add(os.fsdecode(child))
+        for name in on_disk:
+            extra.add(os.fsdecode(rel + b"/" + name))
+
+    # the copy, file by file: counts, bytes, and every regular file's hash
+    data = _DataChecks(config)
+    differ, unstored, unhashed = _Tally(), _Tally(), _Tally()
+    files = nbytes = hashed = 0
+    linked: set[tuple[int, int]] = set()
+    for rel_s, st in _walk(scratch, names, should_stop):
+        files += 1
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if st.st_nlink > 1:
+            if (st.st_dev, st.st_ino) not in linked:
+                linked.add((st.st_dev, st.st_ino))
+                nbytes += st.st_size
+        else:
+            nbytes += st.st_size
+        row = rec.row(_raw(rel_s))
+        digest = _hash(f"{scratch}/{rel_s}", rel_s, data.wants_json, data.look)
+        if row is None or row[0] not in ("f", "h"):
+            unstored.add(rel_s)
+        elif row[2] is None:
+            unhashed.add(rel_s)
+        else:
+            hashed += 1
+            if digest != row[2]:
+                differ.add(rel_s)
+    res.files, res.bytes = files, nbytes
+    res.checks["hashes"] = hashed
+    res.checks["tree"] = want_files
+
+    if differ.n:
+        problems.append(
+            f"{differ.n} restored file(s) differ from the record of the newest archive of the chain that "
+            f"stored them (BLAKE3): {differ.said()}"
+        )
+    if unstored.n:
+        problems.append(
+            f"{unstored.n} restored file(s) that no archive of the chain stored as a regular file: {unstored.said()}"
+        )
+    if extra.n:
+        problems.append(
+            f"{extra.n} restored entr(ies) that the chain's final tree does not hold (the last archive's "
+            f"directory listings): {extra.said()}"
+        )
+    if wrong.n:
+        problems.append(
+            f"{wrong.n} restored entr(ies) of the wrong type (a directory where the listing says a file, or "
+            f"the reverse): {wrong.said()}"
+        )
+    if never.n:
+        problems.append(
+            f"{never.n} entr(ies) of the final tree that no archive of the chain stored: {never.said()}"
+        )
+    if unlisted.n:
+        problems.append(
+            f"{unlisted.n} director(ies) of the final tree without a member in the last archive: {unlisted.said()}"
+        )
+    if missing.n:
+        said = f"{missing.n} entr(ies) of the chain's final tree missing from the restored copy: {missing.said()}"
+        if incomplete:
+            res.notes.append(f"{said} (the chain is incomplete: the backup could not read everything)")
+        else:
+            problems.append(said)
+    if unhashed.n:
+        res.notes.append(f"{unhashed.n} file(s) have no hash in their archive's index: {unhashed.said()}")
+    if not incomplete and files != want_files:
+        problems.append(f"the restored copy holds {files} entries, the chain's final tree {want_files}")
+    if not incomplete and nbytes != want_bytes:
+        problems.append(
+            f"the restored copy holds {nbytes} bytes of files, the chain's final tree {want_bytes}"
+        )
+    elif incomplete:
+        res.notes.append("the chain is incomplete: its entry count and bytes were not compared")
+    data.finish(scratch, should_stop, res, problems)
+    if problems:
+        raise _Failed("; ".join(problems))
+
+
+def _listdir_raw(d: bytes) -> list[tuple[bytes, os.stat_result]]:
+    for attempt in (0, 1):
+        try:
+            with os.scandir(d) as it:
+                return [(e.name, e.stat(follow_symlinks=False)) for e in it]
+        except PermissionError:
+            if attempt:
+                raise
+            os.chmod(d, stat.S_IMODE(os.lstat(d).st_mode) | stat.S_IRWXU)
+    return []  # pragma: no cover
 
 
 _BUF = bytearray(CHUNK)  # one read buffer for every file a drill hashes (not 1 MiB per file)

@@ -299,6 +299,9 @@ class Capture:
     member: Callable[[tarfile.TarInfo], None] | None = None
     result: VerifyResult | None = None  # of the last pass
     has_index: bool = False
+    # called with each pass's result as it ends, while ``index`` still holds that pass's index (the
+    # next pass truncates it): a chain's drill reads every archive's index, not only the last one's
+    done: Callable[[VerifyResult], None] | None = None
 
 
 _CAPTURE: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("gofr_verify_capture", default=None)
@@ -458,6 +461,8 @@ def verify_archive(
         res = could_not_check(res, unreadable)
         if cap is not None:
             cap.result = res
+            if cap.done is not None:
+                cap.done(res)
         return res
     digest = hr.sha.hexdigest()
     res.sha256 = digest
@@ -493,6 +498,8 @@ def verify_archive(
     res.ok = res.error is None
     if cap is not None:
         cap.result = res
+        if cap.done is not None:
+            cap.done(res)
     return res
 
 
