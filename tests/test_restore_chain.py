@@ -649,10 +649,18 @@ def test_sigkill_during_a_chain_restore_leaves_each_path_old_or_new(tmp_path: Pa
     saved = tmp_path / "saved"
     shutil.copytree(data, saved, symlinks=True)
     old = trees(data)
+    # one undisturbed restore: how long it takes, and how long its staging exists (the window in
+    # which the archives of the chain are extracted one after the other, then swapped in)
     t0 = time.monotonic()
-    r = run_cli("restore", point, "--yes", env=ch.env)
-    assert r.returncode == 0, r.stderr
+    p = popen_cli("restore", point, "--yes", env=ch.env)
+    staged_at = None
+    while p.poll() is None:
+        if staged_at is None and list(data.glob(".gofr-restore-*")):
+            staged_at = time.monotonic()
+    p.communicate()
+    assert p.returncode == 0
     duration = time.monotonic() - t0
+    window = time.monotonic() - (staged_at or t0)
     assert trees(data) == new
     rng = random.Random(SEED + 17)
     seen = {"old": 0, "new": 0, "mixed paths": 0, "staging": 0}
@@ -662,7 +670,13 @@ def test_sigkill_during_a_chain_restore_leaves_each_path_old_or_new(tmp_path: Pa
         shutil.copytree(saved, data, symlinks=True)
         assert trees(data) == old
         p = popen_cli("restore", point, "--yes", env=ch.env)
-        time.sleep(rng.uniform(0.05, duration))
+        if i % 3 == 0:  # anywhere in the whole restore
+            time.sleep(rng.uniform(0.05, duration))
+        else:  # while the chain is staged: once its staging exists, a random fraction of the window
+            t1 = time.monotonic()
+            while p.poll() is None and not list(data.glob(".gofr-restore-*")) and time.monotonic() - t1 < 60:
+                time.sleep(0.001)
+            time.sleep(rng.uniform(0, window))
         seen["staging"] += bool(list(data.glob(".gofr-restore-*")))  # killed with work in flight
         p.send_signal(signal.SIGKILL)
         p.communicate()
@@ -686,6 +700,7 @@ def test_sigkill_during_a_chain_restore_leaves_each_path_old_or_new(tmp_path: Pa
         if list(data.parent.rglob(".gofr-restore-*")):
             problems.append(f"trial {i}: staging left behind")
     assert not problems, problems
+    print(f"chain restore kill trials: {seen}")
     assert seen["staging"] > 0 and seen["old"] > 0, seen  # some kills landed while the chain was staged
 
 
