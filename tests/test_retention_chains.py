@@ -448,6 +448,9 @@ def test_prune_keeps_what_kept_restore_points_need_and_deletes_whole_chains_newe
             "needed_by": [f"daily/{w.filename}" for w in (b1, b2, b3)],
         }
     ]
+    dry_text = c.prune("--dry-run", RETENTION_DAYS="5")
+    assert f"would keep daily/{b0.filename}: needed by daily/{b1.filename} and 2 others" in dry_text
+    assert c.files() == everything
     out = c.prune(RETENTION_DAYS="5")
     assert [ln.split(":")[0] for ln in out.splitlines() if ln.startswith("deleted ")] == [
         f"deleted daily/{w.filename}" for w in (a3, a2, a1, a0)

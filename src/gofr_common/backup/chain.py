@@ -15,7 +15,7 @@ crash and never a wrong answer. Files on disk are checked only when a layout is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,9 +67,21 @@ def chain_of(entries: Iterable[Entry], e: Entry, lay: layout.BackupLayout | None
     records, failed verification, is not in the same project and tier, or (``lay`` given) is not
     on disk; or when a link record is malformed, loops, or the chain's ``full`` does not match the
     head it leads to. ``archives`` then holds what could be followed, the broken link last."""
+    return chains_in(entries, lay)(e)
+
+
+def chains_in(entries: Iterable[Entry], lay: layout.BackupLayout | None = None) -> Callable[[Entry], Chain]:
+    """:func:`chain_of` for many restore points of the same ``entries``: the name index is built
+    once (retention asks for the chain of every archive of a tier)."""
     by_name: dict[tuple[str, str, str], Entry] = {}
     for x in entries:
         by_name[(str(x.get("project")), str(x.get("tier")), str(x.get("filename")))] = x
+    return lambda e: _follow(by_name, e, lay)
+
+
+def _follow(
+    by_name: Mapping[tuple[str, str, str], Entry], e: Entry, lay: layout.BackupLayout | None
+) -> Chain:
     out: list[Entry] = []
     seen: set[str] = set()
     cur: Entry = e
@@ -110,10 +122,10 @@ def chain_of(entries: Iterable[Entry], e: Entry, lay: layout.BackupLayout | None
 def needed(entries: Iterable[Entry], kept: Iterable[Entry]) -> dict[str, list[str]]:
     """Every archive (by ``path``) that the restore points ``kept`` need, mapped to the kept ones
     that need it. An archive needed only by itself maps to [itself]."""
-    es = list(entries)
+    chain = chains_in(entries)
     out: dict[str, list[str]] = {}
     for k in kept:
-        for a in chain_of(es, k).archives:
+        for a in chain(k).archives:
             out.setdefault(str(a.get("path")), []).append(str(k.get("path")))
     return out
 

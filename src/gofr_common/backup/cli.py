@@ -934,7 +934,8 @@ def cmd_prune(config: BackupConfig, args: argparse.Namespace) -> int:
     for k in r.needed:
         by = k["needed_by"]
         more = f" and {_count(len(by) - 1, 'other')}" if len(by) > 1 else ""
-        print(f"kept {k['path']}: needed by {by[0]}{more} (on its own it would go: {k['reason']})")
+        verb = "would keep" if args.dry_run else "kept"
+        print(f"{verb} {k['path']}: needed by {by[0]}{more} (on its own it would go: {k['reason']})")
     for x in r.rechecked:
         print(f"verified once more before deleting: {x}")
     for x in r.skipped:

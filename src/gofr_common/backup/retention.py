@@ -25,7 +25,7 @@ from typing import Any
 
 from . import layout
 from .archive_format import read_meta
-from .chain import KIND_FULL, KIND_INCREMENTAL, Chain, chain_of, children
+from .chain import KIND_FULL, KIND_INCREMENTAL, Chain, chains_in, children
 from .config import BackupConfig
 from .errors import BackupError
 from .fsutil import NotOurs, regular_in, tier_dir_fd, unlink_regular
@@ -123,7 +123,8 @@ def retention_plan(entries: Iterable[Entry], now: datetime, policy: Policy) -> P
             gone.append((e, f"failed verification: {e.get('verify_error') or 'unknown error'}"))
         if not good:
             continue
-        chains = {id(e): chain_of(es, e) for e in good}
+        chain = chains_in(es)
+        chains = {id(e): chain(e) for e in good}
         intact = {id(e) for e in good if restorable(chains[id(e)])}
         keep = protected(good, intact)
         cutoff = age_cutoff(tier, now, policy)
@@ -139,13 +140,15 @@ def retention_plan(entries: Iterable[Entry], now: datetime, policy: Policy) -> P
             others.sort(key=lambda e: id(e) not in intact)  # stable: newest first within each
             over = others[max(policy.max_count - len(keep), 0) :]
             dropped += [(e, f"beyond MAX_COUNT={policy.max_count}") for e in over]
-            kept = [e for e in kept if not any(e is o for o in over)]
-        # the archives the kept restore points need (a failed one never: it is deleted, and the
-        # restore points after it are broken whatever is kept)
+            out_ids = {id(e) for e in over}
+            kept = [e for e in kept if id(e) not in out_ids]
+        # the archives the kept restore points need; only good ones can be dropped above, so a
+        # failed one (a chain stops at it, chain.py) is never kept for this: it is deleted, and
+        # the restore points after it are broken whatever is kept
         need: dict[int, list[Entry]] = {}
         for k in kept:
             for a in chains[id(k)].archives:
-                if a is not k and not failed(a):
+                if a is not k:
                     need.setdefault(id(a), []).append(k)
         for e, why in dropped:
             if id(e) in need:
@@ -169,8 +172,10 @@ def children_first(plan: list[tuple[Entry, str]]) -> list[tuple[Entry, str]]:
     """``plan`` reordered so that each entry comes after every entry of the plan that names it as
     its parent, directly or through others (newest first within a chain). Otherwise the order is
     kept: a plan without chains is returned as it is."""
-    why = {id(e): w for e, w in plan}
     kids = children([e for e, _ in plan])
+    if not kids:
+        return list(plan)
+    why = {id(e): w for e, w in plan}
     out: list[tuple[Entry, str]] = []
     entered: set[int] = set()
     for e, _ in plan:
