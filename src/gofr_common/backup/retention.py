@@ -24,10 +24,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from . import layout
-from .archive_format import read_meta
-from .chain import KIND_FULL, KIND_INCREMENTAL, Chain, chains_in, children
+from .chain import Chain, chains_in, children
 from .config import BackupConfig
-from .errors import BackupError
 from .fsutil import NotOurs, regular_in, tier_dir_fd, unlink_regular
 from .incremental import SNAP_SUFFIX
 from .layout import TIERS
@@ -482,30 +480,9 @@ def _prune(
 
 def _adopt(config: BackupConfig, tier: str, name: str) -> Entry:
     """The manifest entry of an untracked archive, with its place in a chain when its header
-    names one (``kind``, and an incremental's ``parent`` and ``full``): adopted as a full, an
-    incremental would be a restore point that needs nothing, and its parents could go."""
-    path = config.layout.tier_dir(tier) / name
-    try:
-        meta = read_meta(path)
-    except BackupError:
-        meta = {}
-    e = entry_from_archive(config.backup_dir, path, meta)
-    if meta.get("kind") == KIND_INCREMENTAL:
-        ch = meta.get("chain")
-        ch = ch if isinstance(ch, dict) else {}
-        # a malformed link is recorded as None: chain.py then calls the chain broken
-        e["kind"] = KIND_INCREMENTAL
-        e["parent"] = _link_or_none(ch.get("parent"))
-        e["full"] = _link_or_none(ch.get("full"))
-    elif meta.get("kind") == KIND_FULL:
-        e["kind"], e["parent"], e["full"] = KIND_FULL, None, None
-    return e
-
-
-def _link_or_none(v: Any) -> dict[str, str] | None:
-    if isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("filename", "sha256")):
-        return {"filename": v["filename"], "sha256": v["sha256"]}
-    return None
+    names one (manifest.chain_fields): adopted as a full, an incremental would be a restore point
+    that needs nothing, and its parents could go."""
+    return entry_from_archive(config.backup_dir, config.layout.tier_dir(tier) / name)
 
 
 def _orphan(name: str, project: str, fd: int) -> str | None:
