@@ -551,6 +551,9 @@ def main() -> None:
     ap.add_argument("--churn", type=float, default=0.01, help="days30: share of the files changed a day")
     ap.add_argument("--days-mb", type=int, help="days30: data set size (default: --mb)")
     ap.add_argument("--days-codec", default="zstd", help="days30: codec of both our arms (level 3)")
+    ap.add_argument(
+        "--db-daily", action="store_true", help="days30: update the SQLite database every day too"
+    )
     a = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     only = a.only.split(",")
@@ -571,7 +574,7 @@ def main() -> None:
     if "days30" in only:
         import days30
 
-        table = days30.run(a.days_mb or a.mb, a.days, a.churn, a.days_codec, 3)
+        table = days30.run(a.days_mb or a.mb, a.days, a.churn, a.days_codec, 3, db_daily=a.db_daily)
         (RESULTS / "days30.md").write_text(table + "\n")
         parts.append(table)
     text = "\n\n".join(parts) + "\n"
