@@ -391,7 +391,7 @@ def report(
     worst_size = max(r["inc_b"] for r in later)
     kinds = {r["inc_kind"] for r in later}
     lines = [
-        f"### 30-day simulation: {days} daily runs, {frac:.0%} of the files changed a day",
+        f"### {days}-day simulation: {days} daily runs, {frac:.0%} of the files changed a day",
         "",
         f"Bench set {nfiles} files, {nbytes / 1e6:,.0f} MB (bench/dataset.py); {codec} -{level}; "
         f"{os.cpu_count()} cores. Over days 2-{days}: {changes['modified']} files modified in place, "
