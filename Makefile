@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null) .ci/run
 
-.PHONY: install demo test lint bench fuzz clean wheelhouse image
+.PHONY: install demo test lint bench bench-30d fuzz clean wheelhouse image
 
 install: $(STAMP)
 
@@ -35,8 +35,14 @@ lint: install
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -k "fuzz or never_crashes" tests/test_security.py tests/test_config.py tests/test_sources.py tests/test_cli_inputs.py
 
+# all measurements, the 30-day simulation (days30) included; BENCH_ARGS picks sizes and parts, e.g.
+# BENCH_ARGS="--only days30 --days-mb 300 --days 30"
 bench: install
 	$(PY) bench/bench.py $(BENCH_ARGS)
+
+# the 30-day simulation alone (full mode, incremental mode, restic): bench/results/days30.md
+bench-30d: install
+	$(PY) bench/bench.py --only days30 $(BENCH_ARGS)
 
 # wheels for the image's Python (3.11, manylinux x86_64), for builds that cannot reach an index
 wheelhouse: install

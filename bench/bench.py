@@ -1,7 +1,8 @@
 """make bench: measurements that are not tests. Prints markdown tables and writes them (and a PNG
 chart) to bench/results/.
 
-    python bench/bench.py [--only throughput,memory,ops,idle,sqlite,drill] [--mb 1170] [--big-mb 4680] [--runs 3]
+    python bench/bench.py [--only throughput,memory,ops,idle,sqlite,drill,days30] [--mb 1170] [--big-mb 4680]
+                          [--runs 3] [--days 30] [--churn 0.01] [--days-mb MB] [--days-codec zstd]
 
 throughput: `gofr-backup now` per codec against the same-format CLI pipelines (each also writing the
             checksum), restic's and borg's first backups; verify and restore against their CLI
@@ -15,6 +16,10 @@ sqlite:     the worst commit latency of a real SQLite writer (WAL and rollback-j
 drill:      `gofr-backup drill` against `restore --target` of the same gzip archive (alternating,
             on the same disk), the drill's own restore_seconds, and `check-source` with the default
             1% sample, with 100% at the default rate limit and unthrottled.
+days30:     30 scheduled days of the --days-mb set (default: --mb), --churn of the files changed a
+            day; full mode, incremental mode and restic side by side: storage, each day's wall time
+            and off-site bytes, the last day's restore (checked against that day's tree), and
+            issue 17's targets met or not (bench/days30.py; also written to results/days30.md).
 """
 
 from __future__ import annotations
@@ -535,13 +540,20 @@ def bench_idle(seconds: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="throughput,memory,ops,idle,sqlite,drill")
+    ap.add_argument("--only", default="throughput,memory,ops,idle,sqlite,drill,days30")
     ap.add_argument("--mb", type=int, default=1170)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--slow-mb", type=int, default=120, help="data set size for bzip2 and xz (slow codecs)")
     ap.add_argument("--big-mb", type=int, default=4680, help="the large set of the memory comparison")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--db-mb", type=int, default=100)
+    ap.add_argument("--days", type=int, default=30, help="days30: scheduled runs")
+    ap.add_argument("--churn", type=float, default=0.01, help="days30: share of the files changed a day")
+    ap.add_argument("--days-mb", type=int, help="days30: data set size (default: --mb)")
+    ap.add_argument("--days-codec", default="zstd", help="days30: codec of both our arms (level 3)")
+    ap.add_argument(
+        "--db-daily", action="store_true", help="days30: update the SQLite database every day too"
+    )
     a = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     only = a.only.split(",")
@@ -559,6 +571,12 @@ def main() -> None:
         parts.append(bench_sqlite(a.seconds, a.db_mb))
     if "drill" in only:
         parts.append(bench_drill(a.mb, a.runs))
+    if "days30" in only:
+        import days30
+
+        table = days30.run(a.days_mb or a.mb, a.days, a.churn, a.days_codec, 3, db_daily=a.db_daily)
+        (RESULTS / "days30.md").write_text(table + "\n")
+        parts.append(table)
     text = "\n\n".join(parts) + "\n"
     name = "results.md" if len(only) > 1 else f"{only[0]}.md"
     (RESULTS / name).write_text(text)
