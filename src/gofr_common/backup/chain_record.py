@@ -150,6 +150,14 @@ class ChainRecord:
             return None
         return r[0], (None if r[1] is None else (r[1], r[2], r[3], r[4], r[5]))
 
+    def final_rows(self) -> Iterator[tuple[bytes, str, str | None, int, int]]:
+        """(after :meth:`final_tree`) every name of the final tree: (name, tag, kind, size, mtime) of
+        the newest member stored at it (kind None, size and mtime 0: no archive stored it)."""
+        for name, tag, kind, size, mtime in self.db.execute(
+            "SELECT t.name, t.tag, f.kind, f.size, f.mtime FROM t LEFT JOIN f ON f.name = t.name"
+        ):
+            yield name, tag, kind, size or 0, mtime or 0
+
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.db.close()
