@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from gofrtest import SimClock, cli_env, run_cli, write
 
-from gofr_common.backup import BackupConfig
+from gofr_common.backup import BackupConfig, spot_check
 from gofr_common.backup.manifest import Manifest
 from gofr_common.backup.run import Run
 
@@ -273,3 +273,18 @@ def test_the_check_after_a_scheduled_incremental_backup(tmp_path: Path) -> None:
     # untouched since: passes again
     e = day(4)
     assert e["kind"] == "incremental" and e["spot_check"]["ok"] is True, e["spot_check"]
+
+
+def test_the_after_backup_check_without_its_own_pass_reads_the_chain(ch: Chain) -> None:
+    """When the new archive's pass gave no view (its .snap did not load), the after-backup check
+    of an incremental reads the whole chain, as check-source does."""
+    full, inc1, inc2 = ch.days()
+    config = BackupConfig.from_env(env=ch.env)
+    clock = SimClock(datetime.now(UTC))
+    res = spot_check.after_backup(config, clock, Manifest(ch.backups).load("plot")[-1], None, lambda: False)
+    assert res.ok, res.error
+    assert res.archive == inc2["filename"] and res.files == old_entries(ch, inc2)
+    assert any("chain of 3 archive(s)" in n for n in res.notes), res.notes
+    put_back(ch.s / "d2" / "f5.txt", b"")
+    res = spot_check.after_backup(config, clock, Manifest(ch.backups).load("plot")[-1], None, lambda: False)
+    assert not res.ok and res.size_drift_paths == [str(ch.s / "d2" / "f5.txt")], res

@@ -16,6 +16,18 @@
 
 It reads at most the sample of the source (everything else is a stat), and stops within a chunk
 when asked to (SIGTERM).
+
+An incremental (issue 17) is checked against its restore point, the chain's final tree, never
+against its own members (one day's changes): a :class:`ChainListing` built from a
+:class:`~gofr_common.backup.chain_record.ChainRecord` (shared with the drill of a chain): the names
+of the last archive's ``GNU.dumpdir`` listings and its configured paths, each with the type, size,
+mtime and BLAKE3 of the newest archive of the chain that stored it.
+
+* ``check-source`` reads every archive of the chain (a broken chain, or one that does not read,
+  fails the check naming the link);
+* after a scheduled backup, the new archive's verification pass alone: what it stored from its
+  members and index, what it did not (unchanged) from its ``.snap`` (type, size, mtime; no hash,
+  so the content sample is drawn from what it stored). Without a usable ``.snap``: the whole chain.
 """
 
 from __future__ import annotations
