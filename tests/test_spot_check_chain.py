@@ -288,3 +288,13 @@ def test_the_after_backup_check_without_its_own_pass_reads_the_chain(ch: Chain) 
     put_back(ch.s / "d2" / "f5.txt", b"")
     res = spot_check.after_backup(config, clock, Manifest(ch.backups).load("plot")[-1], None, lambda: False)
     assert not res.ok and res.size_drift_paths == [str(ch.s / "d2" / "f5.txt")], res
+
+
+def test_an_incremental_the_manifest_does_not_list_is_not_compared_alone(ch: Chain) -> None:
+    full, inc1, inc2 = ch.days()
+    m = json.loads((ch.backups / "manifest.json").read_text())
+    m["backups"] = [e for e in m["backups"] if e["filename"] != inc2["filename"]]
+    (ch.backups / "manifest.json").write_text(json.dumps(m))
+    code, d = ch.check(inc2["filename"])
+    assert code == 1 and d["missing"] == 0, d  # not the day's changes alone: no false "missing"
+    assert "incremental archive that the manifest does not list" in d["error"], d

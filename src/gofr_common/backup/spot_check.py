@@ -623,6 +623,13 @@ def check_source(
         if view is None:
             res = SpotResult(archive=archive.name, at=at, sample_percent=pct)
             res.error = f"cannot read {archive.name}: {vr.error if vr else 'unknown error'}"
+        elif view.meta.get("kind") == chain.KIND_INCREMENTAL:  # its header says so; the manifest has no entry
+            res = SpotResult(archive=archive.name, at=at, sample_percent=pct)
+            res.error = (
+                f"{archive.name} is an incremental archive that the manifest does not list, so its chain is "
+                "unknown and the source cannot be compared with its restore point; check its chain's "
+                "newest listed archive instead"
+            )
         else:
             res = check(config, view, at, pct, should_stop)
     record(config, res, entry["path"] if entry else None)
