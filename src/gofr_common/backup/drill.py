@@ -34,7 +34,6 @@ import logging
 import os
 import sqlite3
 import stat
-import tarfile
 import tempfile
 import time
 import uuid
@@ -48,6 +47,7 @@ from blake3 import blake3
 
 from . import chain, dumpdir, layout
 from .archive_format import read_index
+from .chain_record import ChainRecord
 from .codecs import CHUNK
 from .config import BackupConfig
 from .errors import BackupError, ConfigError, CouldNotCheck, Interrupted, LocalFault, one_line
@@ -459,96 +459,7 @@ def _raw(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-_FLUSH = 4096  # members buffered before they are written to the record
-
-
-class _ChainRecord:
-    """What the restore's passes over a chain saw (one pass per archive, full first), kept in a
-    SQLite file in the scratch dir so that memory does not grow with the tree:
-
-    * ``f``: every path with the newest archive (pass) that stored it, that member's type (``f``
-      regular, ``h`` hard link, ``l`` symlink, ``d`` directory, ``o`` other) and size, and its BLAKE3
-      from that archive's index (regular files and hard links);
-    * ``d``: the last archive's directories and their ``GNU.dumpdir`` listings (earlier passes'
-      are dropped as each pass ends).
-
-    ``member`` and ``done`` are the verification passes' hooks (verify.Capture)."""
-
-    def __init__(self, scratch: Path, cap: Capture) -> None:
-        fd, name = tempfile.mkstemp(dir=scratch, prefix=".gofr-drill-chain-", suffix=".db")
-        os.close(fd)
-        self.path = Path(name)
-        self.db = sqlite3.connect(name, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=OFF")
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("CREATE TABLE f (name BLOB PRIMARY KEY, pass INT, kind TEXT, size INT, digest TEXT)")
-        self.db.execute("CREATE TABLE d (name BLOB PRIMARY KEY, pass INT, listing BLOB)")
-        self.cap = cap
-        cap.member, cap.done = self.member, self.done
-        self.passes = 0
-        self.archives: list[str] = []
-        self.incomplete = False
-        self._f: list[tuple[bytes, int, str, int]] = []
-        self._d: list[tuple[bytes, int, bytes]] = []
-
-    def member(self, m: tarfile.TarInfo) -> None:
-        name = _raw(m.name.rstrip("/"))
-        kind = "f" if m.isreg() else "h" if m.islnk() else "d" if m.isdir() else "l" if m.issym() else "o"
-        self._f.append((name, self.passes, kind, m.size if kind == "f" else 0))
-        if kind == "d":
-            listing = dumpdir.of_member(m)
-            if listing is not None:
-                self._d.append((name, self.passes, listing))
-        if len(self._f) >= _FLUSH:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._f and not self._d:
-            return
-        self.db.execute("BEGIN")
-        self.db.executemany("INSERT OR REPLACE INTO f VALUES (?, ?, ?, ?, NULL)", self._f)
-        self.db.executemany("INSERT OR REPLACE INTO d VALUES (?, ?, ?)", self._d)
-        self.db.execute("COMMIT")
-        self._f.clear()
-        self._d.clear()
-
-    def done(self, vr: Any) -> None:
-        """One archive read to its end: its index's digests go to the paths it stored."""
-        self.flush()
-        if self.cap.has_index and self.cap.index is not None:
-            self.db.execute("BEGIN")
-            try:
-                for name, digest in read_index(self.cap.index):
-                    self.db.execute(
-                        "UPDATE f SET digest = ? WHERE name = ? AND pass = ?",
-                        (digest, _raw(name), self.passes),
-                    )
-            except ValueError:
-                pass  # a damaged index: the pass itself fails on it (verify compares it)
-            self.db.execute("COMMIT")
-        self.db.execute("DELETE FROM d WHERE pass < ?", (self.passes,))
-        end = vr.end or {}
-        self.incomplete |= end.get("complete") is False or bool(end.get("unreadable"))
-        self.archives.append(vr.path.name)
-        self.passes += 1
-
-    def row(self, name: bytes) -> tuple[str, int, str | None] | None:
-        """(kind, size, digest) of the newest member stored at ``name``, or None."""
-        r = self.db.execute("SELECT kind, size, digest FROM f WHERE name = ?", (name,)).fetchone()
-        return None if r is None else (r[0], r[1], r[2])
-
-    def listed(self, name: bytes) -> bool:
-        """Whether the last archive has a directory member (with a listing) at ``name``."""
-        return self.db.execute("SELECT 1 FROM d WHERE name = ?", (name,)).fetchone() is not None
-
-    def dirs(self) -> Iterator[tuple[bytes, bytes]]:
-        yield from self.db.execute("SELECT name, listing FROM d ORDER BY name")
-
-    def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self.db.close()
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+_ChainRecord = ChainRecord  # what the restore's passes over a chain saw (chain_record.py)
 
 
 def _meta_or_none(read: Callable[[Path], dict[str, Any]], archive: Path) -> dict[str, Any] | None:

@@ -111,6 +111,8 @@ class Run:
                 finally:
                     if self.spot_index is not None:
                         self.spot_index.close()
+                    if self.spot_view is not None:
+                        self.spot_view.close()
                 self.post_hook(out)
                 return out
         except Interrupted as e:  # while waiting for the lock
@@ -287,16 +289,21 @@ class Run:
             entry["parent"] = link["parent"] if isinstance(link, dict) else None
             entry["full"] = link["full"] if isinstance(link, dict) else None
         try:
-            cap = None
-            # the pass that verifies also gathers what the spot check needs (a full's only: an
-            # incremental holds one day's changes, so every unchanged file would count as missing)
+            cap = rec = None
+            # the pass that verifies also gathers what the spot check needs: a full's members and
+            # index; an incremental's members, index and directory listings (the chain's final tree)
             if self.spot_checks and chain.kind_of(entry) == chain.KIND_FULL:
                 cap, listing, index = spot_check.capture()
+                self.spot_index = index
+            elif self.spot_checks:
+                cap, rec, index = spot_check.capture_chain()
                 self.spot_index = index
             if c.verify_after_backup or cap is not None:
                 with capturing(cap) if cap is not None else contextlib.nullcontext():
                     res = verify_archive(w.path, w.sha256, should_stop=self.should_stop)
-                if cap is not None:
+                if cap is not None and rec is not None:
+                    self.spot_view = spot_check.increment_view(w.filename, cap, rec, w.path, w.sha256)
+                elif cap is not None:
                     self.spot_view = spot_check.view_of(w.filename, cap, listing, index)
             if c.verify_after_backup:
                 entry.update(verdict_fields(res, self.now(), entry))  # type: ignore[typeddict-item]
@@ -312,6 +319,8 @@ class Run:
                 self.seal(w.path, entry)
             self.manifest.add(entry)
         except BaseException:
+            if rec is not None and self.spot_view is None:
+                rec.close()
             for p in (w.path, w.path.with_name(w.filename + layout.AGE_SUFFIX)):
                 remove_quietly(p)
                 remove_quietly(layout.sidecar_path(p))
@@ -418,13 +427,6 @@ class Run:
         """After a scheduled backup: compare it with the live source. Its result never changes the
         backup's outcome; a failure is recorded (``status`` turns unhealthy) and logged."""
         if not self.spot_checks:
-            return
-        if chain.kind_of(entry) == chain.KIND_INCREMENTAL:
-            event(
-                "spot_check.skipped",
-                f"source spot check skipped: {entry['filename']} is an incremental archive (the next full "
-                "of the chain is checked)",
-            )
             return
         c = self.config
         try:

@@ -16,10 +16,23 @@
 
 It reads at most the sample of the source (everything else is a stat), and stops within a chunk
 when asked to (SIGTERM).
+
+An incremental (issue 17) is checked against its restore point, the chain's final tree, never
+against its own members (one day's changes): a :class:`ChainListing` built from a
+:class:`~gofr_common.backup.chain_record.ChainRecord` (shared with the drill of a chain): the names
+of the last archive's ``GNU.dumpdir`` listings and its configured paths, each with the type, size,
+mtime and BLAKE3 of the newest archive of the chain that stored it.
+
+* ``check-source`` reads every archive of the chain (a broken chain, or one that does not read,
+  fails the check naming the link);
+* after a scheduled backup, the new archive's verification pass alone: what it stored from its
+  members and index, what it did not (unchanged) from its ``.snap`` (type, size, mtime; no hash,
+  so the content sample is drawn from what it stored). Without a usable ``.snap``: the whole chain.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -30,7 +43,7 @@ import tempfile
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,8 +51,9 @@ from typing import IO, Any
 
 from blake3 import blake3
 
-from . import layout, sealed
+from . import chain, incremental, layout, sealed
 from .archive_format import read_index
+from .chain_record import ChainRecord, raw
 from .codecs import CHUNK
 from .config import BackupConfig
 from .errors import ConfigError, Interrupted, one_line
@@ -95,10 +109,13 @@ class Listing:
         self.kinds = bytearray()
 
     def __call__(self, m: tarfile.TarInfo) -> None:
-        self.keys.append(_key(m.name.rstrip("/")))
-        self.sizes.append(max(m.size, 0))
-        self.mtimes.append(int(m.mtime))
-        self.kinds.append(_KINDS.get(m.type, 0))
+        self.add(m.name.rstrip("/"), _KINDS.get(m.type, 0), max(m.size, 0), int(m.mtime))
+
+    def add(self, name: str, kind: int, size: int, mtime: int) -> None:
+        self.keys.append(_key(name))
+        self.sizes.append(size)
+        self.mtimes.append(mtime)
+        self.kinds.append(kind)
 
     def freeze(self) -> Listing:
         order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
@@ -120,6 +137,54 @@ class Listing:
         return len(self.keys)
 
 
+_CHAIN_KINDS = {"f": 1, "d": 2, "l": 3, "h": 4}
+_SNAP_KINDS = {incremental.FILE: 1, incremental.DB: 1, incremental.DIR: 2, incremental.LINK: 3}
+
+
+class ChainListing:
+    """The final tree of an incremental's chain, looked up like a :class:`Listing`: a name the
+    last archive's ``GNU.dumpdir`` listings (or its configured paths) hold, with the type, size
+    and mtime of the newest member of the chain stored at it, and that member's BLAKE3.
+
+    ``snap`` (the after-backup check, which reads only the new archive): the entries of its
+    ``.snap``, which give the type, size and mtime of the entries it did not store (unchanged
+    since an earlier archive of the chain); those have no hash here, so their content is not
+    compared."""
+
+    def __init__(
+        self, rec: ChainRecord, archives: list[str], snap: Mapping[str, bytes] | None = None
+    ) -> None:
+        self.rec, self.archives, self.snap = rec, archives, snap
+        self.dbs = {n for n, r in (snap or {}).items() if r[:1] == incremental.DB}
+        self.from_snap = 0  # entries whose type, size and mtime came from the .snap (unchanged)
+        # the final tree in a Listing (17 bytes an entry, looked up by bisection): one scan of the
+        # record, not one query per source entry
+        self.listing = Listing()
+        for raw_name, _tag, kind, size, mtime in rec.final_rows():
+            name = raw_name.decode("utf-8", "surrogateescape")
+            if kind is not None:
+                self.listing.add(name, _CHAIN_KINDS.get(kind, 0), size, mtime)
+                continue
+            r = None if snap is None else snap.get(name)
+            if r is not None:  # in the final tree, not stored by this archive: unchanged since
+                _k, _dev, _ino, size, mtime_ns, *_ = incremental._REC.unpack_from(r)
+                self.listing.add(name, _SNAP_KINDS.get(r[:1], 0), size, mtime_ns // 1_000_000_000)
+                self.from_snap += 1
+            # else: no archive of the chain stored it: not in the listing, so missing
+        self.listing.freeze()
+
+    def get(self, name: str) -> tuple[int, int, int] | None:
+        return self.listing.get(name)
+
+    def digest(self, name: str) -> str | None:
+        """The BLAKE3 (hex) the newest archive that stored ``name`` recorded, or None."""
+        got = self.rec.final(raw(name))
+        return None if got is None or got[1] is None else got[1][3]
+
+    def close(self) -> None:
+        self.rec.close()
+
+
 @dataclass
 class ArchiveView:
     """What a check needs of an archive: its header and end marker, its members, its index."""
@@ -127,8 +192,13 @@ class ArchiveView:
     name: str
     meta: dict[str, Any]
     end: dict[str, Any]
-    listing: Listing
-    index: IO[bytes] | None  # None: the archive has no per-file hashes (format 1)
+    listing: Listing | ChainListing
+    index: IO[bytes] | None  # None: the archive has no per-file hashes (format 1), or a chain
+    chain: ChainListing | None = None  # an incremental: its chain's final tree (``listing`` too)
+
+    def close(self) -> None:
+        if self.chain is not None:
+            self.chain.close()
 
 
 def capture() -> tuple[Capture, Listing, IO[bytes]]:
@@ -235,12 +305,15 @@ def check(
     unreadable = {str(p).rstrip("/") for p in view.end.get("unreadable") or []}
     snapshots = set(view.end.get("sqlite_snapshots") or [])
     excluded = compile_excludes(config.exclude) if config.exclude else None
-    p = sample_percent / 100 if view.index is not None else 0.0
-    if view.index is None:
+    ch = view.chain
+    dbs = ch.dbs if ch is not None else set()  # a chain's SQLite databases, by name in the archive
+    p = sample_percent / 100 if view.index is not None or ch is not None else 0.0
+    if view.index is None and ch is None:
         res.drift = None
         res.notes.append("this archive predates per-file hashes (format 1): content drift not checked")
     throttle = _Throttle(config.spot_check_rate * 1e6, should_stop)
     sampled: dict[int, bytes] = {}  # hash of the name in the archive -> BLAKE3 of the source file
+    chain_sampled: dict[str, tuple[str, str]] = {}  # a chain's: name -> (source path, BLAKE3 hex)
     skipped = 0
     tops = _source_tops(config, res)
     found = Found()
@@ -249,7 +322,7 @@ def check(
         if st.st_mtime >= created:
             res.newer += 1
             continue
-        if e.path in unreadable or sibling_base(e.path) in snapshots:
+        if e.path in unreadable or sibling_base(e.path) in snapshots or sibling_base(e.arcname) in dbs:
             res.known += 1
             continue
         res.files += 1
@@ -267,6 +340,7 @@ def check(
             and mtime == int(st.st_mtime)
             and st.st_mtime < created - 1  # not changed in the second the backup began
             and e.path not in snapshots  # a snapshot's size is the snapshot's, not the live file's
+            and e.arcname not in dbs
         ):
             res.size_drift += 1
             if len(res.size_drift_paths) < SHOWN:
@@ -280,12 +354,16 @@ def check(
             and mtime == int(st.st_mtime)
             and st.st_mtime < created - 1  # not changed in the second the backup began
             and e.path not in snapshots
+            and e.arcname not in dbs
             and rng.random() < p
+            and (ch is None or ch.digest(e.arcname) is not None)  # a chain's: only files with a hash
         ):
             digest, n = _hash_source(e.path, throttle)  # read at most SPOT_CHECK_RATE
             res.sampled_bytes += n
             if digest is None:
                 skipped += 1
+            elif ch is not None:
+                chain_sampled[e.arcname] = (e.path, digest.hex())
             else:
                 sampled[_key(e.arcname)] = digest
     if found.unreadable:
@@ -297,9 +375,16 @@ def check(
         res.notes.append(
             f"{skipped} sampled file(s) not compared: changed while read, gone, or SQLite databases"
         )
-    res.sampled = len(sampled)
+    res.sampled = len(sampled) + len(chain_sampled)
     if view.index is not None and sampled:
         _compare(view.index, sampled, {name: path for name, path, _ in tops}, res)
+    if ch is not None:
+        for name, (path, mine) in chain_sampled.items():
+            if ch.digest(name) != mine:
+                res.drift = (res.drift or 0) + 1
+                if len(res.drift_paths) < SHOWN:
+                    res.drift_paths.append(path)
+        _chain_notes(ch, res)
     problems = []
     # a configured path the archive holds and the source lacks (an unmounted volume, a deleted
     # directory): the walk finds nothing there, which must not read as "nothing missing"
@@ -339,6 +424,22 @@ def check(
     res.ok = res.error is None
     res.seconds = round(time.monotonic() - t0, 3)
     return res
+
+
+def _chain_notes(ch: ChainListing, res: SpotResult) -> None:
+    n = len(ch.archives)
+    if ch.snap is None:
+        res.notes.append(
+            f"checked against the final tree of its chain of {n} archive(s) ({', then '.join(ch.archives)}): "
+            "each file as the newest archive that stored it holds it"
+        )
+    else:
+        res.notes.append(
+            f"an incremental (chain of {n} archives): checked against the chain's final tree from this "
+            f"archive's listings; {ch.from_snap} unchanged entr(ies) it did not store were checked by "
+            "presence, size and mtime (its .snap), their content is not sampled (check-source reads "
+            "the whole chain)"
+        )
 
 
 def _listed(paths: list[str], n: int) -> str:
@@ -395,12 +496,103 @@ def _read_archive(
 ) -> tuple[ArchiveView | None, VerifyResult | None, IO[bytes]]:
     cap, listing, index = capture()
     with capturing(cap):
-        if layout.is_sealed(archive.name):
-            with open(archive, "rb") as f, sealed.decrypted(f, archive.name, identity) as plain:
-                vr = verify_archive(plain, plain_sha, sidecar=False, should_stop=should_stop)
-        else:
-            vr = verify_archive(archive, sha, should_stop=should_stop)
+        vr = _verify(archive, sha, plain_sha, identity, should_stop)
     return view_of(archive.name, cap, listing, index), vr, index
+
+
+def capture_chain() -> tuple[Capture, ChainRecord, IO[bytes]]:
+    """A Capture for the verification passes over a chain (or over one new incremental) that
+    gathers what a spot check of its final tree needs."""
+    index = tempfile.TemporaryFile()
+    cap = Capture(index=index)
+    try:
+        rec = ChainRecord(None, cap)
+    except BaseException:
+        index.close()
+        raise
+    return cap, rec, index
+
+
+def increment_view(
+    name: str, cap: Capture, rec: ChainRecord, archive: Path, sha256: str | None
+) -> ArchiveView | None:
+    """The after-backup view of a new incremental, from its own verification pass alone: the chain's
+    final tree from its listings, the entries it stored from its members and index, the others
+    (unchanged) from its ``.snap``. None (``rec`` closed) when the pass failed or the ``.snap`` does
+    not load: the check then reads the whole chain."""
+    vr = cap.result
+    snap = None
+    if vr is not None and vr.ok and vr.meta is not None and vr.end is not None and sha256:
+        try:
+            snap = incremental.load_snapshot(archive, sha256)
+            rec.final_tree((vr.meta.get("paths") or {}).keys())
+        except (incremental.SnapshotError, ValueError):
+            snap = None
+    if snap is None or vr is None or vr.meta is None or vr.end is None:
+        rec.close()
+        return None
+    ch = ChainListing(rec, [name], snap.entries)
+    return ArchiveView(name, vr.meta, vr.end, ch, None, chain=ch)
+
+
+def _check_chain(
+    config: BackupConfig,
+    archive: Path,
+    entry: Entry,
+    at: str,
+    pct: float,
+    identity: Path | None,
+    should_stop: Callable[[], bool],
+) -> SpotResult:
+    """An incremental against the live source: read every archive of its chain (one verification
+    pass each, full first), then compare the source with the chain's final tree."""
+    res = SpotResult(archive=archive.name, at=at, sample_percent=pct)
+    entries = Manifest(config.layout.root).load(config.project, repair=False)
+    c = chain.chain_of(entries, entry, config.layout)
+    if c.broken is not None:
+        res.error = (
+            f"{archive.name} is an incremental whose chain is broken: {c.broken}; it cannot be restored, "
+            "so the source was not compared with it (the next backup starts a new full)"
+        )
+        return res
+    cap, rec, index = capture_chain()
+    n = len(c.archives)
+    with index, contextlib.closing(rec), capturing(cap):
+        vr: VerifyResult | None = None
+        for i, e in enumerate(c.archives, 1):
+            path = config.layout.archive(str(e.get("path")))
+            vr = _verify(path, e.get("sha256"), e.get("plain_sha256"), identity, should_stop)
+            if not vr.ok or vr.meta is None or vr.end is None:
+                res.error = (
+                    f"cannot read {path.name} (archive {i} of {n} of the chain of {archive.name}): "
+                    f"{vr.error or 'unknown error'}"
+                )
+                return res
+        assert vr is not None and vr.meta is not None and vr.end is not None
+        try:
+            rec.final_tree((vr.meta.get("paths") or {}).keys())
+        except ValueError as e:
+            res.error = f"cannot read the directory listings of {archive.name}: {e}"
+            return res
+        end = dict(vr.end)
+        end["sqlite_snapshots"] = sorted({str(x) for d in rec.ends for x in d.get("sqlite_snapshots") or []})
+        ch = ChainListing(rec, list(rec.archives))
+        return check(
+            config, ArchiveView(archive.name, vr.meta, end, ch, None, chain=ch), at, pct, should_stop
+        )
+
+
+def _verify(
+    archive: Path,
+    sha: str | None,
+    plain_sha: str | None,
+    identity: Path | None,
+    should_stop: Callable[[], bool],
+) -> VerifyResult:
+    if layout.is_sealed(archive.name):
+        with open(archive, "rb") as f, sealed.decrypted(f, archive.name, identity) as plain:
+            return verify_archive(plain, plain_sha, sidecar=False, should_stop=should_stop)
+    return verify_archive(archive, sha, should_stop=should_stop)
 
 
 def check_source(
@@ -421,12 +613,23 @@ def check_source(
         )
     pct = config.spot_check_sample if sample_percent is None else sample_percent
     at = now_iso(clock.now())
+    if entry is not None and chain.kind_of(entry) == chain.KIND_INCREMENTAL:
+        res = _check_chain(config, archive, entry, at, pct, identity, should_stop)
+        record(config, res, entry["path"])
+        return res
     e: Entry = entry or Entry()
     view, vr, index = _read_archive(archive, e.get("sha256"), e.get("plain_sha256"), identity, should_stop)
     with index:
         if view is None:
             res = SpotResult(archive=archive.name, at=at, sample_percent=pct)
             res.error = f"cannot read {archive.name}: {vr.error if vr else 'unknown error'}"
+        elif view.meta.get("kind") == chain.KIND_INCREMENTAL:  # its header says so; the manifest has no entry
+            res = SpotResult(archive=archive.name, at=at, sample_percent=pct)
+            res.error = (
+                f"{archive.name} is an incremental archive that the manifest does not list, so its chain is "
+                "unknown and the source cannot be compared with its restore point; check its chain's "
+                "newest listed archive instead"
+            )
         else:
             res = check(config, view, at, pct, should_stop)
     record(config, res, entry["path"] if entry else None)
@@ -445,6 +648,12 @@ def after_backup(
     archive = config.layout.archive(entry["path"])
     at = now_iso(clock.now())
     index = None
+    if view is None and chain.kind_of(entry) == chain.KIND_INCREMENTAL:  # no view of its own pass
+        res = _check_chain(
+            config, archive, entry, at, config.spot_check_sample, config.identity_file, should_stop
+        )
+        record(config, res, entry["path"])
+        return res
     if view is None:
         view, _vr, index = _read_archive(
             archive, entry.get("sha256"), entry.get("plain_sha256"), config.identity_file, should_stop
