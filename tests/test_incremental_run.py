@@ -28,7 +28,7 @@ from gofrtest import (
     snapshot,
     write,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gofr_common.backup import BackupConfig, BackupService
@@ -568,7 +568,10 @@ def _apply(root: Path, op: str, x: str, y: str) -> None:
     """One change under ``root`` (names may hit a file, a directory or nothing: all are fine)."""
     a, b = root / x, root / "sub" / y
     if op == "add":
-        write(b if os.path.isdir(b.parent) else a, f"{op} {x} {y} {time.monotonic_ns()}")
+        at = b if os.path.isdir(b.parent) else a
+        if os.path.isdir(at):  # a name an earlier op made a directory (retype): add inside it
+            at = at / "added"
+        write(at, f"{op} {x} {y} {time.monotonic_ns()}")
     elif op == "modify" and a.is_file() and not a.is_symlink():
         with open(a, "a") as f:
             f.write("more")
@@ -592,6 +595,7 @@ def _apply(root: Path, op: str, x: str, y: str) -> None:
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(days=st.lists(_OPS, min_size=1, max_size=3))
+@example(days=[[("rmdir", "a", "a"), ("retype", "a", "a"), ("add", "a", "a")]])  # add into a retyped name
 def test_property_the_runs_chain_restored_by_gnu_tar_equals_each_day(
     days: list[list[tuple[str, str, str]]],
 ) -> None:
