@@ -786,14 +786,15 @@ def _print_notes(plan: RestorePlan) -> None:
 
 def _choose_interactively(config: BackupConfig) -> str:
     from .manifest import drill_failed, latest, listing
-    from .restore import broken_chain, passed_over, passed_over_line, restorable
+    from .restore import broken_chain, incomplete_chain, passed_over, passed_over_line, restorable
 
     lst = listing(config.layout)
     usable = [e for e in lst.entries if e["path"] not in lst.missing]
     if not usable:
         raise BackupError(f"no backups of {config.project} in {config.backup_dir}")
     broken = broken_chain(lst.entries, config.layout)
-    best = latest(usable, usable=lambda e: restorable(e) and broken(e) is None)
+    incomplete = incomplete_chain(lst.entries, config.layout)
+    best = latest(usable, usable=lambda e: restorable(e) and broken(e) is None and incomplete(e) is None)
     for i, e in enumerate(usable, 1):
         mark = "  <- newest complete and verified (Enter)" if e is best else ""
         drill = f", drill failed {(e.get('drill') or {}).get('at')}" if drill_failed(e) else ""
@@ -801,7 +802,7 @@ def _choose_interactively(config: BackupConfig) -> str:
             f"  {i:>3}) {e['filename']}  {human_size(e.get('size_bytes'))}  {_verified_text(e)}{drill}{mark}\n"
         )
     if best is not None:
-        for p in passed_over(lst.entries, best, lambda e: e["path"] not in lst.missing, broken):
+        for p in passed_over(lst.entries, best, lambda e: e["path"] not in lst.missing, broken, incomplete):
             sys.stderr.write(f"{PROG}: note: {passed_over_line(p, best['filename'])}\n")
     ans = _ask(f"Restore which backup? [1-{len(usable)}] ")
     if ans == "" and best is not None:

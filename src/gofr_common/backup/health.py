@@ -93,7 +93,16 @@ def restorable(config: BackupConfig, entries: list[Entry]) -> Entry | None:
     ]
     best = sorted(ok, key=lambda e: (created_of(e), e["tier"] == "daily"), reverse=True)
     # nothing later in a broken chain is restorable: the newest whose whole chain is there
-    return next((e for e in best if chain_problem(config, entries, e) is None), None)
+    # ... and whose chain restores without --allow-incomplete (no earlier archive incomplete)
+    return next(
+        (
+            e
+            for e in best
+            if chain_problem(config, entries, e) is None
+            and not any(a.get("complete") is False for a in chain.chain_of(entries, e).archives[:-1])
+        ),
+        None,
+    )
 
 
 def health(config: BackupConfig, now: datetime) -> Health:

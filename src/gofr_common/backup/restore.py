@@ -921,11 +921,28 @@ def broken_chain(entries: Sequence[Entry], lay: layout.BackupLayout) -> Callable
     return broken
 
 
+def incomplete_chain(entries: Sequence[Entry], lay: layout.BackupLayout) -> Callable[[Entry], str | None]:
+    """Why an incremental's restore needs --allow-incomplete although it is complete itself: an
+    earlier archive of its chain is incomplete (the chain restore refuses it without that
+    option, so ``--latest`` and ``status`` must not choose it), or None."""
+
+    def incomplete(e: Entry) -> str | None:
+        if chain.kind_of(e) != chain.KIND_INCREMENTAL:
+            return None
+        for a in chain.chain_of(entries, e, lay).archives[:-1]:
+            if a.get("complete") is False:
+                return f"its chain holds {a.get('filename')}, which is incomplete"
+        return None
+
+    return incomplete
+
+
 def passed_over(
     entries: Sequence[Entry],
     chosen: Entry | None,
     on_disk: Callable[[Entry], bool],
     broken: Callable[[Entry], str | None] = lambda e: None,
+    incomplete: Callable[[Entry], str | None] | None = None,
 ) -> list[dict[str, str]]:
     """The archives newer than ``chosen`` (all, without one) that ``--latest`` passes over, newest
     first, each with why (``broken``: why an incremental's chain is not intact)."""
@@ -935,6 +952,8 @@ def passed_over(
             break
         why = why_not_restorable(e, on_disk(e))
         chain_why = broken(e) if on_disk(e) else None
+        if not chain_why and incomplete is not None and on_disk(e):
+            why = "; ".join(w for w in (why, incomplete(e)) if w) or None
         if chain_why:
             why = "; ".join([*([why] if why else []), f"its chain is broken: {chain_why}"])
         if why:
@@ -993,10 +1012,16 @@ def run_restore(
     entries = Manifest(lay.root).load(config.project)
     passed: list[dict[str, str]] = []
     broken = broken_chain(entries, lay)
+    incomplete = incomplete_chain(entries, lay)
     if req.latest:
         chosen = latest(
             entries,
-            usable=lambda e: restorable(e) and lay.archive(e["path"]).is_file() and broken(e) is None,
+            usable=lambda e: (
+                restorable(e)
+                and lay.archive(e["path"]).is_file()
+                and broken(e) is None
+                and incomplete(e) is None
+            ),
         )
         if chosen is None:
             unknown = [e for e in unknown_completeness(entries) if lay.archive(e["path"]).is_file()]
@@ -1011,7 +1036,7 @@ def run_restore(
                 "'gofr-backup list'; 'gofr-backup verify --all' checks them again, and NAME restores one"
             )
         archive = lay.archive(chosen["path"])
-        passed = passed_over(entries, chosen, lambda e: lay.archive(e["path"]).is_file(), broken)
+        passed = passed_over(entries, chosen, lambda e: lay.archive(e["path"]).is_file(), broken, incomplete)
     else:
         archive = lay.find(req.name or "")
     entry = next((e for e in entries if lay.archive(e["path"]) == archive), None) or Entry()

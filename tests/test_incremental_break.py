@@ -1,0 +1,71 @@
+"""Incremental mode attacked as a new operator would (issue 17): odd trees, unreadable paths,
+kills and hand edits between runs, each through the CLI as a subprocess. Every test here failed
+on the code before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gofrtest import cli_env, needs, run_cli, without_dac, write
+
+
+@pytest.fixture
+def inc(tmp_path: Path) -> dict[str, Any]:
+    data = tmp_path / "data"
+    write(data / "storage" / "sec" / "x.txt", "x\n")
+    write(data / "storage" / "sec" / "sub" / "y.txt", "y\n")
+    write(data / "storage" / "other.txt", "o\n")
+    backups = tmp_path / "backups"
+    env = cli_env(
+        data, backups, GOFR_PLOT_BACKUP_MODE="incremental", GOFR_PLOT_BACKUP_PATHS="storage:storage"
+    )
+    return {"data": data, "backups": backups, "env": env, "tmp": tmp_path}
+
+
+def now_as_user(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """`now` without root's read-anything capabilities; a second apart, so names differ."""
+    time.sleep(1.05)
+    r = subprocess.run(without_dac("now", "--json"), env=env, capture_output=True, text=True)
+    assert r.returncode in (0, 3), r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+def test_latest_never_names_a_point_whose_chain_restore_refuses(inc: dict[str, Any]) -> None:
+    """A directory unreadable for one run makes that incremental incomplete; the next runs are
+    complete but their chain holds it, and `restore NAME` of them refuses without
+    --allow-incomplete. `status` must not call such a point restorable, and `restore --latest`
+    (what status and the refusal itself advise) must restore, not refuse."""
+    needs(shutil.which("setpriv") is not None and os.geteuid() == 0, "needs root and setpriv")
+    env, sec = inc["env"], inc["data"] / "storage" / "sec"
+    code, full = now_as_user(env)
+    assert code == 0 and full["kind"] == "full"
+    os.chmod(sec, 0)
+    try:
+        code, bad = now_as_user(env)
+    finally:
+        os.chmod(sec, 0o755)
+    assert code == 3 and bad["kind"] == "incremental" and bad["complete"] is False
+    code, good = now_as_user(env)
+    assert code == 0 and good["kind"] == "incremental" and good["complete"] is True
+    st = run_cli("status", "--json", env=env)
+    restorable = json.loads(st.stdout)["restorable"]
+    target = inc["tmp"] / "copy"
+    r = run_cli("restore", "--latest", "--target", str(target), "--yes", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert restorable is not None and restorable["filename"] in r.stdout + r.stderr
+    assert restorable["filename"] != good["filename"], "status names a point restore refuses"
+    assert f"passing over the newer {good['filename']}" in r.stderr and "which is incomplete" in r.stderr
+    assert sorted(p.name for p in (target / "storage").rglob("*")) == [
+        "other.txt",
+        "sec",
+        "sub",
+        "x.txt",
+        "y.txt",
+    ]
