@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -69,3 +70,48 @@ def test_latest_never_names_a_point_whose_chain_restore_refuses(inc: dict[str, A
         "x.txt",
         "y.txt",
     ]
+
+
+@pytest.mark.parametrize("paths", ["db:dbs/app.db", "dbs:dbs"], ids=["file-path", "in-a-dir"])
+def test_a_wal_commit_is_in_the_next_incremental(tmp_path: Path, paths: str) -> None:
+    """A SQLite database in WAL mode whose app keeps it open: a commit lands in ``app.db-wal``,
+    the database file itself keeps its size, mtime and ctime. The incremental after it must hold
+    the commit, whether the database is a configured path of its own (a file path, whose -wal is
+    no entry of any listing) or lies in a configured directory."""
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    (data / "dbs").mkdir(parents=True)
+    env = cli_env(data, backups, GOFR_PLOT_BACKUP_MODE="incremental", GOFR_PLOT_BACKUP_PATHS=paths)
+    db = sqlite3.connect(data / "dbs" / "app.db")
+    try:
+        db.execute("pragma journal_mode=wal")
+        db.execute("create table t(x)")
+        db.execute("insert into t values (1)")
+        db.commit()
+        r = run_cli("now", "--json", env=env)
+        assert r.returncode == 0 and json.loads(r.stdout)["kind"] == "full", r.stderr
+        before = os.stat(data / "dbs" / "app.db")
+        db.execute("insert into t values (2)")
+        db.commit()
+        after = os.stat(data / "dbs" / "app.db")
+        assert (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
+            after.st_size,
+            after.st_mtime_ns,
+            after.st_ctime_ns,
+        ), "the commit must stay in the -wal for this test to mean anything"
+        time.sleep(1.05)
+        r = run_cli("now", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        point = json.loads(r.stdout)
+        assert point["kind"] == "incremental"
+    finally:
+        db.close()
+    target = tmp_path / "copy"
+    r = run_cli("restore", point["filename"], "--target", str(target), "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    name = paths.split(":")[0]
+    restored = target / name if name == "db" else target / name / "app.db"
+    got = sqlite3.connect(restored)
+    try:
+        assert got.execute("select count(*) from t").fetchone()[0] == 2
+    finally:
+        got.close()

@@ -343,11 +343,39 @@ class ChainWriter:
                 self.found.vanished.append(name)
             return
         rec = record(st)
-        if self._same(e, rec, old):
+        # a database as a configured path of its own: its -wal/-journal is no entry of any
+        # listing, yet its commits land there first (the file itself may keep size, mtime and
+        # ctime), so they are recorded (under names no entry can have) and a change of them
+        # counts as a change of the database, as in a directory
+        siblings = self._top_db_siblings(e, rec, old) if self.dbs else []
+        db_changed = any(not same_but_ctime(r, old.get(k)) for k, r in siblings if r is not None) or any(
+            (r is None) != (old.get(k) is None) for k, r in siblings
+        )
+        if self._same(e, rec, old) and not db_changed:
             self.snap.add(name, old[name])
             self.unchanged += 1
         else:
             self._store(e, rec)
+        for k, r in siblings:
+            if r is not None:
+                self.snap.add(k, r)
+
+    def _top_db_siblings(
+        self, e: ScanEntry, rec: bytes, old: Mapping[str, bytes]
+    ) -> list[tuple[str, bytes | None]]:
+        """For a configured path that is a SQLite database: its -wal and -journal, each as
+        (snapshot key, record now or None when absent); [] for any other file."""
+        if not self._is_db(e, rec, old):
+            return []
+        out: list[tuple[str, bytes | None]] = []
+        for suffix in ("-wal", "-journal"):
+            try:
+                sst = os.lstat(e.path + suffix)
+            except OSError:
+                out.append((f"{e.arcname}/{suffix}", None))
+                continue
+            out.append((f"{e.arcname}/{suffix}", record(sst) if stat.S_ISREG(sst.st_mode) else None))
+        return out
 
     def _same(self, e: ScanEntry, rec: bytes, old: Mapping[str, bytes]) -> bool:
         """Unchanged since the base: its record, and for a hard-linked file every path of its
