@@ -115,3 +115,27 @@ def test_a_wal_commit_is_in_the_next_incremental(tmp_path: Path, paths: str) -> 
         assert got.execute("select count(*) from t").fetchone()[0] == 2
     finally:
         got.close()
+
+
+def test_latest_passes_over_a_point_after_a_truncated_link(inc: dict[str, Any]) -> None:
+    """An archive in the middle of a chain truncated on disk (no verify has read it yet): status
+    names the newest point before it as restorable; `restore --latest` must restore that one,
+    not pick the newest point and fail on the truncated link."""
+    env, storage = inc["env"], inc["data"] / "storage"
+    names = []
+    for i in range(4):
+        write(storage / f"f{i}.bin", os.urandom(4000))
+        time.sleep(1.05)
+        r = run_cli("now", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        names.append(json.loads(r.stdout)["filename"])
+    middle = inc["backups"] / "daily" / names[2]
+    middle.write_bytes(middle.read_bytes()[:-700])
+    st = run_cli("status", "--json", env=env)
+    assert json.loads(st.stdout)["restorable"]["filename"] == names[1]
+    target = inc["tmp"] / "copy"
+    r = run_cli("restore", "--latest", "--target", str(target), "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"Restored {names[1]}" in r.stdout, r.stdout
+    assert f"passing over the newer {names[3]}" in r.stderr, r.stderr
+    assert sorted(p.name for p in (target / "storage").glob("f*")) == ["f0.bin", "f1.bin"]

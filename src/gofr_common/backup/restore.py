@@ -911,12 +911,27 @@ def why_not_restorable(e: Entry, on_disk: bool = True) -> str | None:
 
 
 def broken_chain(entries: Sequence[Entry], lay: layout.BackupLayout) -> Callable[[Entry], str | None]:
-    """Why an incremental's chain cannot be restored (chain.chain_of, files on disk), or None."""
+    """Why an incremental's chain cannot be restored (chain.chain_of, files on disk, and each
+    archive of it the size the manifest records: one stat each, as ``status`` judges), or None."""
 
     def broken(e: Entry) -> str | None:
         if chain.kind_of(e) != chain.KIND_INCREMENTAL:
             return None
-        return chain.chain_of(entries, e, lay).broken
+        c = chain.chain_of(entries, e, lay)
+        if c.broken:
+            return c.broken
+        for a in c.archives:
+            size = a.get("size_bytes")
+            try:
+                on_disk = os.stat(lay.archive(str(a.get("path")))).st_size
+            except OSError as x:
+                return f"{a.get('filename')} cannot be looked at: {x.strerror}"
+            if isinstance(size, int) and on_disk != size:
+                return (
+                    f"{a.get('filename')} has {on_disk} bytes on disk, the manifest records {size} "
+                    "(truncated or replaced?)"
+                )
+        return None
 
     return broken
 
