@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from gofrtest import cli_env, needs, run_cli, without_dac, write
+from test_remote import KEY, SECRET, S3Server, s3  # noqa: F401  (s3 is a fixture)
 
 
 @pytest.fixture
@@ -39,37 +40,38 @@ def now_as_user(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
 
 
 def test_latest_never_names_a_point_whose_chain_restore_refuses(inc: dict[str, Any]) -> None:
-    """A directory unreadable for one run makes that incremental incomplete; the next runs are
-    complete but their chain holds it, and `restore NAME` of them refuses without
-    --allow-incomplete. `status` must not call such a point restorable, and `restore --latest`
-    (what status and the refusal itself advise) must restore, not refuse."""
-    needs(shutil.which("setpriv") is not None and os.geteuid() == 0, "needs root and setpriv")
-    env, sec = inc["env"], inc["data"] / "storage" / "sec"
-    code, full = now_as_user(env)
-    assert code == 0 and full["kind"] == "full"
-    os.chmod(sec, 0)
-    try:
-        code, bad = now_as_user(env)
-    finally:
-        os.chmod(sec, 0o755)
-    assert code == 3 and bad["kind"] == "incremental" and bad["complete"] is False
-    code, good = now_as_user(env)
-    assert code == 0 and good["kind"] == "incremental" and good["complete"] is True
+    """A chain whose middle incremental is incomplete (as the manifest records it: written before
+    a run started a full after an incomplete archive, or by a rebuilt manifest): `restore NAME` of
+    the complete point after it refuses without --allow-incomplete. `status` must not call such a
+    point restorable, and `restore --latest` (what status and the refusal itself advise) must
+    restore, not refuse."""
+    env, storage = inc["env"], inc["data"] / "storage"
+    names = []
+    for i in range(3):
+        write(storage / f"day{i}.txt", f"{i}\n")
+        time.sleep(1.05)
+        r = run_cli("now", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        names.append(json.loads(r.stdout)["filename"])
+    mf = inc["backups"] / "manifest.json"
+    doc = json.loads(mf.read_text())
+    for e in doc["backups"]:
+        if e["filename"] == names[1]:
+            e["complete"] = False
+    mf.write_text(json.dumps(doc))
+    r = run_cli("restore", names[2], "--target", str(inc["tmp"] / "refused"), "--yes", env=env)
+    assert r.returncode == 2 and "--allow-incomplete" in r.stderr, r.stderr
     st = run_cli("status", "--json", env=env)
     restorable = json.loads(st.stdout)["restorable"]
+    assert restorable is not None and restorable["filename"] == names[0], (
+        "status names a point restore refuses"
+    )
     target = inc["tmp"] / "copy"
-    r = run_cli("restore", "--latest", "--target", str(target), "--yes", "--json", env=env)
+    r = run_cli("restore", "--latest", "--target", str(target), "--yes", env=env)
     assert r.returncode == 0, r.stderr
-    assert restorable is not None and restorable["filename"] in r.stdout + r.stderr
-    assert restorable["filename"] != good["filename"], "status names a point restore refuses"
-    assert f"passing over the newer {good['filename']}" in r.stderr and "which is incomplete" in r.stderr
-    assert sorted(p.name for p in (target / "storage").rglob("*")) == [
-        "other.txt",
-        "sec",
-        "sub",
-        "x.txt",
-        "y.txt",
-    ]
+    assert f"Restored {names[0]}" in r.stdout, r.stdout
+    assert f"passing over the newer {names[2]}" in r.stderr and "which is incomplete" in r.stderr
+    assert sorted(p.name for p in (target / "storage").glob("day*")) == ["day0.txt"]
 
 
 @pytest.mark.parametrize("paths", ["db:dbs/app.db", "dbs:dbs"], ids=["file-path", "in-a-dir"])
@@ -139,3 +141,48 @@ def test_latest_passes_over_a_point_after_a_truncated_link(inc: dict[str, Any]) 
     assert f"Restored {names[1]}" in r.stdout, r.stdout
     assert f"passing over the newer {names[3]}" in r.stderr, r.stderr
     assert sorted(p.name for p in (target / "storage").glob("f*")) == ["f0.bin", "f1.bin"]
+
+
+def test_the_run_after_an_incomplete_archive_writes_a_full(
+    inc: dict[str, Any],
+    s3: S3Server,  # noqa: F811
+) -> None:
+    """A directory unreadable for one run makes that incremental incomplete; `sync` (after each
+    `now`) never uploads an incomplete archive. An incremental over it could be restored only
+    with --allow-incomplete locally, and never off-site (its parent is not there, yet `sync`
+    said "up to date" and `list --remote` showed nothing wrong). The next run writes a full: the
+    day after the unreadable one is restorable locally and from the remote alone."""
+    needs(shutil.which("setpriv") is not None and os.geteuid() == 0, "needs root and setpriv")
+    env = {
+        **inc["env"],
+        "GOFR_PLOT_BACKUP_REMOTE_URL": "s3://backups/off",
+        "GOFR_PLOT_BACKUP_REMOTE_ENDPOINT": s3.endpoint,
+        "GOFR_PLOT_BACKUP_REMOTE_ACCESS_KEY_ID": KEY,
+        "GOFR_PLOT_BACKUP_REMOTE_SECRET_ACCESS_KEY": SECRET,
+    }
+    sec = inc["data"] / "storage" / "sec"
+    code, full = now_as_user(env)
+    assert code == 0 and full["kind"] == "full"
+    os.chmod(sec, 0)
+    try:
+        code, bad = now_as_user(env)
+    finally:
+        os.chmod(sec, 0o755)
+    assert code == 3 and bad["complete"] is False
+    code, good = now_as_user(env)
+    assert code == 0 and good["complete"] is True
+    assert good["kind"] == "full", good
+    r = run_cli("sync", env=env)
+    assert r.returncode == 0, r.stderr
+    shutil.rmtree(inc["backups"])
+    target = inc["tmp"] / "copy"
+    r = run_cli("restore", "--from-remote", "--latest", "--target", str(target), "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"Restored {good['filename']}" in r.stdout, r.stdout
+    assert sorted(p.name for p in (target / "storage").rglob("*")) == [
+        "other.txt",
+        "sec",
+        "sub",
+        "x.txt",
+        "y.txt",
+    ]

@@ -488,7 +488,7 @@ def chain_base(
 ) -> tuple[incremental.Snapshot | None, str]:
     """What a daily run in incremental mode writes: an incremental over the newest daily archive
     (its snapshot, and "incremental over X"), or a full (None, and why). A full when there is no
-    earlier daily archive; when the newest failed verification or its restore drill, was written in
+    earlier daily archive; when the newest failed verification or its restore drill, is incomplete, was written in
     full mode (no snapshot), or its chain is broken; when the chain's full is FULL_EVERY old (less
     an hour's grace, so that a 02:00 schedule with 7d starts a chain every 7th day even when a run
     started a few minutes late); when a weekly/monthly copy is due (those are made of fulls only);
@@ -502,6 +502,10 @@ def chain_base(
         return None, f"the newest archive {name} failed verification ({newest.get('verify_error')})"
     if drill_failed(newest):
         return None, f"the newest archive {name} failed its restore drill"
+    if newest.get("complete") is False:
+        # an incremental over it would be restorable only with --allow-incomplete, and never
+        # off-site (sync does not upload incomplete archives): a full restores the chain's health
+        return None, f"the newest archive {name} is incomplete (it could not read everything)"
     if "kind" not in newest:
         return None, f"the newest archive {name} was written in full mode (no snapshot to build on)"
     mine = [e for e in entries if e.get("project") == config.project]
