@@ -291,3 +291,134 @@ def test_restore_from_remote_of_an_incremental_restores_its_chain(tmp_path: Path
     r = run_cli("restore", "--from-remote", "--latest", "--yes", env=env)
     assert r.returncode == 0, r.stderr
     assert {n: tree(data / n) for n in ("storage", "auth")} == want
+
+
+# -- an object gone from the bucket while the remote manifest still lists it (a lifecycle rule, a hand)
+
+
+def _drop_object(srv: S3Server, filename: str) -> None:
+    (srv.data / "backups" / "off" / "plot" / "daily" / filename).unlink()
+    time.sleep(1.5)  # the server's directory cache
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_sync_uploads_again_an_archive_gone_from_the_bucket(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+    encrypted: bool,
+) -> None:
+    extra = dict(KEEP)
+    key = None
+    if encrypted:
+        pub, key = _keypair(tmp_path)
+        extra["GOFR_{P}_BACKUP_ENCRYPT_RECIPIENTS"] = pub
+    data, env = _env(tmp_path / "app", s3, **extra)
+    backups = tmp_path / "backups"
+    cfg, es = build_chain(data, backups, 4, env)
+    assert run_cli("sync", env=env).returncode == 0
+    suffix = ".age" if encrypted else ""
+    name = es[2]["filename"] + suffix
+    _drop_object(s3, name)
+    r = run_cli("sync", env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"re-uploaded {name}: it was listed in the remote manifest but missing from the bucket" in r.stdout
+    assert f"daily/{name}" in s3.objects()
+    r = run_cli("sync", "--json", env=env)  # and then it is up to date
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert (rep["uploaded"], rep["reuploaded"], rep["lost"], rep["broken"]) == ([], [], [], [])
+    # the chain is whole again on the remote (an encrypted one was sealed anew: its children's
+    # links follow it)
+    remote = remote_for(cfg)
+    assert remote is not None
+    rentries = remote.read_manifest()
+    assert sorted(e["filename"] for e in rentries) == sorted(e["filename"] + suffix for e in es)
+    point = find_remote(rentries, es[-1]["filename"])
+    assert point is not None
+    with fetched_chain(remote, rentries, point, key) as paths:
+        assert [p.name for p in paths] == [e["filename"] for e in es]
+    r = run_cli("list", "--remote", env=env)
+    assert r.returncode == 0 and "NOT RESTORABLE" not in r.stdout, r.stdout
+
+
+def test_sync_says_loudly_what_the_remote_cannot_restore_when_a_gone_archive_is_not_here(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+) -> None:
+    data, env = _env(tmp_path / "app", s3, **KEEP)
+    backups = tmp_path / "backups"
+    _, es = build_chain(data, backups, 4, env)
+    assert run_cli("sync", env=env).returncode == 0
+    (backups / es[2]["path"]).unlink()  # gone here too
+    _drop_object(s3, es[2]["filename"])
+    for _ in range(2):  # every sync that leaves the remote so says so, not only the first
+        r = run_cli("sync", env=env)
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert "up to date" not in r.stdout + r.stderr
+        last = r.stderr.splitlines()[-1]
+        assert "the off-site copy is NOT whole" in last and es[3]["filename"] in last, r.stderr
+    assert es[2]["filename"] not in [e["filename"] for e in _remote_manifest(s3)]  # dropped there
+    r = run_cli("sync", "--json", env=env)
+    assert r.returncode == 1
+    rep = json.loads(r.stdout)
+    assert rep["lost"] == [] and [b["filename"] for b in rep["broken"]] == [es[3]["filename"]]
+    assert es[2]["filename"] in rep["broken"][0]["reason"]
+
+
+def test_sync_reports_the_lost_archive_in_the_run_that_finds_it(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+) -> None:
+    data, env = _env(tmp_path / "app", s3, **KEEP)
+    backups = tmp_path / "backups"
+    _, es = build_chain(data, backups, 4, env)
+    assert run_cli("sync", env=env).returncode == 0
+    (backups / es[2]["path"]).unlink()
+    _drop_object(s3, es[2]["filename"])
+    r = run_cli("sync", "--json", env=env)
+    assert r.returncode == 1, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["lost"] == [es[2]["filename"]] and rep["reuploaded"] == []
+    assert [b["filename"] for b in rep["broken"]] == [es[3]["filename"]]
+
+
+def test_restore_latest_from_remote_passes_over_points_whose_chain_is_not_whole_there(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+) -> None:
+    data, env = _env(tmp_path / "app", s3, **KEEP)
+    backups = tmp_path / "backups"
+    _, es = build_chain(data, backups, 2, env)
+    want = {n: tree(data / n) for n in ("storage", "auth")}  # what es[1] holds
+    add_day(data, backups, env, es, 2)
+    add_day(data, backups, env, es, 3)
+    assert run_cli("sync", env=env).returncode == 0
+    _drop_object(s3, es[2]["filename"])
+    r = run_cli("restore", "--from-remote", "--latest", "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (
+        f"passing over the newer {es[3]['filename']}: {es[2]['filename']} of its chain is missing there"
+        in r.stderr
+    ), r.stderr
+    assert f"passing over the newer {es[2]['filename']}: its object is missing there" in r.stderr, r.stderr
+    assert {n: tree(data / n) for n in ("storage", "auth")} == want
+
+
+def test_list_remote_marks_points_whose_chain_is_not_whole_there(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+) -> None:
+    data, env = _env(tmp_path / "app", s3, **KEEP)
+    backups = tmp_path / "backups"
+    _, es = build_chain(data, backups, 4, env)
+    assert run_cli("sync", env=env).returncode == 0
+    _drop_object(s3, es[2]["filename"])
+    r = run_cli("list", "--remote", env=env)
+    assert r.returncode == 0, r.stderr
+    lines = {e["filename"]: next(ln for ln in r.stdout.splitlines() if e["filename"] in ln) for e in es}
+    assert [("NOT RESTORABLE" in lines[e["filename"]]) for e in es] == [False, False, True, True], r.stdout
+    assert f"{es[2]['filename']} of its chain is missing there" in lines[es[3]["filename"]]
+    r = run_cli("list", "--remote", "--json", env=env)
+    got = {e["filename"]: e["chain_broken"] for e in json.loads(r.stdout)["backups"]}
+    assert got[es[0]["filename"]] is None and got[es[1]["filename"]] is None
+    assert "missing there" in got[es[2]["filename"]] and "missing there" in got[es[3]["filename"]]

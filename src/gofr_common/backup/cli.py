@@ -463,12 +463,17 @@ def cmd_list(config: BackupConfig, args: argparse.Namespace) -> int:
 
 
 def _list_remote(config: BackupConfig, args: argparse.Namespace) -> int:
-    from .offsite import untracked_objects
+    from .chain import kind_of
+    from .offsite import remote_gaps, untracked_objects
 
     remote = _remote(config)
     assert config.remote is not None
     entries = remote.read_manifest()
-    leftovers, foreign = untracked_objects(remote, entries)
+    keys = {o["Key"] for o in remote.list_keys()}
+    leftovers, foreign = untracked_objects(remote, entries, keys)
+    gap = remote_gaps(remote, entries, keys)
+    # why a point cannot be restored from the remote (its chain is not whole there); None: it can
+    entries = [{**e, "chain_broken": gap(e)} for e in entries]
     if args.tier:
         entries = [e for e in entries if e["tier"] == args.tier]
     entries.sort(key=lambda e: e["created"], reverse=True)
@@ -481,8 +486,10 @@ def _list_remote(config: BackupConfig, args: argparse.Namespace) -> int:
     print(f"Off-site backups of {config.project} in {config.remote.url}")
     for e in entries:
         enc = "encrypted" if e.get("encrypted") else "plain"
+        if e.get("chain_broken"):
+            enc = f"NOT RESTORABLE from here: {e['chain_broken']}; {enc}"
         print(
-            f"  {e['tier']:<8} {e['filename']:<52} {human_size(e.get('size_bytes')):>9}  "
+            f"  {e['tier']:<8} {e['filename']:<52} {kind_of(e):<11} {human_size(e.get('size_bytes')):>9}  "
             f"{human_age(e['created'], now):>10}  {enc}"
         )
     for k in leftovers:
@@ -716,12 +723,18 @@ def _verify_remote(config: BackupConfig, args: argparse.Namespace) -> int:
 def cmd_sync(config: BackupConfig, args: argparse.Namespace) -> int:
     _remote(config)
     assert config.remote is not None
+    from .offsite import broken_text
+
     rep = _service(config).sync_remote()
+    whole = not (rep.lost or rep.broken)
     if args.json:
         _print_json(rep.to_dict())
     else:
+        for n in rep.reuploaded:
+            print(f"re-uploaded {n}: it was listed in the remote manifest but missing from the bucket")
         for n in rep.uploaded:
-            print(f"uploaded {n}")
+            if n not in rep.reuploaded:
+                print(f"uploaded {n}")
         for d in rep.deleted:
             print(f"deleted {d['filename']}: {d['reason']}")
         for k in rep.cleaned:
@@ -734,6 +747,9 @@ def cmd_sync(config: BackupConfig, args: argparse.Namespace) -> int:
             f"{len(rep.uploaded)} uploaded ({human_size(rep.uploaded_bytes)}), {len(rep.deleted)} deleted; "
             f"{rep.remote_count} on {config.remote.url}"
         )
+    if not whole:
+        sys.stderr.write(f"{PROG}: the off-site copy is NOT whole: {broken_text(rep)}\n")
+        return EXIT_FAILED
     return EXIT_OK
 
 

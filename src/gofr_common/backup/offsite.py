@@ -13,14 +13,14 @@ import hashlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from . import layout, sealed
-from .chain import KIND_INCREMENTAL, chain_of, kind_of, link_of
+from .chain import KIND_INCREMENTAL, chain_of, chains_in, kind_of, link_of
 from .config import BackupConfig
 from .errors import VerifyError
 from .log import event
@@ -45,6 +45,15 @@ class SyncReport:
     # bytes of the archives uploaded in this run (as stored: encrypted ones at their sealed size;
     # their .sha256 objects and the manifest are not counted): the run's off-site traffic
     uploaded_bytes: int = 0
+    # archives the remote manifest listed whose object was gone from the bucket, uploaded again
+    # from the local copy
+    reuploaded: list[str] = field(default_factory=list)
+    # archives whose object was gone and that are not here to upload again: dropped from the
+    # remote manifest
+    lost: list[str] = field(default_factory=list)
+    # remote restore points that cannot be restored from the remote after this sync: {"filename",
+    # "reason"} (a sync that leaves any says so and fails)
+    broken: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +66,9 @@ class SyncReport:
             "incomplete": self.incomplete,
             "foreign": self.foreign,
             "skipped": self.skipped,
+            "reuploaded": self.reuploaded,
+            "lost": self.lost,
+            "broken": self.broken,
         }
 
 
@@ -90,7 +102,6 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
         else:
             rep.skipped.append(f"remote manifest entry {e.get('key') or e.get('filename')!r}: {why}")
             event("remote.entry_skipped", f"{rep.skipped[-1]}; not touched", level=logging.WARNING)
-    have = {layout.plain_name(e["filename"]) for e in ours}
     local = [
         e
         for e in Manifest(bdir).read()
@@ -100,6 +111,32 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
         and e.get("complete") is not False
         and (bdir / e["path"]).is_file()
     ]
+    # entries whose object is gone from the bucket (a lifecycle rule, a hand): the remote manifest
+    # is not taken on trust. One that is here is uploaded again (its entry is replaced, and the
+    # links to it follow); one that is not is dropped from the remote manifest, and the restore
+    # points that needed it are reported as broken below
+    keys = {o["Key"] for o in remote.list_keys()}
+    vanished = [e for e in ours if e["key"] not in keys]
+    relink: dict[tuple[str, str], Entry] = {}  # (tier, plain name) -> the gone entry, to upload again
+    if vanished:
+        here = {(e["tier"], layout.plain_name(e["filename"])) for e in local}
+        for e in vanished:
+            plain = (str(e["tier"]), layout.plain_name(e["filename"]))
+            if plain in here:
+                relink[plain] = e
+            else:
+                rep.lost.append(e["filename"])
+                event(
+                    "remote.object_lost",
+                    f"{remote.url(e['key'])} is listed in the remote manifest but missing from the bucket, "
+                    "and there is no local copy to upload again: dropped from the remote manifest",
+                    level=logging.ERROR,
+                )
+        gone_ids = {id(e) for e in vanished}
+        rentries = [e for e in rentries if id(e) not in gone_ids]
+        ours = [e for e in ours if id(e) not in gone_ids]
+        remote.write_manifest(rentries)
+    have = {layout.plain_name(e["filename"]) for e in ours}
     missing = [e for e in local if layout.plain_name(e["filename"]) not in have]
     # do not upload what remote retention would delete straight away
     # (planned over plain views: a local incremental chains with its parent's remote copy even
@@ -157,6 +194,18 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
                 "uploaded_at": now.isoformat(timespec="seconds"),
             }
         )
+        old = relink.pop((str(e["tier"]), layout.plain_name(name)), None)
+        if old is not None:
+            # the same archive again (same plain checksum): its children's links follow it (an
+            # encrypted one is sealed anew, with another checksum)
+            if _plain_sha(old) == _plain_sha(r):
+                _relink(ours, str(e["tier"]), link_of(old), link_of(r))
+            rep.reuploaded.append(name)
+            event(
+                "remote.reuploaded",
+                f"re-uploaded {name}: it was listed in the remote manifest but missing from the bucket",
+                level=logging.WARNING,
+            )
         rentries.append(r)
         ours.append(r)
         remote.write_manifest(rentries)  # progress survives an interruption
@@ -191,8 +240,34 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
             remote.delete([k])
             rep.cleaned.append(k)
             event("remote.cleaned", f"removed leftover {remote.url(k)}", level=logging.WARNING)
+    for e in relink.values():  # here, but not uploaded again (remote retention would delete it)
+        rep.lost.append(e["filename"])
+    # what the remote cannot restore after this run: a restore point whose chain is not whole
+    follow = chains_in(ours)
+    for e in sorted(ours, key=lambda e: e["created"], reverse=True):
+        c = follow(e)
+        if c.broken:
+            rep.broken.append({"filename": e["filename"], "reason": c.broken})
     rep.remote_count = len(ours)
     return rep
+
+
+def _plain_sha(e: Entry) -> Any:
+    """The checksum of the plain archive a remote entry holds."""
+    return e.get("plain_sha256") or (None if layout.is_sealed(str(e.get("filename"))) else e.get("sha256"))
+
+
+def _relink(ours: list[Entry], tier: str, old: dict[str, str], new: dict[str, str]) -> None:
+    """Remote entries of ``tier`` whose ``parent`` or ``full`` link is ``old`` name ``new`` instead
+    (an archive uploaded again, sealed anew)."""
+    if old == new:
+        return
+    for r in ours:
+        if r.get("tier") != tier:
+            continue
+        for k in ("parent", "full"):
+            if r.get(k) == old:
+                r[k] = dict(new)
 
 
 def _chain_fields(e: Entry, ours: list[Entry]) -> dict[str, Any]:
@@ -272,22 +347,55 @@ def sync_and_record(config: BackupConfig, clock: Clock) -> SyncReport:
     assert remote is not None and config.remote is not None
     rep = sync(config, remote, clock.now())
     record_remote(config, now_iso(clock.now()), count=rep.remote_count)
-    event(
-        "remote.synced",
-        f"off-site copy up to date: {len(rep.uploaded)} uploaded ({rep.uploaded_bytes} bytes), "
-        f"{len(rep.deleted)} deleted, {rep.remote_count} on {config.remote.url}",
-        uploaded=len(rep.uploaded),
-        uploaded_bytes=rep.uploaded_bytes,
+    counts = (
+        f"{len(rep.uploaded)} uploaded ({rep.uploaded_bytes} bytes), "
+        f"{len(rep.deleted)} deleted, {rep.remote_count} on {config.remote.url}"
     )
+    if rep.lost or rep.broken:
+        event(
+            "remote.chain_broken",
+            f"off-site copy synced but NOT whole: {broken_text(rep)}; {counts}",
+            level=logging.ERROR,
+            lost=rep.lost,
+            broken=[b["filename"] for b in rep.broken],
+        )
+    else:
+        event(
+            "remote.synced",
+            f"off-site copy up to date: {counts}",
+            uploaded=len(rep.uploaded),
+            uploaded_bytes=rep.uploaded_bytes,
+        )
     return rep
 
 
-def untracked_objects(remote: S3Remote, rentries: list[Entry]) -> tuple[list[str], list[str]]:
+def broken_text(rep: SyncReport) -> str:
+    """One line on what the remote lost and which restore points it cannot restore."""
+    out = []
+    if rep.lost:
+        out.append(
+            f"{', '.join(rep.lost)} listed in the remote manifest but missing from the bucket, and not here "
+            "to upload again (dropped from the remote manifest)"
+        )
+    if rep.broken:
+        out.append(
+            "restore points that cannot be restored from the remote: "
+            + ", ".join(f"{b['filename']} ({b['reason']})" for b in rep.broken)
+        )
+    return "; ".join(out)
+
+
+def untracked_objects(
+    remote: S3Remote, rentries: list[Entry], keys: set[str] | None = None
+) -> tuple[list[str], list[str]]:
     """Objects under the prefix the manifest does not list: (ours, i.e. incomplete uploads that a
-    later sync removes; foreign ones, which are never touched)."""
+    later sync removes; foreign ones, which are never touched). ``keys``: the listing, if it was
+    taken already."""
     listed = _listed(remote, rentries)
-    keys = sorted(o["Key"] for o in remote.list_keys() if o["Key"] not in listed)
-    return [k for k in keys if remote.owns(k)], [k for k in keys if not remote.owns(k)]
+    if keys is None:
+        keys = {o["Key"] for o in remote.list_keys()}
+    left = sorted(k for k in keys if k not in listed)
+    return [k for k in left if remote.owns(k)], [k for k in left if not remote.owns(k)]
 
 
 def find_remote(rentries: list[Entry], name: str) -> Entry | None:
@@ -337,6 +445,25 @@ def _not_alone(plain: Path, name: str) -> None:
             f"refusing to restore {name} alone: its header says it is an incremental archive, whose "
             "restore needs its whole chain; nothing was changed"
         )
+
+
+def remote_gaps(remote: S3Remote, rentries: list[Entry], keys: set[str]) -> Callable[[Entry], str | None]:
+    """Why a remote restore point cannot be restored from the remote (None: it can): its chain,
+    followed over the remote manifest's entries of this project, is broken, or an archive of it
+    (itself included) is not among ``keys`` (the bucket's listing, see S3Remote.list_keys)."""
+    follow = chains_in([e for e in rentries if remote.entry_problem(e) is None])
+
+    def gap(e: Entry) -> str | None:
+        c = follow(e)
+        if c.broken:
+            return f"its chain is broken there: {c.broken}"
+        for a in c.archives:
+            if a.get("key") not in keys:
+                what = "its object" if a is e else f"{a['filename']} of its chain"
+                return f"{what} is missing there ({remote.url(str(a.get('key')))})"
+        return None
+
+    return gap
 
 
 def remote_chain(remote: S3Remote, rentries: list[Entry], entry: Entry) -> list[Entry]:

@@ -993,6 +993,7 @@ def run_restore(
         raise ConfigError(
             f"--target {req.target} is not a directory: name a directory to restore copies into"
         )
+    passed: list[dict[str, str]] = []
     if req.from_remote:
         from .offsite import fetched, find_remote
         from .remote import remote_for
@@ -1003,13 +1004,29 @@ def run_restore(
                 f"no off-site storage configured: set {config.prefix}REMOTE_URL (s3://bucket/prefix)"
             )
         rentries = remote.read_manifest()
-        rentry = (
-            latest(
-                rentries, usable=lambda e: e.get("complete") is not False and chain.chain_of(rentries, e).ok
-            )
-            if req.latest
-            else find_remote(rentries, req.name or "")
-        )
+        notes: list[str] = []
+        if req.latest:
+            from .offsite import remote_gaps
+
+            # the newest point whose chain is whole on the remote: listed, and every object there
+            gap = remote_gaps(remote, rentries, {o["Key"] for o in remote.list_keys()})
+            rentry = latest(rentries, usable=lambda e: e.get("complete") is not False and gap(e) is None)
+            if rentry is not None:
+                for e in sorted(rentries, key=created_of, reverse=True):
+                    if created_of(e) <= created_of(rentry):
+                        break
+                    why = (
+                        "it failed verification"
+                        if e.get("verified") is False
+                        else "it is incomplete (some files could not be read)"
+                        if e.get("complete") is False
+                        else gap(e)
+                    )
+                    if why:
+                        passed.append({"filename": e["filename"], "reason": why})
+                notes = [passed_over_line(p, rentry["filename"]) for p in passed]
+        else:
+            rentry = find_remote(rentries, req.name or "")
         if rentry is None:
             if req.latest:
                 raise BackupError(f"no complete off-site backup of {config.project} in {config.remote.url}")
@@ -1020,12 +1037,11 @@ def run_restore(
             with fetched_chain(remote, rentries, rentry, identity) as paths:
                 entries_of = chain.chain_of(rentries, rentry).archives
                 links = [Link(p, None, e) for p, e in zip(paths, entries_of, strict=True)]
-                return restore_chain(config, links, req, confirm, should_stop)
+                return restore_chain(config, links, req, confirm, should_stop, notes, passed)
         with fetched(remote, rentry, identity) as plain:
-            return _restore_plain(config, plain, None, rentry, req, confirm, should_stop)
+            return _restore_plain(config, plain, None, rentry, req, confirm, should_stop, notes, passed)
     lay = config.layout
     entries = Manifest(lay.root).load(config.project)
-    passed: list[dict[str, str]] = []
     broken = broken_chain(entries, lay)
     incomplete = incomplete_chain(entries, lay)
     if req.latest:
@@ -1122,6 +1138,7 @@ def restore_chain(
     confirm: Callable[[RestorePlan], bool] = lambda p: True,
     should_stop: Callable[[], bool] = lambda: False,
     notes: list[str] | None = None,
+    passed: list[dict[str, str]] | None = None,
 ) -> RestorePlan:
     """Restore (or plan, ``req.dry_run``) the restore point ``links[-1]`` from its chain ``links``
     (full first; plain archives already on this machine, e.g. fetched from the remote or a drill's
@@ -1132,5 +1149,5 @@ def restore_chain(
         raise ConfigError("nothing to restore: the chain is empty")
     *earlier, last = links
     return _restore_plain(
-        config, last.archive, last.sha256, last.entry, req, confirm, should_stop, notes, None, earlier
+        config, last.archive, last.sha256, last.entry, req, confirm, should_stop, notes, passed, earlier
     )
