@@ -240,8 +240,8 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
             remote.delete([k])
             rep.cleaned.append(k)
             event("remote.cleaned", f"removed leftover {remote.url(k)}", level=logging.WARNING)
-    for e in relink.values():  # here, but not uploaded again (remote retention would delete it)
-        rep.lost.append(e["filename"])
+    # (an entry left in ``relink`` was here but not uploaded again: remote retention would have
+    # deleted it now; the restore points that needed it, if any are kept, are reported below)
     # what the remote cannot restore after this run: a restore point whose chain is not whole
     follow = chains_in(ours)
     for e in sorted(ours, key=lambda e: e["created"], reverse=True):
