@@ -301,11 +301,12 @@ def _drop_object(srv: S3Server, filename: str) -> None:
     time.sleep(1.5)  # the server's directory cache
 
 
-@pytest.mark.parametrize("encrypted", [False, True])
+@pytest.mark.parametrize(("encrypted", "drop"), [(False, 2), (True, 2), (True, 0)])
 def test_sync_uploads_again_an_archive_gone_from_the_bucket(
     tmp_path: Path,
     s3: S3Server,  # noqa: F811
     encrypted: bool,
+    drop: int,
 ) -> None:
     extra = dict(KEEP)
     key = None
@@ -317,7 +318,7 @@ def test_sync_uploads_again_an_archive_gone_from_the_bucket(
     cfg, es = build_chain(data, backups, 4, env)
     assert run_cli("sync", env=env).returncode == 0
     suffix = ".age" if encrypted else ""
-    name = es[2]["filename"] + suffix
+    name = es[drop]["filename"] + suffix
     _drop_object(s3, name)
     r = run_cli("sync", env=env)
     assert r.returncode == 0, r.stderr

@@ -247,7 +247,7 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
     for e in sorted(ours, key=lambda e: e["created"], reverse=True):
         c = follow(e)
         if c.broken:
-            rep.broken.append({"filename": e["filename"], "reason": c.broken})
+            rep.broken.append({"filename": e["filename"], "reason": f"its chain is broken there: {c.broken}"})
     rep.remote_count = len(ours)
     return rep
 
