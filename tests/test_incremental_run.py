@@ -569,7 +569,9 @@ def _apply(root: Path, op: str, x: str, y: str) -> None:
     a, b = root / x, root / "sub" / y
     if op == "add":
         at = b if os.path.isdir(b.parent) else a
-        if os.path.isdir(at):  # a name an earlier op made a directory (retype): add inside it
+        if os.path.islink(at):  # a symlink there (maybe to itself): the new file replaces it
+            os.unlink(at)
+        elif os.path.isdir(at):  # a name an earlier op made a directory (retype): add inside it
             at = at / "added"
         write(at, f"{op} {x} {y} {time.monotonic_ns()}")
     elif op == "modify" and a.is_file() and not a.is_symlink():
@@ -596,6 +598,7 @@ def _apply(root: Path, op: str, x: str, y: str) -> None:
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(days=st.lists(_OPS, min_size=1, max_size=3))
 @example(days=[[("rmdir", "a", "a"), ("retype", "a", "a"), ("add", "a", "a")]])  # add into a retyped name
+@example(days=[[("rmdir", "a", "a"), ("symlink", "b", "b"), ("add", "b", "a")]])  # add over a self-link
 def test_property_the_runs_chain_restored_by_gnu_tar_equals_each_day(
     days: list[list[tuple[str, str, str]]],
 ) -> None:

@@ -336,3 +336,59 @@ def test_any_days_of_changes_restore_exactly(tmp_path: Path, days: list[list[Op]
     dest = work / "restored"
     gnu_restore([r.path for r in results], dest)
     assert diff(raw_tree(live), raw_tree(dest / "storage")) == []
+
+
+# -- the snapshot parser: strict over every byte -------------------------------------------------------
+def _written_snapshot(tmp_path: Path, names: list[str]) -> tuple[Path, bytes]:
+    """A whole .snap for archive ``a.tar`` (sha256 '1'*64) with ``names``, written by SnapshotWriter;
+    its uncompressed bytes."""
+    from gofr_common.backup.incremental import SNAP_FORMAT, SnapshotWriter, record
+
+    archive = tmp_path / "a.tar"
+    w = SnapshotWriter(snapshot_path(archive))
+    st_ = os.lstat(tmp_path)
+    for n in names:
+        w.add(n, record(st_))
+    w.finish(
+        {
+            "format": SNAP_FORMAT,
+            "archive": archive.name,
+            "archive_sha256": "1" * 64,
+            "kind": KIND_FULL,
+            "full": {"filename": archive.name, "sha256": "1" * 64},
+            "tops": {"storage": str(tmp_path)},
+            "entries": w.count,
+            "records_sha256": w.records.hexdigest(),
+        }
+    )
+    return archive, gzip.decompress(snapshot_path(archive).read_bytes())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    names=st.lists(st.text(alphabet="ab/é\udcff", min_size=1, max_size=8), unique=True, max_size=6),
+    cut=st.floats(0, 1, exclude_max=True),
+    flip=st.floats(0, 1, exclude_max=True),
+    bit=st.integers(0, 7),
+)
+def test_snapshot_parser_rejects_any_truncation_flip_or_tail(
+    tmp_path: Path, names: list[str], cut: float, flip: float, bit: int
+) -> None:
+    """What SnapshotWriter writes loads back exactly (names with non-UTF-8 bytes too); any prefix of
+    it, any one bit flipped, and any bytes after its digest are refused (SnapshotError), as the
+    record-by-record reader refused them."""
+    names = [n for n in names if not n.startswith("/")]
+    archive, raw = _written_snapshot(tmp_path, names)
+    snap = load_snapshot(archive, "1" * 64)
+    assert list(snap.entries) == names and snap.kind == KIND_FULL
+    p = snapshot_path(archive)
+    for bad in (
+        raw[: int(cut * len(raw))],
+        raw[: int(flip * len(raw))]
+        + bytes([raw[int(flip * len(raw))] ^ (1 << bit)])
+        + raw[int(flip * len(raw)) + 1 :],
+        raw + b"\0",
+    ):
+        p.write_bytes(gzip.compress(bad))
+        with pytest.raises(SnapshotError):
+            load_snapshot(archive, "1" * 64)

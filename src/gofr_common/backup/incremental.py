@@ -30,6 +30,7 @@ import json
 import os
 import stat
 import struct
+import sys
 import tarfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,10 @@ _LEN = struct.Struct("<II")
 _END = 0xFFFFFFFF
 _MAX_FIELD = 1 << 16
 FILE, DB, DIR, LINK = b"f", b"q", b"d", b"l"  # DB: a regular file archived as a SQLite snapshot
+_KINDS = frozenset(k[0] for k in (FILE, DB, DIR, LINK))
+_U32 = struct.Struct("<I")
+_CHUNK = 1 << 20  # SnapshotWriter hands records on a MiB at a time
+_FSENC, _FSERR = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # os.fsencode's
 
 
 class SnapshotError(BackupError):
@@ -129,22 +134,43 @@ class SnapshotWriter:
         self.partial = path.with_name(path.name + layout.PARTIAL_SUFFIX)
         self.f: IO[bytes] = gzip.open(self.partial, "wb", compresslevel=3)  # type: ignore[assignment]
         self.sha = hashlib.sha256()
-        self.records = hashlib.sha256()
+        self._records = hashlib.sha256()
         self.count = 0
+        # records gathered here and handed to both digests and the gzip stream a chunk at a time
+        # (one hash update and one gzip write per record cost more than packing the record)
+        self._buf: list[bytes] = []
+        self._buffered = 0
         self._put(SNAP_MAGIC)
 
     def _put(self, b: bytes) -> None:
         self.sha.update(b)
         self.f.write(b)
 
+    def _flush(self) -> None:
+        if self._buf:
+            b = b"".join(self._buf)
+            self._buf.clear()
+            self._buffered = 0
+            self._records.update(b)
+            self._put(b)
+
+    @property
+    def records(self) -> Any:
+        """The SHA-256 of every record so far (a hashlib object)."""
+        self._flush()
+        return self._records
+
     def add(self, arcname: str, rec: bytes) -> None:
-        raw = os.fsencode(arcname)
+        raw = arcname.encode(_FSENC, _FSERR)
         b = _LEN.pack(len(raw), len(rec)) + raw + rec
-        self.records.update(b)
-        self._put(b)
+        self._buf.append(b)
         self.count += 1
+        self._buffered += len(b)
+        if self._buffered >= _CHUNK:
+            self._flush()
 
     def finish(self, trailer: dict[str, Any]) -> None:
+        self._flush()
         self._put(struct.pack("<I", _END))
         data = json.dumps(trailer, sort_keys=True).encode()
         self._put(struct.pack("<I", len(data)) + data)
@@ -180,40 +206,53 @@ def load_snapshot(archive: Path, sha256: str) -> Snapshot:
 
 
 def _read_snapshot(f: IO[bytes], filename: str, sha256: str) -> Snapshot:
-    sha = hashlib.sha256()
-    records = hashlib.sha256()
-
-    def take(n: int) -> bytes:
-        b = f.read(n)
-        if len(b) != n:
-            raise ValueError("truncated")
-        sha.update(b)
-        return b
-
-    if take(len(SNAP_MAGIC)) != SNAP_MAGIC:
-        raise ValueError("not a gofr snapshot")
+    # read whole (a few MB for 100k entries; the entries dict holds as much anyway), parsed in memory
+    data = f.read()
+    size = len(data)
+    pos = len(SNAP_MAGIC)
+    if data[:pos] != SNAP_MAGIC:
+        raise ValueError("truncated" if size < pos else "not a gofr snapshot")
     entries: dict[str, bytes] = {}
+    unpack = _LEN.unpack_from
+    kinds = _KINDS
+    lo, hi = _REC.size, _MAX_FIELD
     while True:
-        head = take(4)
-        (n,) = struct.unpack("<I", head)
-        if n == _END:
+        if pos + 4 > size:
+            raise ValueError("truncated")
+        if _U32.unpack_from(data, pos)[0] == _END:
             break
-        rest = take(4)
-        (m,) = struct.unpack("<I", rest)
-        if not 0 < n <= _MAX_FIELD or not _REC.size <= m <= _MAX_FIELD:
+        if pos + 8 > size:
+            raise ValueError("truncated")
+        n, m = unpack(data, pos)
+        if not 0 < n <= hi or not lo <= m <= hi:
             raise ValueError("bad record length")
-        raw, rec = take(n), take(m)
-        records.update(head + rest + raw + rec)
-        name = os.fsdecode(raw)
-        if name in entries or rec[:1] not in (FILE, DB, DIR, LINK):
+        a = pos + 8
+        b = a + n
+        pos = b + m
+        if pos > size:
+            raise ValueError("truncated")
+        raw, rec = data[a:b], data[b:pos]
+        name = raw.decode(_FSENC, _FSERR)
+        if name in entries or rec[0] not in kinds:
             raise ValueError(f"bad record {raw[:100]!r}")
         entries[name] = rec
+    records = hashlib.sha256(data[len(SNAP_MAGIC) : pos])
+    pos += 4
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        b = data[pos : pos + n]
+        if len(b) != n:
+            raise ValueError("truncated")
+        pos += n
+        return b
+
     (n,) = struct.unpack("<I", take(4))
     if n > _MAX_FIELD:
         raise ValueError("bad trailer length")
     trailer = json.loads(take(n))
-    digest = f.read(33)
-    if digest != sha.digest():
+    digest = data[pos : pos + 33]
+    if digest != hashlib.sha256(data[:pos]).digest():
         raise ValueError("checksum mismatch")
     if not isinstance(trailer, dict) or trailer.get("format") != SNAP_FORMAT:
         raise ValueError("unknown snapshot format")
