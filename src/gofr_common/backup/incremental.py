@@ -1,9 +1,8 @@
-"""Chained archives (issue 17, step 2: the writer): a full, then incrementals that GNU tar alone
-restores (``tar --listed-incremental=/dev/null -xf FULL; ... -xf INCn`` gives day n's exact tree).
+"""Chained archives (MODE=incremental): a full, then incrementals that GNU tar alone restores
+(``tar --listed-incremental=/dev/null -xf FULL; ... -xf INCn`` gives day n's exact tree).
 
-Library code only: nothing in config or the CLI calls it yet (retention and restore are not
-chain-aware). :func:`write_archive` in writer.py is untouched; full archives it writes stay as they
-are. Here :func:`write_chained` writes, with ``base=None``, a chain head (``kind: "full"``: every
+run.py calls it in incremental mode; it is writer.write_archive with the :class:`Chained`
+strategy, so full-mode archives stay byte-for-byte as they were. :func:`write_chained` writes, with ``base=None``, a chain head (``kind: "full"``: every
 entry stored) and, with a base :class:`Snapshot`, an incremental (``kind: "incremental"``):
 
 * every directory gets a member carrying a GNU.dumpdir listing (dumpdir.py): ``D`` subdirectory,
