@@ -217,6 +217,7 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
     if plan:
         gone = {id(e) for e, _ in plan}
         rentries = [e for e in rentries if id(e) not in gone]
+        ours = [e for e in ours if id(e) not in gone]  # what is left: counted and followed below
         remote.write_manifest(rentries)  # manifest first: an object it no longer lists is a leftover
         for e, why in plan:
             remote.delete([e["key"], e["key"] + layout.SIDECAR_SUFFIX])
