@@ -177,7 +177,16 @@ def health(config: BackupConfig, now: datetime) -> Health:
             "last_success": st.get("remote_last_success"),
             "last_failure": st.get("remote_last_failure"),
             "count": st.get("remote_count"),
+            "broken": st.get("remote_broken"),
         }
+        rb = st.get("remote_broken")
+        if rb:
+            # the last sync left restore points on the remote that cannot be restored from it:
+            # unhealthy at once (not after REMOTE_MAX_LAG), until a sync leaves the remote whole
+            reasons.append(
+                f"the off-site copy in {rc.url} is NOT whole since {rb.get('time')}: "
+                + str(rb.get("error")).removeprefix("off-site copy NOT whole: ")
+            )
         since = st.get("remote_last_success") or st.get("started_at")
         lag = rc.max_lag * gap
         if since is None or now - datetime.fromisoformat(since) > lag:

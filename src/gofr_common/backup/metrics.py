@@ -92,6 +92,12 @@ def values(
         "drill_last_success": ts(ok_drills[-1].get("at")) if ok_drills else None,
         "restore_seconds": ok_drills[-1].get("restore_seconds") if ok_drills else None,
         "remote_last_success": (ts(state.get("remote_last_success")) or 0.0) if config.remote else None,
+        "remote_broken": (
+            len((state.get("remote_broken") or {}).get("broken") or [])
+            + len((state.get("remote_broken") or {}).get("lost") or [])
+            if config.remote
+            else None
+        ),
         "unreadable": unreadable_count(last) if last else None,
         "healthy": 1.0 if healthy else 0.0,
     }
@@ -157,6 +163,12 @@ def families(v: dict[str, Any], project: str) -> Iterator[Any]:
         "remote_last_success_timestamp_seconds",
         "Unix time of the last successful off-site upload; 0: none yet.",
         v["remote_last_success"],
+    )
+    yield from gauge(
+        "remote_not_whole",
+        "Restore points the last sync left on the remote that cannot be restored from it, plus archives "
+        "it found gone from the bucket and could not upload again; 0: the remote is whole.",
+        v["remote_broken"],
     )
     yield from gauge(
         "unreadable_files", "Paths the newest archive could not read (0: complete).", v["unreadable"]

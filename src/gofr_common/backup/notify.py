@@ -263,13 +263,39 @@ def drill_ok(project: str, host: str, drill: dict[str, Any]) -> Message:
 
 
 def remote_lag(
-    project: str, host: str, url: str, error: str | None, last_upload: str | None, now: datetime
+    project: str,
+    host: str,
+    url: str,
+    error: str | None,
+    last_upload: str | None,
+    now: datetime,
+    not_whole: bool = False,
 ) -> Message:
+    """The off-site stage failed; ``not_whole``: its sync ran but left restore points on the
+    remote that cannot be restored from it (the same slot: a later whole sync clears it)."""
     if last_upload:
         age = human_age((now - datetime.fromisoformat(last_upload)).total_seconds())
         lag = f"The last successful upload was {age} ago (at {last_upload})."
     else:
         lag = "No upload has succeeded yet."
+    if not_whole:
+        return Message(
+            "remote",
+            "remote_lag",
+            f"{_head(project, host)}: off-site copy NOT WHOLE",
+            _compose(
+                [
+                    f"The off-site copy of {project}'s backup on {host} in {url} has restore points "
+                    "that cannot be restored from it; the local backup is fine.",
+                    f"Error: {error}" if error else "",
+                    "What to do: nothing brings an archive gone from both places back; the next full "
+                    "gives whole remote restore points again, and remote retention removes the broken "
+                    "ones in time (`gofr-backup list --remote` marks them).",
+                ]
+            ),
+            WARNING,
+            failure_key(error),
+        )
     return Message(
         "remote",
         "remote_lag",

@@ -247,11 +247,18 @@ class Observer:
                 elif "success" in on:
                     out_msgs.append((notify.succeeded(c.project, host, entry), None, None))
             if c.remote is not None:
-                if out.remote is None:
+                # the off-site stage failed, or its sync left the remote NOT whole
+                if out.remote is None or out.remote.lost or out.remote.broken:
                     rf = st.get("remote_last_failure") or {}
                     raise_(
                         notify.remote_lag(
-                            c.project, host, c.remote.url, rf.get("error"), st.get("remote_last_success"), now
+                            c.project,
+                            host,
+                            c.remote.url,
+                            rf.get("error"),
+                            st.get("remote_last_success"),
+                            now,
+                            not_whole=out.remote is not None,
                         )
                     )
                 elif active.pop("remote", None) and "remote" in on:

@@ -217,6 +217,7 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
     if plan:
         gone = {id(e) for e, _ in plan}
         rentries = [e for e in rentries if id(e) not in gone]
+        ours = [e for e in ours if id(e) not in gone]  # what is left: counted and followed below
         remote.write_manifest(rentries)  # manifest first: an object it no longer lists is a leftover
         for e, why in plan:
             remote.delete([e["key"], e["key"] + layout.SIDECAR_SUFFIX])
@@ -346,7 +347,20 @@ def sync_and_record(config: BackupConfig, clock: Clock) -> SyncReport:
     remote = remote_for(config)
     assert remote is not None and config.remote is not None
     rep = sync(config, remote, clock.now())
-    record_remote(config, now_iso(clock.now()), count=rep.remote_count)
+    # a sync that leaves the remote NOT whole (what `sync` exits 1 for) is a failed off-site
+    # stage: recorded as a remote failure, and as `remote_broken` until a sync leaves it whole
+    when = now_iso(clock.now())
+    if rep.lost or rep.broken:
+        record_remote(
+            config,
+            when,
+            error=f"off-site copy NOT whole: {broken_text(rep)}",
+            count=rep.remote_count,
+            broken=[b["filename"] for b in rep.broken],
+            lost=rep.lost,
+        )
+    else:
+        record_remote(config, when, count=rep.remote_count)
     counts = (
         f"{len(rep.uploaded)} uploaded ({rep.uploaded_bytes} bytes), "
         f"{len(rep.deleted)} deleted, {rep.remote_count} on {config.remote.url}"

@@ -99,6 +99,7 @@ _FIELDS: dict[str, Any] = {
     "remote_last_success": _TIME,
     "remote_last_failure": {"time": _TIME, "error": _STR},
     "remote_count": _INT,
+    "remote_broken": {"time": _TIME, "error": _STR, "broken": [_STR], "lost": [_STR]},
     "restore_pending": {"time": _TIME, "error": _STR},
     "notify_active": _DICT,
     "verify_failures_total": _INT,
@@ -250,12 +251,35 @@ def record_result(
 
 
 def record_remote(
-    config: BackupConfig, when: str, error: str | None = None, count: int | None = None
+    config: BackupConfig,
+    when: str,
+    error: str | None = None,
+    count: int | None = None,
+    broken: list[str] | None = None,
+    lost: list[str] | None = None,
 ) -> None:
-    if error is None:
-        update_state(config, lambda st: st.update(remote_last_success=when, remote_count=count))
-    else:
-        update_state(config, lambda st: st.update(remote_last_failure={"time": when, "error": error}))
+    """An off-site stage's outcome. A success clears ``remote_broken``; a sync that left the remote
+    NOT whole (``broken``/``lost`` given: restore points it cannot restore, archives gone from it)
+    is a failure that also sets ``remote_broken`` (``status`` is unhealthy while it is there). A
+    failure that did not get as far as a sync (no ``broken``/``lost``) leaves it as it was."""
+
+    def fn(st: dict[str, Any]) -> None:
+        if error is None:
+            st.update(remote_last_success=when, remote_count=count)
+            st.pop("remote_broken", None)
+            return
+        st["remote_last_failure"] = {"time": when, "error": error}
+        if broken is not None or lost is not None:
+            st["remote_broken"] = {
+                "time": when,
+                "error": error,
+                "broken": list(broken or []),
+                "lost": list(lost or []),
+            }
+            if count is not None:
+                st["remote_count"] = count
+
+    update_state(config, fn)
 
 
 def record_scrub(config: BackupConfig, report: Mapping[str, Any]) -> None:
