@@ -78,18 +78,35 @@ def test_a_run_that_leaves_the_remote_not_whole_is_an_offsite_failure_until_it_i
     assert _metric(env, "healthy") == 0
     [n] = [n for n in hooks.notifications() if "off-site" in n["title"]]
     assert "NOT WHOLE" in n["title"] and names[2] in n["message"], n
-    # the next run: the lost archive is no longer in the remote manifest, the point still broken
+    # the next run: the lost archive is no longer in the remote manifest; the broken point is an
+    # older one now (a new chain started with the full above): the remote restores its newest
+    # point, so the off-site stage is whole again, and the old point is still listed as broken
     names.append(_now(env, data, 4))
-    rc, doc, _ = _status(env)
-    assert rc != 0 and doc["remote"]["broken"]["broken"] == [names[2]], doc
-    assert _metric(env, "remote_not_whole") == 1
-    # remote retention (a lower REMOTE_MAX_COUNT here, time in the field) removes the broken point
-    # and the old full; the new chain (a full and its incrementals) is whole: the run clears it
-    env["GOFR_PLOT_BACKUP_REMOTE_MAX_COUNT"] = "3"
-    names.append(_now(env, data, 5))
     rc, doc, text = _status(env)
     assert rc == 0 and not [r for r in doc["reasons"] if "off-site" in r], doc["reasons"]
     assert doc["remote"]["broken"] is None and doc["remote"]["last_success"] > good_upload
     assert not any("NOT whole" in t for t in text), text
     assert _metric(env, "remote_not_whole") == 0
     assert any("up to date again" in n["title"] for n in hooks.notifications()), hooks.notifications()
+    r = run_cli("list", "--remote", env=env)
+    assert r.returncode == 0 and "NOT RESTORABLE" in r.stdout and names[2] in r.stdout, r.stdout
+
+
+def test_sync_fails_while_the_newest_remote_point_cannot_be_restored(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+) -> None:
+    """No new chain since the loss: the newest remote restore point itself cannot be restored, so
+    every sync fails (exit 1, one stderr line naming it) and status stays unhealthy."""
+    data, env = _env(tmp_path / "app", s3, **KEEP, **{"GOFR_{P}_BACKUP_MODE": "incremental"})
+    backups = tmp_path / "backups"
+    names = [_now(env, data, d) for d in range(3)]
+    entries = {e["filename"]: e for e in json.loads((backups / "manifest.json").read_text())["backups"]}
+    (s3.data / "backups" / "off" / "plot" / "daily" / names[1]).unlink()
+    shutil.move(backups / entries[names[1]]["path"], tmp_path / "aside")
+    time.sleep(1.5)
+    for _ in range(2):
+        r = run_cli("sync", env=env)
+        assert r.returncode == 1 and names[2] in r.stderr.splitlines()[-1], r.stderr
+        rc, doc, _ = _status(env)
+        assert rc != 0 and doc["remote"]["broken"]["broken"] == [names[2]], doc

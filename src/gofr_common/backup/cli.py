@@ -726,7 +726,7 @@ def cmd_sync(config: BackupConfig, args: argparse.Namespace) -> int:
     from .offsite import broken_text
 
     rep = _service(config).sync_remote()
-    whole = not (rep.lost or rep.broken)
+    whole = not rep.not_whole
     if args.json:
         _print_json(rep.to_dict())
     else:
@@ -750,6 +750,8 @@ def cmd_sync(config: BackupConfig, args: argparse.Namespace) -> int:
     if not whole:
         sys.stderr.write(f"{PROG}: the off-site copy is NOT whole: {broken_text(rep)}\n")
         return EXIT_FAILED
+    if rep.broken and not args.json:  # older points only: the newest restores from the remote
+        print(f"note: {broken_text(rep)} (the newest restores from the remote)")
     return EXIT_OK
 
 

@@ -248,7 +248,7 @@ class Observer:
                     out_msgs.append((notify.succeeded(c.project, host, entry), None, None))
             if c.remote is not None:
                 # the off-site stage failed, or its sync left the remote NOT whole
-                if out.remote is None or out.remote.lost or out.remote.broken:
+                if out.remote is None or out.remote.not_whole:
                     rf = st.get("remote_last_failure") or {}
                     raise_(
                         notify.remote_lag(

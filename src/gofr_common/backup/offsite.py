@@ -54,6 +54,15 @@ class SyncReport:
     # remote restore points that cannot be restored from the remote after this sync: {"filename",
     # "reason"} (a sync that leaves any says so and fails)
     broken: list[dict[str, str]] = field(default_factory=list)
+    newest_broken: bool = False  # the newest remote restore point is one of them
+
+    @property
+    def not_whole(self) -> bool:
+        """What fails a sync: an archive lost in this sync, or the newest remote restore point
+        not restorable from the remote. Older broken points (a new chain has started since) are
+        reported and listed, not a failure: the remote can restore its newest point, as local
+        ``status`` judges the newest daily archive."""
+        return bool(self.lost) or self.newest_broken
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +78,8 @@ class SyncReport:
             "reuploaded": self.reuploaded,
             "lost": self.lost,
             "broken": self.broken,
+            "newest_broken": self.newest_broken,
+            "not_whole": self.not_whole,
         }
 
 
@@ -245,10 +256,11 @@ def sync(config: BackupConfig, remote: S3Remote, now: datetime) -> SyncReport:
     # deleted it now; the restore points that needed it, if any are kept, are reported below)
     # what the remote cannot restore after this run: a restore point whose chain is not whole
     follow = chains_in(ours)
-    for e in sorted(ours, key=lambda e: e["created"], reverse=True):
+    for i, e in enumerate(sorted(ours, key=lambda e: e["created"], reverse=True)):
         c = follow(e)
         if c.broken:
             rep.broken.append({"filename": e["filename"], "reason": f"its chain is broken there: {c.broken}"})
+            rep.newest_broken = rep.newest_broken or i == 0
     rep.remote_count = len(ours)
     return rep
 
@@ -350,7 +362,7 @@ def sync_and_record(config: BackupConfig, clock: Clock) -> SyncReport:
     # a sync that leaves the remote NOT whole (what `sync` exits 1 for) is a failed off-site
     # stage: recorded as a remote failure, and as `remote_broken` until a sync leaves it whole
     when = now_iso(clock.now())
-    if rep.lost or rep.broken:
+    if rep.not_whole:
         record_remote(
             config,
             when,
@@ -365,7 +377,7 @@ def sync_and_record(config: BackupConfig, clock: Clock) -> SyncReport:
         f"{len(rep.uploaded)} uploaded ({rep.uploaded_bytes} bytes), "
         f"{len(rep.deleted)} deleted, {rep.remote_count} on {config.remote.url}"
     )
-    if rep.lost or rep.broken:
+    if rep.not_whole:
         event(
             "remote.chain_broken",
             f"off-site copy synced but NOT whole: {broken_text(rep)}; {counts}",
@@ -374,6 +386,8 @@ def sync_and_record(config: BackupConfig, clock: Clock) -> SyncReport:
             broken=[b["filename"] for b in rep.broken],
         )
     else:
+        if rep.broken:  # older points only: the newest restores from the remote
+            event("remote.old_points_broken", broken_text(rep), level=logging.WARNING)
         event(
             "remote.synced",
             f"off-site copy up to date: {counts}",
