@@ -15,6 +15,7 @@ crash and never a wrong answer. Files on disk are checked only when a layout is 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,3 +139,20 @@ def children(entries: Iterable[Entry]) -> dict[str, list[Entry]]:
         if kind_of(e) == KIND_INCREMENTAL and p is not None:
             out.setdefault(f"{e.get('project')}/{e.get('tier')}/{p['filename']}", []).append(e)
     return out
+
+
+def size_problem(archives: Iterable[Entry], lay: layout.BackupLayout) -> str | None:
+    """The first archive whose size on disk is not the one the manifest records (truncated or
+    replaced), or that cannot be looked at: one stat each, never a read. None: all as recorded."""
+    for a in archives:
+        size = a.get("size_bytes")
+        try:
+            on_disk = os.stat(lay.archive(str(a.get("path")))).st_size
+        except OSError as x:
+            return f"{a.get('filename')} cannot be looked at: {x.strerror}"
+        if isinstance(size, int) and on_disk != size:
+            return (
+                f"{a.get('filename')} has {on_disk} bytes on disk, the manifest records {size} "
+                "(truncated or replaced?)"
+            )
+    return None

@@ -55,18 +55,7 @@ def chain_problem(config: BackupConfig, entries: list[Entry], e: Entry, fulls: b
     c = chain.chain_of(entries, e, lay)
     if not c.ok:
         return c.broken
-    for a in c.archives:
-        size = a.get("size_bytes")
-        try:
-            on_disk = os.stat(lay.archive(str(a.get("path")))).st_size
-        except OSError as x:
-            return f"{a.get('filename')} cannot be looked at: {x.strerror}"
-        if isinstance(size, int) and on_disk != size:
-            return (
-                f"{a.get('filename')} has {on_disk} bytes on disk, the manifest records {size} "
-                "(truncated or replaced?)"
-            )
-    return None
+    return chain.size_problem(c.archives, lay)
 
 
 def newest_daily(config: BackupConfig, entries: list[Entry]) -> Entry | None:

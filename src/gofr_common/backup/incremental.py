@@ -42,7 +42,7 @@ from .config import BackupConfig
 from .errors import BackupError, Interrupted
 from .fsutil import remove_quietly
 from .manifest import Entry
-from .scan import Found, ScanEntry, Survey, _replaced, _still
+from .scan import Found, ScanEntry, Survey, _kind, _replaced, _still
 from .writer import ArchiveWriter, WriteResult, write_archive
 
 KIND_FULL = "full"
@@ -286,16 +286,6 @@ def base_or_full(archive: Path | None, sha256: str | None) -> tuple[Snapshot | N
 
 
 # -- the walk ---------------------------------------------------------------------------------
-def _kind(mode: int) -> str | None:
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISLNK(mode):
-        return "link"
-    return None
-
-
 _NO_BASE: dict[str, bytes] = {}
 
 
