@@ -85,6 +85,33 @@ def decode(value: bytes) -> list[tuple[str, bytes]]:
     return out
 
 
+def parse(value: bytes) -> dict[str, set[str]]:
+    """:func:`decode`, for a restore that reads every directory's listing of every archive of a
+    chain: {tag: entry names} with the names decoded as :func:`os.fsdecode` would (UTF-8,
+    surrogateescape), the same checks, the same ValueError, in whole-buffer operations rather
+    than one per entry."""
+    if not value.endswith(b"\0"):
+        raise ValueError("dumpdir does not end with NUL")
+    out: dict[str, set[str]] = {tag: set() for tag in TAGS}
+    body = value[:-1]
+    if not body:
+        return out
+    if not body.endswith(b"\0"):
+        raise ValueError("dumpdir's last entry is not NUL-terminated")
+    items = body[:-1].split(b"\0")
+    names = [item[1:] for item in items]
+    if b"/" in body or min(map(len, items)) < 2 or names != sorted(set(names)):
+        decode(value)  # names the first malformed entry
+        raise ValueError("dumpdir entries are not sorted, or one is listed twice")
+    text = body[:-1].decode("utf-8", "surrogateescape").split("\0")
+    for tag in TAGS:
+        out[tag] = {item[1:] for item in text if item[0] == tag}
+    if sum(map(len, out.values())) != len(text):
+        decode(value)
+        raise ValueError("malformed dumpdir entry")
+    return out
+
+
 def of_member(m: tarfile.TarInfo) -> bytes | None:
     """The dumpdir a member read by tarfile carries (its raw bytes), or None. tarfile decodes pax
     values as UTF-8 with its ``errors`` (surrogateescape by default), so encoding back is exact."""

@@ -26,6 +26,15 @@ directory and every ``D`` entry that is not (never following a link); each ``N``
 not stored) must be a non-directory there already, or the chain is incomplete and the restore is
 refused. A member replaces whatever an earlier archive staged at its name (another type too).
 
+A chain's restore does not write what cannot survive to its end (:class:`Superseded`, built from
+a pass over the incrementals before anything is staged; the full is read once): a file or hard
+link that a later archive stores again, or that the last archive's listing of its directory
+leaves out (or lists as a directory). Such a member is still read, hashed and checked like every
+other, and the staged tree (:attr:`Extractor.tree`) holds it as if it were written, so every
+rule above (the ``N`` checks, the purges, the links) decides exactly as before. The one case it
+cannot foresee, a hard link of the full to a file that was not written, starts the pass again
+writing everything (:class:`Rewind`).
+
 Files are opened with O_NOFOLLOW relative to directory descriptors (while files are written no
 symlink exists in the staging yet). Owners are restored when running as root; modes without a
 file's setuid/setgid bits (:func:`restored_mode`; a directory keeps setgid and sticky). Where a link leads once every link exists is worked out from the
@@ -49,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from . import dumpdir
-from .archive_format import member_limits_error
+from .archive_format import member_limits_error, open_tar_stream
 from .errors import LocalFault
 from .fsutil import free_bytes, open_dir_nofollow
 from .verify import StopVerify, read_member
@@ -95,6 +104,77 @@ class Change:
 
 class Refused(Exception):
     """A member that would escape the target or is not plain data."""
+
+
+class Rewind(Exception):
+    """A hard link to a member that was not written (see :class:`Superseded`): the chain's pass
+    starts again, writing every member."""
+
+
+class Superseded:
+    """Which members of a chain of ``n`` archives (0 the full, ``n - 1`` the one restored) a
+    restore need not write, because nothing of them is left in the restored tree:
+
+    - a file or hard link that a later archive of the chain stores again (that member replaces
+      it, whatever its type);
+    - in an archive before the last, a file or hard link whose directory the last archive lists
+      without it, or lists it as a directory (the last archive's purge of that directory removes
+      it: GNU tar's ``try_purge_directory``).
+
+    Never skipped: directories and symlinks, a configured path itself, anything of the last
+    archive, and a file an incremental hard-links to. :meth:`reader` is the visitor of a
+    verification pass over each incremental (archive 1 to ``n - 1``), in order."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.stored: dict[str, int] = {}  # name -> the newest incremental that stores a member there
+        self.linked: set[tuple[int, str]] = set()  # (archive, name) a hard link of that archive leads to
+        self.final: dict[str, set[str]] = {}  # the last archive's directories: their Y and N entries
+        self.dirs: list[str] = []  # every directory of the last archive (of the restored tree), in order
+
+    @classmethod
+    def read(cls, archives: list[Path], should_stop: Any) -> Superseded | None:
+        """From the member headers of each incremental (``archives[1:]``; small: only the full is
+        big), read before the restore's own passes. Best effort, and never trusted: any failure
+        to read gives None (every member is written), and the restore's passes check everything
+        as always; :meth:`Extractor.finish_chain` makes sure nothing it skipped is still needed."""
+        plan = cls(len(archives))
+        try:
+            for i, path in enumerate(archives[1:], start=1):
+                with open_tar_stream(path, read_ahead=True) as tar:
+                    for m in tar:
+                        tar.members.clear()  # type: ignore[attr-defined]
+                        plan.member(i, m)
+                        if should_stop():
+                            return None
+        except Exception:  # noqa: BLE001  a damaged archive: the restore's pass says what is wrong
+            return None
+        return plan
+
+    def member(self, i: int, m: tarfile.TarInfo) -> None:
+        name = m.name.rstrip("/")
+        self.stored[name] = i
+        if m.islnk():
+            self.linked.add((i, m.linkname.rstrip("/")))
+        elif m.isdir() and i == self.n - 1:
+            self.dirs.append(name)
+            raw = dumpdir.of_member(m)
+            if raw is not None:
+                with contextlib.suppress(ValueError):  # malformed: the restore's pass refuses it
+                    listing = dumpdir.parse(raw)
+                    self.final[name] = {
+                        leaf for tag in (dumpdir.STORED, dumpdir.UNCHANGED) for leaf in listing[tag]
+                    }
+
+    def skip(self, i: int, name: str) -> bool:
+        """Whether archive ``i``'s file or hard link ``name`` is gone by the end of the chain."""
+        if i >= self.n - 1 or (i, name) in self.linked:
+            return False
+        if self.stored.get(name, -1) > i:
+            return True
+        parent, _, leaf = name.rpartition("/")
+        files = self.final.get(parent) if parent else None
+        return files is not None and leaf not in files
 
 
 def _under(name: str, roots: list[str]) -> bool:
@@ -205,6 +285,7 @@ class Extractor:
         # the staged tree as every archive so far left it (a chain: purged, replaced), same kinds
         self.tree: dict[str, str] = {}
         self.kids: dict[str, set[str]] = {}  # directory of the tree -> its entries' names
+        self.subdirs: dict[str, set[str]] = {}  # directory of the tree -> those entries that are directories
         # name -> created / replaced / None (unchanged): each name of the tree compared with the live data
         self.verdicts: dict[str, str | None] = {}
         self.archive = ""  # the archive being read (for messages)
@@ -220,6 +301,14 @@ class Extractor:
         self.room: dict[str, int] = {}
         self.root = os.geteuid() == 0  # owners are restored (and compared) only as root
         self._live_dirs: dict[str, bool] = {}  # archive dir name -> its live path is a real directory
+        self.plan: Superseded | None = None  # a chain: what need not be written (never in a dry run)
+        self.index = 0  # the archive of the chain being read (0: the full)
+        self.phantom: set[str] = set()  # names of the staged tree the plan did not write
+        self.premade: set[str] = set()  # directories made before the first archive (see premake)
+        # directory -> the GNU.dumpdir it was last purged with, while nothing was put into it or
+        # dropped from it since: the same listing again would purge nothing and find every N entry
+        # as before (most directories of a day's incremental), so it is neither decoded nor purged
+        self.purged: dict[str, bytes] = {}
 
     # -- the checks ----------------------------------------------------------------------------
     def _check(self, m: tarfile.TarInfo, name: str, kind: str) -> None:
@@ -281,19 +370,32 @@ class Extractor:
             raise StopVerify(f"refusing member {m.name!r}: {e}") from None
         t = self.by_name[top]
         try:
-            listing = self._listing(m, name)
+            raw = dumpdir.of_member(m) if kind == "d" else None
+            same = raw is not None and self.tree.get(name) == "d" and self.purged.get(name) == raw
+            listing = None if same else self._listing(raw)
             self._put(t, name, kind)
-            if listing is not None:
+            if listing is not None and raw is not None:
                 self._purge(t, name, listing)
+                self.purged[name] = raw
         except Refused as e:
             raise StopVerify(f"refusing member {m.name!r}: {e}") from None
         self.seen[name] = kind
         verdict = self._compare(t, name, m) if self.live_exists[top] else "created"
         hasher = hashlib.sha256() if verdict == "content" else None
+        skip = (
+            self.plan is not None
+            and (m.isreg() or m.islnk())
+            and "/" in name
+            and self.plan.skip(self.index, name)
+        )
         try:  # an OSError here is a read of the archive (its stream, its disk); writes raise LocalFault
-            if m.isreg():
+            if m.isreg() and not skip:
                 self._room(t, m)
-            if self.dry:
+            if skip:  # gone by the end of the chain: read, hashed and checked, not written
+                self.phantom.add(name)
+                if m.isreg():
+                    read_member(tar, m, hasher=hasher)
+            elif self.dry:
                 if m.isreg():
                     read_member(tar, m, hasher=hasher)
                 elif m.issym():
@@ -307,12 +409,44 @@ class Extractor:
         self.verdicts[name] = verdict
 
     # -- a chain: the staged tree across archives --------------------------------------------------
+    def premake(self) -> None:
+        """Make every directory of the restored tree (the plan's: the last archive's directory
+        members) before the full's pass writes into them. On ext4, files written into
+        directories made one after another beforehand are several times faster to create (in
+        kernel time) than files written into each directory just after it is made, which is the
+        order of a chained archive (a directory, then its files): measured with GNU tar, 12.7 s
+        against 30 to 40 s for the same 84,000 files. The staged tree does not hold them until a
+        member does: a file, link or symlink member where one of them is, or one of them left
+        over at the end, starts the pass again without them (:class:`Rewind`)."""
+        assert self.plan is not None
+        for name in self.plan.dirs:
+            parts = name.split("/")
+            t = self.by_name.get(parts[0])
+            if t is None or os.path.normpath(name) != name or ".." in parts or name.startswith("/"):
+                continue
+            if any(p.startswith(STAGING_PREFIX) for p in parts):
+                continue
+            try:
+                os.makedirs(f"{t.base}/{name}", mode=0o700, exist_ok=True)
+            except OSError:  # only an optimisation: the pass makes what it needs, and says why it cannot
+                return
+            self.premade.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+
+    def leftover_premade(self) -> str | None:
+        """A directory :meth:`premake` made that the staged tree does not hold at the end."""
+        for name in sorted(self.premade):
+            t = self.by_name[name.split("/", 1)[0]]
+            if self.tree.get(name) != "d" and os.path.lexists(f"{t.base}/{name}"):
+                return name
+        return None
+
     def next_archive(self, archive: str, declared: set[str]) -> None:
         """Start the next archive of a chain (``declared``: the names its header lists). The rules
         that hold within one archive start again; a selected name this archive's header does not
         list is gone from the result (each header is authoritative for the configured names)."""
         self.close()  # no descriptor outlives an archive: a later one may replace the directory
         self.archive = archive
+        self.index += 1
         self.declared = declared
         self.seen = {}
         self.parents = set()
@@ -322,13 +456,12 @@ class Extractor:
             if name not in declared and name in self.tree:
                 self._drop(t, name)
 
-    def _listing(self, m: tarfile.TarInfo, name: str) -> dict[str, str] | None:
-        """A directory member's GNU.dumpdir as {entry name: tag}, or None."""
-        raw = dumpdir.of_member(m) if m.isdir() else None
+    def _listing(self, raw: bytes | None) -> dict[str, set[str]] | None:
+        """A directory member's GNU.dumpdir (``raw``) as {tag: entry names}, or None."""
         if raw is None:
             return None
         try:
-            return {os.fsdecode(n): tag for tag, n in dumpdir.decode(raw)}
+            return dumpdir.parse(raw)
         except ValueError as e:
             raise Refused(f"its {dumpdir.KEYWORD} is malformed: {e}") from None
 
@@ -336,34 +469,43 @@ class Extractor:
         """``name`` now holds a member of ``kind``: whatever an earlier archive staged there goes
         first, unless both are directories (then the directory stays, and its listing purges it)."""
         old = self.tree.get(name)
+        if kind != "d" and name in self.premade:
+            raise Rewind(f"{name} is a {kind} member where a directory was made before the pass")
         if old is not None and (old != "d" or kind != "d"):
             self._drop(t, name)
         self.tree[name] = kind
         parent, _, leaf = name.rpartition("/")
         if parent:
             self.kids.setdefault(parent, set()).add(leaf)
+            if kind == "d":
+                self.subdirs.setdefault(parent, set()).add(leaf)
+            if old is None or (old == "d") != (kind == "d"):  # what a purge of the parent looks at
+                self.purged.pop(parent, None)
         if kind == "d":
             self.kids.setdefault(name, set())
 
-    def _purge(self, t: Target, name: str, listing: dict[str, str]) -> None:
+    def _purge(self, t: Target, name: str, listing: dict[str, set[str]]) -> None:
         """GNU tar's purge of an existing directory (``try_purge_directory``): every staged entry
-        the listing does not name, ``Y`` entries that are directories and ``D`` entries that are
-        not; then every ``N`` entry must be a non-directory staged by an earlier archive."""
-        for leaf in sorted(self.kids.get(name, ())):
-            tag, k = listing.get(leaf), self.tree[f"{name}/{leaf}"]
-            if tag is None or (tag == dumpdir.DIRECTORY) != (k == "d"):
-                self._drop(t, f"{name}/{leaf}")
-        for leaf, tag in listing.items():
-            if tag != dumpdir.UNCHANGED or leaf.startswith(STAGING_PREFIX):
-                continue
-            staged = self.tree.get(f"{name}/{leaf}")
-            if staged is None or staged == "d":
-                raise Refused(
-                    f"it lists {leaf!r} as unchanged since the archive before it, but no earlier archive "
-                    "of its chain restored it"
-                    + (" as a file" if staged == "d" else "")
-                    + ": the chain is incomplete"
-                )
+        the listing does not name, ``Y`` and ``N`` entries that are directories and ``D`` entries
+        that are not; then every ``N`` entry must be a non-directory staged by an earlier archive.
+        In set operations: a directory of a day's incremental lists every entry it has."""
+        kids = self.kids.get(name, set())
+        subdirs = self.subdirs.get(name, set())
+        files = listing[dumpdir.STORED] | listing[dumpdir.UNCHANGED]
+        dirs = listing[dumpdir.DIRECTORY]
+        drop = (kids - files - dirs) | (files & subdirs) | ((dirs & kids) - subdirs)
+        for leaf in sorted(drop):
+            self._drop(t, f"{name}/{leaf}")
+        bad = listing[dumpdir.UNCHANGED] - (kids - subdirs)
+        bad = {leaf for leaf in bad if not leaf.startswith(STAGING_PREFIX)}
+        if bad:
+            leaf = min(bad, key=os.fsencode)  # the first of them in the listing
+            raise Refused(
+                f"it lists {leaf!r} as unchanged since the archive before it, but no earlier archive "
+                "of its chain restored it"
+                + (" as a file" if leaf in subdirs else "")
+                + ": the chain is incomplete"
+            )
 
     def _drop(self, t: Target, name: str) -> None:
         """Remove ``name`` (and all below it) from the staged tree, never following a link (its
@@ -375,10 +517,16 @@ class Extractor:
             self.tree.pop(n, None)
             self.verdicts.pop(n, None)
             self.links.pop(n, None)
+            self.purged.pop(n, None)
+            self.subdirs.pop(n, None)
+            self.phantom.discard(n)
             stack.extend(f"{n}/{leaf}" for leaf in self.kids.pop(n, ()))
         parent, _, leaf = name.rpartition("/")
         if parent in self.kids:
             self.kids[parent].discard(leaf)
+        if parent in self.subdirs:
+            self.subdirs[parent].discard(leaf)
+        self.purged.pop(parent, None)
         if self.dry or kind is None:
             return
         key = f"{t.name}\0{name}"  # as _dirfd names its descriptors
@@ -479,6 +627,8 @@ class Extractor:
                 self.dirs.append((m, dest))
                 return
             if not m.isreg():  # a hard link, checked in _check; no symlink exists in the staging yet
+                if m.linkname.rstrip("/") in self.phantom:
+                    raise Rewind(f"{name} is a hard link to {m.linkname}, which was not written")
                 os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
                 os.link(f"{t.base}/{m.linkname.rstrip('/')}", dest, follow_symlinks=False)
                 return

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ from . import chain, layout, sealed
 from .archive_format import header_problem, read_meta
 from .config import BackupConfig
 from .errors import BackupError, ConfigError, CouldNotCheck, Interrupted, LocalFault, VerifyError
-from .extract import STAGING_PREFIX, Change, Extractor, Refused, Target
+from .extract import STAGING_PREFIX, Change, Extractor, Refused, Rewind, Superseded, Target
 from .fsutil import DirId, dir_id, lineage, open_dir_nofollow, run_lock
 from .manifest import Entry, Manifest, created_of, drill_failed, latest, unknown_completeness, unknown_hint
 from .swap import Staging, commit, pending_journals, recover, roll_forward
@@ -594,9 +595,11 @@ def _check_chain(
     req: RestoreRequest,
     should_stop: Callable[[], bool],
 ) -> None:
-    """Before anything is staged: every archive of the chain matches its checksum (the manifest's
-    and its .sha256), and each header names the one before it (``chain.parent``) and the chain's
-    full. A failure names the broken link; the damaged archive is recorded as `verify` would."""
+    """Before anything is staged: every incremental of the chain matches its checksum (the
+    manifest's and its .sha256), and each header names the one before it (``chain.parent``) and
+    the chain's full. The full is held to its records by the restore's own pass over it (which
+    fails the restore before anything is swapped in), unless they disagree: then it is read here
+    too. A failure names the broken link; the damaged archive is recorded as `verify` would."""
     last = links[-1].archive
     n = len(links)
     if n == 1:  # an incremental on its own: a restore of it alone would be silently short
@@ -619,8 +622,14 @@ def _check_chain(
     for i, (lk, meta) in enumerate(zip(links, metas, strict=True)):
         name, what = lk.archive.name, _ordinal(i, n)
         side = layout.read_sidecar(lk.archive)
+        recorded = {w for w in (lk.sha256, side or None) if w}
         try:
-            digest = _file_sha256(lk.archive, should_stop)
+            if i == 0 and len(recorded) == 1:
+                # the full (the one big archive): its restore pass checks it against the same
+                # records before anything is swapped in; reading it twice costs seconds per GB
+                digest = next(iter(recorded))
+            else:
+                digest = _file_sha256(lk.archive, should_stop)
         except OSError as e:
             raise CouldNotCheck(
                 f"cannot restore {last.name}: could not read {name} ({what}): {e.strerror or e}; "
@@ -709,6 +718,11 @@ def restore(
             raise _not_ok(archive, res) from None
     meta = metas[-1]
     chained = len(links) > 1 or meta.get("kind") == "incremental"
+    skip = (
+        Superseded.read([lk.archive for lk in links], should_stop)
+        if len(links) > 1 and not req.dry_run
+        else None
+    )
     if chained:
         _check_chain(config, links, metas, req, should_stop)
     other = _foreign_project(config, archive, meta)
@@ -766,34 +780,18 @@ def restore(
                 st = os.stat(t.parent)
                 parent_times.setdefault(t.parent, (st.st_atime_ns, st.st_mtime_ns))
             staging.create()
-        ex = Extractor(targets, set(metas[0].get("paths") or {}), dry=req.dry_run)
-        earlier_incomplete = False
-        for i, (lk, m) in enumerate(zip(links, metas, strict=True)):
-            if i > 0:
-                ex.next_archive(lk.archive.name, set(m.get("paths") or {}))
-            try:
-                res = verify_archive(lk.archive, lk.sha256, visit=ex, should_stop=should_stop)
-            except LocalFault as e:  # ours, unless the archive turns out to be damaged
-                ex.close()
-                _judge_after_fault(lk.archive, lk.sha256, should_stop, e)
-                raise
-            finally:
-                ex.close()
-            if not res.ok:
-                if not req.dry_run:
-                    _record_bad(config, lk.archive, lk.entry, res)
-                if lk.archive is not archive:
-                    raise _link_not_ok(archive, links, lk, res)
-                raise _not_ok(archive, res)
-            if res.note:
-                notes.append(res.note)
-            if lk.archive is not archive:
-                earlier_incomplete |= is_incomplete(lk.entry, res.end)
-                if not req.dry_run:
-                    try:
-                        ex.finish()
-                    except Refused as e:
-                        raise _refuse(archive, f"{lk.archive.name}: {e}") from None
+        try:
+            ex, res, earlier_incomplete, seen = _extract_chain(
+                config, links, metas, req, targets, skip, should_stop
+            )
+        except Rewind:  # a hard link of the full to a file the plan did not write: write everything
+            for t in targets:
+                if os.path.lexists(t.staged):
+                    shutil.rmtree(t.staged)
+            ex, res, earlier_incomplete, seen = _extract_chain(
+                config, links, metas, req, targets, None, should_stop
+            )
+        notes += seen
         if earlier_incomplete and not req.allow_incomplete:
             raise ConfigError(
                 f"{archive.name} depends on an incomplete archive of its chain (the backup could not read "
@@ -866,6 +864,59 @@ def restore(
             for parent, (atime, mtime) in parent_times.items():
                 with contextlib.suppress(OSError):
                     os.utime(parent, ns=(atime, mtime))
+
+
+def _extract_chain(
+    config: BackupConfig,
+    links: Sequence[Link],
+    metas: list[dict[str, Any]],
+    req: RestoreRequest,
+    targets: list[Target],
+    plan: Superseded | None,
+    should_stop: Callable[[], bool],
+) -> tuple[Extractor, VerifyResult, bool, list[str]]:
+    """One verification pass per archive of the chain (full first) into the staging (or, for a
+    dry run, only compared with the live data). Returns the extractor, the last archive's
+    result, whether an earlier archive is incomplete, and the passes' notes."""
+    archive = links[-1].archive
+    ex = Extractor(targets, set(metas[0].get("paths") or {}), dry=req.dry_run)
+    ex.plan = plan
+    if plan is not None:
+        ex.premake()
+    earlier_incomplete = False
+    notes: list[str] = []
+    for i, (lk, m) in enumerate(zip(links, metas, strict=True)):
+        if i > 0:
+            ex.next_archive(lk.archive.name, set(m.get("paths") or {}))
+        try:
+            res = verify_archive(lk.archive, lk.sha256, visit=ex, should_stop=should_stop)
+        except LocalFault as e:  # ours, unless the archive turns out to be damaged
+            ex.close()
+            _judge_after_fault(lk.archive, lk.sha256, should_stop, e)
+            raise
+        finally:
+            ex.close()
+        if not res.ok:
+            if not req.dry_run:
+                _record_bad(config, lk.archive, lk.entry, res)
+            if lk.archive is not archive:
+                raise _link_not_ok(archive, links, lk, res)
+            raise _not_ok(archive, res)
+        if res.note:
+            notes.append(res.note)
+        if lk.archive is not archive:
+            earlier_incomplete |= is_incomplete(lk.entry, res.end)
+            if not req.dry_run:
+                try:
+                    ex.finish()
+                except Refused as e:
+                    raise _refuse(archive, f"{lk.archive.name}: {e}") from None
+    if ex.phantom:  # the plan skipped something the chain's last tree holds: never restore short
+        raise Rewind(f"{min(ex.phantom)} was not written")
+    extra = ex.leftover_premade()
+    if extra is not None:  # made before the pass, and no archive holds it: never restore more
+        raise Rewind(f"{extra} was made before the pass")
+    return ex, res, earlier_incomplete, notes
 
 
 # -- the library's one entry point -------------------------------------------------------------------
