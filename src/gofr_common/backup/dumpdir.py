@@ -100,7 +100,7 @@ def parse(value: bytes) -> dict[str, set[str]]:
         raise ValueError("dumpdir's last entry is not NUL-terminated")
     items = body[:-1].split(b"\0")
     names = [item[1:] for item in items]
-    if b"/" in body or min(map(len, items)) < 2 or names != sorted(set(names)):
+    if b"/" in body or min(map(len, items)) < 2 or names != sorted(names) or len(set(names)) != len(names):
         decode(value)  # names the first malformed entry
         raise ValueError("dumpdir entries are not sorted, or one is listed twice")
     text = body[:-1].decode("utf-8", "surrogateescape").split("\0")
