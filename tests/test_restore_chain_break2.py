@@ -1,0 +1,38 @@
+"""Breaking the chain restore's plan (commit 451a3bf): cases where restoring a chain must give
+exactly the tree of that day (and what GNU tar alone gives), and where it did not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from gofrtest import run_cli, snapshot, write
+from test_restore_chain import T0, TAR, Chain, gnu_restore
+
+pytestmark = pytest.mark.skipif(TAR is None, reason="GNU tar is not installed")
+
+
+def test_a_rewind_with_a_configured_file_staged_before_it(tmp_path: Path) -> None:
+    """PATHS lists a file (cfg: config.json) before a directory whose chain makes the pass start
+    again (x: a file in the full, a directory on day 1, where a directory was made beforehand).
+    The file is already staged when the pass starts again: it must be cleared like a directory,
+    not refused with 'cannot stage the restore: Not a directory'."""
+    data = tmp_path / "data"
+    live = data / "storage"
+    write(live / "x", "file x", 0o644, T0)
+    write(data / "config.json", "{}", 0o644, T0)
+    ch = Chain(data, tmp_path / "backups", "cfg:config.json,storage:storage")
+    ch.day(0)
+    (live / "x").unlink()
+    write(live / "x" / "f.txt", "now a dir", 0o644, T0 + 1)
+    ch.day(1)
+    want = snapshot(live)
+    out = tmp_path / "out"
+    r = run_cli("restore", ch.results[1].filename, "--target", str(out), "--yes", env=ch.env)
+    assert r.returncode == 0, r.stderr
+    assert snapshot(out / "storage") == want
+    assert (out / "cfg").read_text() == "{}"
+    assert sorted(os.listdir(out)) == ["cfg", "storage"]
+    gnu_restore(ch.archives(1), tmp_path / "gnu")
+    assert snapshot(tmp_path / "gnu" / "storage") == want
