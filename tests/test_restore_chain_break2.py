@@ -36,3 +36,30 @@ def test_a_rewind_with_a_configured_file_staged_before_it(tmp_path: Path) -> Non
     assert sorted(os.listdir(out)) == ["cfg", "storage"]
     gnu_restore(ch.archives(1), tmp_path / "gnu")
     assert snapshot(tmp_path / "gnu" / "storage") == want
+
+
+def test_a_drill_of_a_chain_whose_restore_starts_again(tmp_path: Path) -> None:
+    """x is a directory in the full, a file on day 1, a directory again on day 2: the day-1 file
+    lands where the restore made a directory beforehand, so the restore starts again after the
+    full's pass. The drill's record of the passes must start again with it: it failed with 'the
+    restore read 4 archive(s); the chain has 3' (and was recorded as a failed drill)."""
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    live = data / "storage"
+    write(live / "x" / "in", "x dir", 0o644, T0)
+    write(live / "keep", "k", 0o644, T0)
+    ch = Chain(data, tmp_path / "backups", "storage:storage")
+    ch.day(0)
+    shutil.rmtree(live / "x")
+    write(live / "x", "x file", 0o644, T0 + 1)
+    ch.day(1)
+    (live / "x").unlink()
+    write(live / "x" / "in2", "x dir again", 0o644, T0 + 2)
+    ch.day(2)
+    r = run_cli("drill", ch.results[2].filename, "--json", env=ch.env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["ok"] is True and out["chain"] == 3, out
+    assert out["checks"]["tree"] == len(snapshot(live)), out
