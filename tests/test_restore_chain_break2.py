@@ -63,3 +63,32 @@ def test_a_drill_of_a_chain_whose_restore_starts_again(tmp_path: Path) -> None:
     out = json.loads(r.stdout)
     assert out["ok"] is True and out["chain"] == 3, out
     assert out["checks"]["tree"] == len(snapshot(live)), out
+
+
+def test_a_deleted_big_file_and_a_file_that_becomes_a_directory_fit_a_small_disk(tmp_path: Path) -> None:
+    """A 10 MB file in the full, deleted on day 1, restores into an 8 MB tmpfs (451a3bf's point),
+    also when the same chain turns a file (x) into a directory: the full's x is not written either
+    (day 1 stores x again), so the directory made beforehand at x is no reason to start again
+    writing everything (which needed room for the 10 MB file: 'claims 10485760 bytes, more than
+    the ... free')."""
+    from gofrtest import tmpfs
+
+    data = tmp_path / "data"
+    live = data / "storage"
+    write(live / "big.bin", os.urandom(10 << 20), 0o644, T0)
+    write(live / "x", "file x", 0o644, T0)
+    write(live / "keep.txt", "kept", 0o644, T0)
+    ch = Chain(data, tmp_path / "backups", "storage:storage")
+    ch.day(0)
+    (live / "big.bin").unlink()
+    (live / "x").unlink()
+    write(live / "x" / "f.txt", "now a dir", 0o644, T0 + 1)
+    ch.day(1)
+    want = snapshot(live)
+    with tmpfs(tmp_path / "small", "size=8m") as mnt:
+        r = run_cli("restore", ch.results[1].filename, "--target", str(mnt), "--yes", env=ch.env)
+        assert r.returncode == 0, r.stderr
+        assert snapshot(mnt / "storage") == want
+        assert sorted(os.listdir(mnt)) == ["storage"]
+    gnu_restore(ch.archives(1), tmp_path / "gnu")
+    assert snapshot(tmp_path / "gnu" / "storage") == want

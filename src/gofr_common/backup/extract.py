@@ -373,7 +373,13 @@ class Extractor:
             raw = dumpdir.of_member(m) if kind == "d" else None
             same = raw is not None and self.tree.get(name) == "d" and self.purged.get(name) == raw
             listing = None if same else self._listing(raw)
-            self._put(t, name, kind)
+            skip = (
+                self.plan is not None
+                and (m.isreg() or m.islnk())
+                and "/" in name
+                and self.plan.skip(self.index, name)
+            )
+            self._put(t, name, kind, skip)
             if listing is not None and raw is not None:
                 self._purge(t, name, listing)
                 self.purged[name] = raw
@@ -382,12 +388,6 @@ class Extractor:
         self.seen[name] = kind
         verdict = self._compare(t, name, m) if self.live_exists[top] else "created"
         hasher = hashlib.sha256() if verdict == "content" else None
-        skip = (
-            self.plan is not None
-            and (m.isreg() or m.islnk())
-            and "/" in name
-            and self.plan.skip(self.index, name)
-        )
         try:  # an OSError here is a read of the archive (its stream, its disk); writes raise LocalFault
             if m.isreg() and not skip:
                 self._room(t, m)
@@ -416,7 +416,8 @@ class Extractor:
         kernel time) than files written into each directory just after it is made, which is the
         order of a chained archive (a directory, then its files): measured with GNU tar, 12.7 s
         against 30 to 40 s for the same 84,000 files. The staged tree does not hold them until a
-        member does: a file, link or symlink member where one of them is, or one of them left
+        member does: a file, link or symlink member where one of them is (unless the plan does
+        not write that member: a later archive stores the directory there), or one of them left
         over at the end, starts the pass again without them (:class:`Rewind`)."""
         assert self.plan is not None
         for name in self.plan.dirs:
@@ -465,11 +466,12 @@ class Extractor:
         except ValueError as e:
             raise Refused(f"its {dumpdir.KEYWORD} is malformed: {e}") from None
 
-    def _put(self, t: Target, name: str, kind: str) -> None:
+    def _put(self, t: Target, name: str, kind: str, skip: bool = False) -> None:
         """``name`` now holds a member of ``kind``: whatever an earlier archive staged there goes
         first, unless both are directories (then the directory stays, and its listing purges it)."""
         old = self.tree.get(name)
-        if kind != "d" and name in self.premade:
+        # a member the plan does not write (``skip``) leaves the directory made there as it is
+        if kind != "d" and name in self.premade and not skip:
             raise Rewind(f"{name} is a {kind} member where a directory was made before the pass")
         if old is not None and (old != "d" or kind != "d"):
             self._drop(t, name)
@@ -511,6 +513,7 @@ class Extractor:
         """Remove ``name`` (and all below it) from the staged tree, never following a link (its
         parents are real staged directories: see _check)."""
         kind = self.tree.get(name)
+        written = name not in self.phantom  # not written by the plan: nothing (of its own) to remove
         stack = [name]
         while stack:
             n = stack.pop()
@@ -527,7 +530,7 @@ class Extractor:
         if parent in self.subdirs:
             self.subdirs[parent].discard(leaf)
         self.purged.pop(parent, None)
-        if self.dry or kind is None:
+        if self.dry or kind is None or not written:
             return
         key = f"{t.name}\0{name}"  # as _dirfd names its descriptors
         for k in [k for k in self._fds if k == key or k.startswith(key + "/")]:
