@@ -92,3 +92,33 @@ def test_a_deleted_big_file_and_a_file_that_becomes_a_directory_fit_a_small_disk
         assert sorted(os.listdir(mnt)) == ["storage"]
     gnu_restore(ch.archives(1), tmp_path / "gnu")
     assert snapshot(tmp_path / "gnu" / "storage") == want
+
+
+@pytest.mark.parametrize("how", ["deleted", "renamed"])
+def test_a_big_file_whose_directory_a_later_day_removes_fits_a_small_disk(tmp_path: Path, how: str) -> None:
+    """A 10 MB file in storage/cache/ of the full; day 1 removes (or renames) the whole directory:
+    the last archive has no listing of storage/cache, but storage's listing leaves it out, so
+    nothing below it survives and nothing below it need be written. Into an 8 MB tmpfs (before:
+    'claims 10485760 bytes, more than the ... free', as if the directory were still there)."""
+    import shutil
+
+    from gofrtest import tmpfs
+
+    data = tmp_path / "data"
+    live = data / "storage"
+    write(live / "cache" / "deep" / "big.bin", os.urandom(10 << 20), 0o644, T0)
+    write(live / "keep.txt", "kept", 0o644, T0)
+    ch = Chain(data, tmp_path / "backups", "storage:storage")
+    ch.day(0)
+    if how == "deleted":
+        shutil.rmtree(live / "cache")
+    else:
+        (live / "cache" / "deep" / "big.bin").write_bytes(b"small now")
+        os.rename(live / "cache", live / "cache2")
+    ch.day(1)
+    want = snapshot(live)
+    with tmpfs(tmp_path / "small", "size=8m") as mnt:
+        r = run_cli("restore", ch.results[1].filename, "--target", str(mnt), "--yes", env=ch.env)
+        assert r.returncode == 0, r.stderr
+        assert snapshot(mnt / "storage") == want
+        assert sorted(os.listdir(mnt)) == ["storage"]

@@ -119,7 +119,9 @@ class Superseded:
       it, whatever its type);
     - in an archive before the last, a file or hard link whose directory the last archive lists
       without it, or lists it as a directory (the last archive's purge of that directory removes
-      it: GNU tar's ``try_purge_directory``).
+      it: GNU tar's ``try_purge_directory``); or whose directory the last archive does not hold,
+      because the nearest directory above it that it holds lists the way down without it or
+      not as a directory (that purge removes the whole subtree).
 
     Never skipped: directories and symlinks, a configured path itself, anything of the last
     archive, and a file an incremental hard-links to. :meth:`reader` is the visitor of a
@@ -130,6 +132,7 @@ class Superseded:
         self.stored: dict[str, int] = {}  # name -> the newest incremental that stores a member there
         self.linked: set[tuple[int, str]] = set()  # (archive, name) a hard link of that archive leads to
         self.final: dict[str, set[str]] = {}  # the last archive's directories: their Y and N entries
+        self.final_dirs: dict[str, set[str]] = {}  # ... and their D entries
         self.dirs: list[str] = []  # every directory of the last archive (of the restored tree), in order
 
     @classmethod
@@ -165,6 +168,7 @@ class Superseded:
                     self.final[name] = {
                         leaf for tag in (dumpdir.STORED, dumpdir.UNCHANGED) for leaf in listing[tag]
                     }
+                    self.final_dirs[name] = listing[dumpdir.DIRECTORY]
 
     def skip(self, i: int, name: str) -> bool:
         """Whether archive ``i``'s file or hard link ``name`` is gone by the end of the chain."""
@@ -174,7 +178,17 @@ class Superseded:
             return True
         parent, _, leaf = name.rpartition("/")
         files = self.final.get(parent) if parent else None
-        return files is not None and leaf not in files
+        if files is not None:
+            return leaf not in files
+        # its directory is not one of the last archive's (a directory removed, renamed or turned
+        # into a file since): gone if the nearest directory above it that is one does not list
+        # the way down as a directory (that archive's purge of it removes the whole subtree)
+        while "/" in parent:
+            parent, _, sub = parent.rpartition("/")
+            below = self.final_dirs.get(parent)
+            if below is not None:
+                return sub not in below
+        return False
 
 
 def _under(name: str, roots: list[str]) -> bool:
