@@ -58,13 +58,25 @@ class ChainRecord:
         )
         self.db.execute("CREATE TABLE d (name BLOB PRIMARY KEY, pass INT, listing BLOB)")
         self.cap = cap
-        cap.member, cap.done = self.member, self.done
+        cap.member, cap.done, cap.restart = self.member, self.done, self.restart
         self.passes = 0
         self.archives: list[str] = []
         self.ends: list[dict[str, Any]] = []  # each pass's end marker
         self.incomplete = False
         self._f: list[tuple[bytes, int, str, int, int]] = []
         self._d: list[tuple[bytes, int, bytes]] = []
+
+    def restart(self) -> None:
+        """The restore's passes start again from the full (extract.Rewind): forget every pass."""
+        self._f.clear()
+        self._d.clear()
+        self.db.execute("DELETE FROM f")
+        self.db.execute("DELETE FROM d")
+        self.db.execute("DROP TABLE IF EXISTS t")
+        self.passes = 0
+        self.archives = []
+        self.ends = []
+        self.incomplete = False
 
     def member(self, m: tarfile.TarInfo) -> None:
         name = raw(m.name.rstrip("/"))

@@ -37,7 +37,7 @@ from .extract import STAGING_PREFIX, Change, Extractor, Refused, Rewind, Superse
 from .fsutil import DirId, dir_id, lineage, open_dir_nofollow, run_lock
 from .manifest import Entry, Manifest, created_of, drill_failed, latest, unknown_completeness, unknown_hint
 from .swap import Staging, commit, pending_journals, recover, roll_forward
-from .verify import Capture, VerifyResult, capturing, verify_archive
+from .verify import Capture, VerifyResult, capturing, restart_capture, verify_archive
 
 
 @dataclass
@@ -785,9 +785,12 @@ def restore(
                 config, links, metas, req, targets, skip, should_stop
             )
         except Rewind:  # a hard link of the full to a file the plan did not write: write everything
-            for t in targets:
-                if os.path.lexists(t.staged):
+            for t in targets:  # a configured path may be a file or a symlink: not only directories
+                if os.path.isdir(t.staged) and not os.path.islink(t.staged):
                     shutil.rmtree(t.staged)
+                elif os.path.lexists(t.staged):
+                    os.unlink(t.staged)
+            restart_capture()  # a drill's record of the passes starts again too
             ex, res, earlier_incomplete, seen = _extract_chain(
                 config, links, metas, req, targets, None, should_stop
             )

@@ -302,6 +302,9 @@ class Capture:
     # called with each pass's result as it ends, while ``index`` still holds that pass's index (the
     # next pass truncates it): a chain's drill reads every archive's index, not only the last one's
     done: Callable[[VerifyResult], None] | None = None
+    # called when the passes start again from the first archive (a chain's restore that rewinds,
+    # extract.Rewind): what the earlier passes saw is forgotten
+    restart: Callable[[], None] | None = None
 
 
 _CAPTURE: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("gofr_verify_capture", default=None)
@@ -314,6 +317,13 @@ def capturing(cap: Capture) -> Iterator[Capture]:
         yield cap
     finally:
         _CAPTURE.reset(token)
+
+
+def restart_capture() -> None:
+    """The verification passes start again from the first archive (see ``Capture.restart``)."""
+    cap = _CAPTURE.get()
+    if cap is not None and cap.restart is not None:
+        cap.restart()
 
 
 def _copy_index(tar: tarfile.TarFile, m: tarfile.TarInfo, into: IO[bytes] | None) -> None:
