@@ -760,7 +760,7 @@ def restore(
             names = [names[0], names[1], f"... {len(names) - 3} more", names[-1]]
         notes.append(
             f"{archive.name} is restored with its chain: {', then '.join(names)} ({len(links)} archives, "
-            "each checked against its checksum first)"
+            "each checked against its checksum before anything is swapped in)"
         )
     if req.dry_run:
         notes += [
