@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from gofrtest import run_cli, snapshot, write
 from test_restore_chain import T0, TAR, Chain, gnu_restore
+from test_restore_chain_plan import restore_into_small_disk
 
 pytestmark = pytest.mark.skipif(TAR is None, reason="GNU tar is not installed")
 
@@ -71,8 +72,6 @@ def test_a_deleted_big_file_and_a_file_that_becomes_a_directory_fit_a_small_disk
     (day 1 stores x again), so the directory made beforehand at x is no reason to start again
     writing everything (which needed room for the 10 MB file: 'claims 10485760 bytes, more than
     the ... free')."""
-    from gofrtest import tmpfs
-
     data = tmp_path / "data"
     live = data / "storage"
     write(live / "big.bin", os.urandom(10 << 20), 0o644, T0)
@@ -85,11 +84,7 @@ def test_a_deleted_big_file_and_a_file_that_becomes_a_directory_fit_a_small_disk
     write(live / "x" / "f.txt", "now a dir", 0o644, T0 + 1)
     ch.day(1)
     want = snapshot(live)
-    with tmpfs(tmp_path / "small", "size=8m") as mnt:
-        r = run_cli("restore", ch.results[1].filename, "--target", str(mnt), "--yes", env=ch.env)
-        assert r.returncode == 0, r.stderr
-        assert snapshot(mnt / "storage") == want
-        assert sorted(os.listdir(mnt)) == ["storage"]
+    restore_into_small_disk(ch, 1, want, tmp_path)
     gnu_restore(ch.archives(1), tmp_path / "gnu")
     assert snapshot(tmp_path / "gnu" / "storage") == want
 
@@ -101,8 +96,6 @@ def test_a_big_file_whose_directory_a_later_day_removes_fits_a_small_disk(tmp_pa
     nothing below it survives and nothing below it need be written. Into an 8 MB tmpfs (before:
     'claims 10485760 bytes, more than the ... free', as if the directory were still there)."""
     import shutil
-
-    from gofrtest import tmpfs
 
     data = tmp_path / "data"
     live = data / "storage"
@@ -117,8 +110,4 @@ def test_a_big_file_whose_directory_a_later_day_removes_fits_a_small_disk(tmp_pa
         os.rename(live / "cache", live / "cache2")
     ch.day(1)
     want = snapshot(live)
-    with tmpfs(tmp_path / "small", "size=8m") as mnt:
-        r = run_cli("restore", ch.results[1].filename, "--target", str(mnt), "--yes", env=ch.env)
-        assert r.returncode == 0, r.stderr
-        assert snapshot(mnt / "storage") == want
-        assert sorted(os.listdir(mnt)) == ["storage"]
+    restore_into_small_disk(ch, 1, want, tmp_path)

@@ -124,8 +124,8 @@ class Superseded:
       not as a directory (that purge removes the whole subtree).
 
     Never skipped: directories and symlinks, a configured path itself, anything of the last
-    archive, and a file an incremental hard-links to. :meth:`reader` is the visitor of a
-    verification pass over each incremental (archive 1 to ``n - 1``), in order."""
+    archive, and a file an incremental hard-links to. :meth:`read` builds it from the member
+    headers of each incremental (archive 1 to ``n - 1``), in order."""
 
     def __init__(self, n: int) -> None:
         self.n = n

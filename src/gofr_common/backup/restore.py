@@ -784,7 +784,7 @@ def restore(
             ex, res, earlier_incomplete, seen = _extract_chain(
                 config, links, metas, req, targets, skip, should_stop
             )
-        except Rewind:  # a hard link of the full to a file the plan did not write: write everything
+        except Rewind:  # the plan was wrong somewhere (see extract.Rewind): write everything
             for t in targets:  # a configured path may be a file or a symlink: not only directories
                 if os.path.isdir(t.staged) and not os.path.islink(t.staged):
                     shutil.rmtree(t.staged)
