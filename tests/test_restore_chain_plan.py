@@ -12,7 +12,14 @@ with the live tree of that day and with what GNU tar alone makes of the same arc
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import io
 import os
+import subprocess
+import sys
+import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_restore_chain import T0, TAR, Chain, gnu_restore
 
-from gofr_common.backup import dumpdir, extract
+from gofr_common.backup import archive_format, dumpdir, extract
 from gofr_common.backup.restore import Link, RestoreRequest, restore_chain
 
 pytestmark = pytest.mark.skipif(TAR is None, reason="GNU tar is not installed")
@@ -172,15 +179,15 @@ def test_a_wrong_plan_never_restores_short_or_more(tmp_path: Path, monkeypatch: 
     monkeypatch.undo()
     monkeypatch.setattr(extract.Rewind, "__init__", counted)
     rewinds.clear()
-    real_read = extract.Superseded.read
+    real_start = extract.Superseded.start
 
     def with_a_stranger(archives: list[Path], should_stop: object) -> extract.Superseded | None:
-        plan = real_read(archives, should_stop)  # type: ignore[arg-type]
+        plan = real_start(archives, should_stop)  # type: ignore[arg-type]
         assert plan is not None
         plan.dirs.append("storage/nobody/holds/this")
         return plan
 
-    monkeypatch.setattr(extract.Superseded, "read", staticmethod(with_a_stranger))
+    monkeypatch.setattr(extract.Superseded, "start", staticmethod(with_a_stranger))
     restore_chain(ch.cfg, links, RestoreRequest(target=tmp_path / "stranger"))
     assert snapshot(tmp_path / "stranger" / "storage") == want
     assert rewinds and "made before the pass" in rewinds[0]
@@ -232,9 +239,10 @@ def _decoded(value: bytes) -> dict[str, set[str]] | str:
 
 def _parsed(value: bytes) -> dict[str, set[str]] | str:
     try:
-        return dumpdir.parse(value)
+        got = dumpdir.parse(value)
     except ValueError:
         return "ValueError"
+    return {dumpdir.STORED: got.stored, dumpdir.UNCHANGED: got.unchanged, dumpdir.DIRECTORY: got.dirs}
 
 
 @settings(max_examples=400, deadline=None)
@@ -259,3 +267,148 @@ def test_parse_refuses_exactly_what_decode_refuses(
         value[flip] = byte
     mangled = bytes(value[: len(value) - cut % (len(value) + 1)])
     assert _parsed(mangled) == _decoded(mangled)
+
+
+# -- the plan's helper process (Superseded.start) ---------------------------------------------------
+def test_the_helper_finds_what_one_read_finds(tmp_path: Path) -> None:
+    """``start`` reads the last archive itself and the ones between it and the full in a helper
+    process; once waited for, it holds what ``read`` finds in one go (names, hard links, the
+    last tree), and it skips the same members."""
+    data = tmp_path / "data"
+    live = data / "storage"
+    for n in ("same", "changed", "deleted", "renamed", "late"):
+        write(live / "d" / f"{n}.txt", n, 0o644, T0)
+    ch = Chain(data, tmp_path / "backups", "storage:storage")
+    ch.day(0)
+    write(live / "d" / "changed.txt", "changed!", 0o644, T0 + 1)
+    write(live / "d" / "linked.txt", "linked", 0o644, T0 + 1)
+    os.link(live / "d" / "linked.txt", live / "d" / "link2.txt")
+    ch.day(1)
+    (live / "d" / "deleted.txt").unlink()
+    write(live / "d" / "late.txt", "late", 0o644, T0 + 2)
+    ch.day(2)
+    os.rename(live / "d" / "renamed.txt", live / "d" / "renamed2.txt")
+    ch.day(3)
+    paths = [w.path for w in ch.results]
+    whole = extract.Superseded.read(paths, lambda: False)
+    ahead = extract.Superseded.start(paths, lambda: False)
+    assert whole is not None and ahead is not None
+    try:
+        assert ahead._helper is not None  # two archives lie between the full and the last
+        ahead.wait(lambda: False)
+        assert ahead._helper is None and not ahead._partial
+    finally:
+        ahead.close()
+    assert (ahead.stored, ahead.linked) == (whole.stored, whole.linked)
+    assert (ahead.final, ahead.final_dirs, ahead.dirs) == (whole.final, whole.final_dirs, whole.dirs)
+    assert ahead.stored["storage/d/late.txt"] == 2 and (1, "storage/d/link2.txt") in ahead.linked
+    names = [f"storage/d/{n}" for n in sorted(os.listdir(live / "d"))] + ["storage/d/changed.txt"]
+    for i in range(4):
+        assert [ahead.skip(i, n) for n in names] == [whole.skip(i, n) for n in names]
+
+
+def test_without_its_helper_the_plan_skips_nothing_of_an_incremental(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper that cannot start, or dies, leaves the plan partial: the full's members the last
+    archive replaces are still skipped, an incremental's never; the restore is exact."""
+    data = tmp_path / "data"
+    live = data / "storage"
+    for n in ("a", "b", "c"):
+        write(live / "d" / f"{n}.txt", n, 0o644, T0)
+    ch = Chain(data, tmp_path / "backups", "storage:storage")
+    ch.day(0)
+    write(live / "d" / "a.txt", "a1", 0o644, T0 + 1)
+    ch.day(1)
+    write(live / "d" / "a.txt", "a2", 0o644, T0 + 2)
+    write(live / "d" / "b.txt", "b2", 0o644, T0 + 2)
+    ch.day(2)
+    paths = [w.path for w in ch.results]
+    monkeypatch.setattr(extract.plan_worker, "spawn", lambda archives: None)
+    plan = extract.Superseded.start(paths, lambda: False)
+    assert plan is not None and plan._partial
+    assert plan.skip(0, "storage/d/a.txt") and plan.skip(0, "storage/d/b.txt")
+    assert not plan.skip(1, "storage/d/a.txt")  # day 2 stores it again, but the plan cannot know
+    monkeypatch.undo()
+    real_spawn = extract.plan_worker.spawn
+
+    def killed(archives: list[Path]) -> object:
+        h = real_spawn(archives)
+        assert h is not None
+        h.proc.kill()
+        return h
+
+    monkeypatch.setattr(extract.plan_worker, "spawn", killed)
+    plan = extract.Superseded.start(paths, lambda: False)
+    assert plan is not None
+    plan.wait(lambda: False)
+    assert plan._partial and not plan.skip(1, "storage/d/a.txt")
+    restore_chain(ch.cfg, [Link(w.path, w.sha256) for w in ch.results], RestoreRequest(target=tmp_path / "r"))
+    assert snapshot(tmp_path / "r" / "storage") == snapshot(live)
+
+
+def test_the_helper_dies_with_the_restore(tmp_path: Path) -> None:
+    """A restore killed with SIGKILL takes its helper with it (PR_SET_PDEATHSIG): here the
+    helper is stuck opening a FIFO no one writes, so only its parent's death can end it."""
+    fifo = tmp_path / "stuck.tar.gz"
+    os.mkfifo(fifo)
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from gofr_common.backup import plan_worker\n"
+        f"h = plan_worker.spawn([Path({str(fifo)!r})])\n"
+        "print(h.proc.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    src = str(Path(extract.__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": src}
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout is not None
+        pid = int(p.stdout.readline())
+        time.sleep(0.5)
+        assert _alive(pid)
+        p.kill()
+        p.wait()
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), "the helper outlived the restore"
+    finally:
+        p.kill()
+        with contextlib.suppress(ProcessLookupError):
+            if _alive(pid):
+                os.kill(pid, 9)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return False
+
+
+def test_tarfile_still_has_the_search_archive_format_speeds_up() -> None:
+    """archive_format's stand-in for tarfile's ``re`` helps only while tarfile's pax parser
+    searches with exactly this pattern; a record that is there is still found."""
+    source = inspect.getsource(tarfile.TarInfo._proc_pax)
+    assert 're.search(br"\\d+ hdrcharset=([^\\n]+)\\n", buf)' in source
+    pattern = rb"\d+ hdrcharset=([^\n]+)\n"
+    assert tarfile.re.search(pattern, b"12 path=abc\n") is None  # type: ignore[attr-defined]
+    found = tarfile.re.search(pattern, b"12 path=abc\n21 hdrcharset=BINARY\n")  # type: ignore[attr-defined]
+    assert found is not None and found.group(1) == b"BINARY"
+
+
+def test_a_name_tarfile_marks_binary_reads_back_the_same(tmp_path: Path) -> None:
+    """A pax header with ``hdrcharset=BINARY`` (tarfile writes one for a name that is not
+    UTF-8) is still decoded with it through open_tar_stream."""
+    name = os.fsdecode(b"storage/caf\xe9-\xff.txt")
+    path = tmp_path / "x.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape") as t:
+        ti = tarfile.TarInfo(name)
+        ti.pax_headers = {"comment": "x"}
+        t.addfile(ti, io.BytesIO(b""))
+    assert b"hdrcharset=BINARY" in path.read_bytes()
+    with archive_format.open_tar_stream(path) as tar:
+        assert [m.name for m in tar] == [name]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import tarfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from .tarstream import BLOCK, _split, ustar_header
 
@@ -37,6 +38,7 @@ STORED = "Y"  # a non-directory whose member is in this archive
 UNCHANGED = "N"  # a non-directory not in this archive: the extracted copy from before stays
 DIRECTORY = "D"
 TAGS = (STORED, UNCHANGED, DIRECTORY)
+_TAGSET = set(TAGS)
 
 _MAX7 = 0o7777777
 _MAX11 = 0o77777777777
@@ -85,31 +87,67 @@ def decode(value: bytes) -> list[tuple[str, bytes]]:
     return out
 
 
-def parse(value: bytes) -> dict[str, set[str]]:
+@dataclass(frozen=True)
+class Listing:
+    """A dumpdir as :func:`parse` reads it: entry names decoded as :func:`os.fsdecode` would
+    (UTF-8, surrogateescape). A purge needs every name and the few ``Y`` and ``D`` ones; the
+    ``N`` entries (most of a day's listing) are the rest."""
+
+    names: set[str]  # every entry
+    stored: set[str]  # Y
+    dirs: set[str]  # D
+
+    @property
+    def files(self) -> set[str]:
+        """The non-directories (``Y`` and ``N``)."""
+        return self.names - self.dirs
+
+    @property
+    def unchanged(self) -> set[str]:
+        """The ``N`` entries."""
+        return self.names - self.stored - self.dirs
+
+
+def _tagged(tags: str, tag: str, names: list[str]) -> set[str]:
+    out: set[str] = set()
+    i = tags.find(tag)
+    while i >= 0:
+        out.add(names[i])
+        i = tags.find(tag, i + 1)
+    return out
+
+
+def parse(value: bytes) -> Listing:
     """:func:`decode`, for a restore that reads every directory's listing of every archive of a
-    chain: {tag: entry names} with the names decoded as :func:`os.fsdecode` would (UTF-8,
-    surrogateescape), the same checks, the same ValueError, in whole-buffer operations rather
-    than one per entry."""
+    chain: the same checks and the same ValueError, in whole-buffer operations (one split, one
+    pass for names and one for tags, a set), not one per entry and tag."""
     if not value.endswith(b"\0"):
         raise ValueError("dumpdir does not end with NUL")
-    out: dict[str, set[str]] = {tag: set() for tag in TAGS}
     body = value[:-1]
     if not body:
-        return out
+        return Listing(set(), set(), set())
     if not body.endswith(b"\0"):
         raise ValueError("dumpdir's last entry is not NUL-terminated")
-    items = body[:-1].split(b"\0")
-    names = [item[1:] for item in items]
-    if b"/" in body or min(map(len, items)) < 2 or names != sorted(names) or len(set(names)) != len(names):
+    if body.isascii():  # the common case: str order is the bytes' order
+        items = body[:-1].decode("ascii").split("\0")
+        names = [s[1:] for s in items]
+        ordered: list[str] | list[bytes] = names
+    else:
+        ordered = [s[1:] for s in body[:-1].split(b"\0")]
+        items = body[:-1].decode("utf-8", "surrogateescape").split("\0")
+        names = [s[1:] for s in items]
+    tags = "".join([s[:1] for s in items])
+    every = set(names)
+    if (
+        b"/" in body
+        or min(map(len, items)) < 2
+        or not set(tags) <= _TAGSET
+        or len(every) != len(names)
+        or ordered != sorted(ordered)
+    ):
         decode(value)  # names the first malformed entry
         raise ValueError("dumpdir entries are not sorted, or one is listed twice")
-    text = body[:-1].decode("utf-8", "surrogateescape").split("\0")
-    for tag in TAGS:
-        out[tag] = {item[1:] for item in text if item[0] == tag}
-    if sum(map(len, out.values())) != len(text):
-        decode(value)
-        raise ValueError("malformed dumpdir entry")
-    return out
+    return Listing(every, _tagged(tags, STORED, names), _tagged(tags, DIRECTORY, names))
 
 
 def of_member(m: tarfile.TarInfo) -> bytes | None:

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import dumpdir
+from . import dumpdir, plan_worker
 from .archive_format import member_limits_error, open_tar_stream
 from .errors import LocalFault
 from .fsutil import free_bytes, open_dir_nofollow
@@ -142,17 +142,70 @@ class Superseded:
         to read gives None (every member is written), and the restore's passes check everything
         as always; :meth:`Extractor.finish_chain` makes sure nothing it skipped is still needed."""
         plan = cls(len(archives))
+        return plan if plan._read(archives, range(1, len(archives)), should_stop) else None
+
+    def _read(self, archives: list[Path], which: range, should_stop: Any) -> bool:
         try:
-            for i, path in enumerate(archives[1:], start=1):
-                with open_tar_stream(path, read_ahead=True) as tar:
+            for i in which:
+                with open_tar_stream(archives[i], read_ahead=True) as tar:
                     for m in tar:
                         tar.members.clear()  # type: ignore[attr-defined]
-                        plan.member(i, m)
+                        self.member(i, m)
                         if should_stop():
-                            return None
+                            return False
         except Exception:  # noqa: BLE001  a damaged archive: the restore's pass says what is wrong
+            return False
+        return True
+
+    @classmethod
+    def start(cls, archives: list[Path], should_stop: Any) -> Superseded | None:
+        """:meth:`read`, in two parts so that the full's pass need not wait for it: the last
+        archive (what the restored tree holds: enough for :meth:`Extractor.premake` and for most
+        of what the full need not write) is read here; the ones between it and the full are read
+        by a helper process (``python -m gofr_common.backup.plan_worker``) while the full's pass
+        runs. What it finds is taken in as it comes (:meth:`poll`); the passes of the
+        incrementals wait for it (:meth:`wait`). If the helper fails, the plan stays partial: it
+        never skips a member of an incremental. :meth:`close` stops the helper."""
+        plan = cls(len(archives))
+        if not plan._read(archives, range(len(archives) - 1, len(archives)), should_stop):
             return None
+        if len(archives) > 2:
+            plan._helper = plan_worker.spawn(archives[1:-1])
+            plan._partial = plan._helper is None
         return plan
+
+    _helper: Any = None
+    _partial = False
+    _polls = 0
+
+    def poll(self) -> None:
+        """Take in the helper's findings if they are there (a cheap check, every 256th call)."""
+        self._polls += 1
+        if self._helper is not None and self._polls % 256 == 0 and self._helper.ready():
+            self._absorb()
+
+    def wait(self, should_stop: Any) -> None:
+        """Wait for the helper's findings (the incrementals' passes need all of them)."""
+        if self._helper is not None:
+            self._helper.wait(should_stop)
+            self._absorb()
+
+    def _absorb(self) -> None:
+        found = self._helper.result()
+        self.close()
+        if found is None:  # it failed: skip nothing of an incremental (the full's skips stand)
+            self._partial = True
+            return
+        stored, linked = found
+        for name, i in stored.items():  # archives 1 .. n-2: the last archive's own stay newest
+            if self.stored.get(name, -1) < i + 1:
+                self.stored[name] = i + 1
+        self.linked.update((i + 1, name) for i, name in linked)
+
+    def close(self) -> None:
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
 
     def member(self, i: int, m: tarfile.TarInfo) -> None:
         name = m.name.rstrip("/")
@@ -165,14 +218,14 @@ class Superseded:
             if raw is not None:
                 with contextlib.suppress(ValueError):  # malformed: the restore's pass refuses it
                     listing = dumpdir.parse(raw)
-                    self.final[name] = {
-                        leaf for tag in (dumpdir.STORED, dumpdir.UNCHANGED) for leaf in listing[tag]
-                    }
-                    self.final_dirs[name] = listing[dumpdir.DIRECTORY]
+                    self.final[name] = listing.files
+                    self.final_dirs[name] = listing.dirs
 
     def skip(self, i: int, name: str) -> bool:
         """Whether archive ``i``'s file or hard link ``name`` is gone by the end of the chain."""
-        if i >= self.n - 1 or (i, name) in self.linked:
+        if self._helper is not None:
+            self.poll()
+        if i >= self.n - 1 or (i, name) in self.linked or (i > 0 and (self._partial or self._helper)):
             return False
         if self.stored.get(name, -1) > i:
             return True
@@ -471,8 +524,8 @@ class Extractor:
             if name not in declared and name in self.tree:
                 self._drop(t, name)
 
-    def _listing(self, raw: bytes | None) -> dict[str, set[str]] | None:
-        """A directory member's GNU.dumpdir (``raw``) as {tag: entry names}, or None."""
+    def _listing(self, raw: bytes | None) -> dumpdir.Listing | None:
+        """A directory member's GNU.dumpdir (``raw``), parsed, or None."""
         if raw is None:
             return None
         try:
@@ -500,19 +553,23 @@ class Extractor:
         if kind == "d":
             self.kids.setdefault(name, set())
 
-    def _purge(self, t: Target, name: str, listing: dict[str, set[str]]) -> None:
+    def _purge(self, t: Target, name: str, listing: dumpdir.Listing) -> None:
         """GNU tar's purge of an existing directory (``try_purge_directory``): every staged entry
         the listing does not name, ``Y`` and ``N`` entries that are directories and ``D`` entries
         that are not; then every ``N`` entry must be a non-directory staged by an earlier archive.
         In set operations: a directory of a day's incremental lists every entry it has."""
         kids = self.kids.get(name, set())
         subdirs = self.subdirs.get(name, set())
-        files = listing[dumpdir.STORED] | listing[dumpdir.UNCHANGED]
-        dirs = listing[dumpdir.DIRECTORY]
-        drop = (kids - files - dirs) | (files & subdirs) | ((dirs & kids) - subdirs)
+        names, dirs = listing.names, listing.dirs
+        # what it does not name; a file entry that is a directory; a D entry that is not
+        drop = (kids - names) | {s for s in subdirs if s in names and s not in dirs}
+        drop |= {s for s in dirs if s in kids and s not in subdirs}
         for leaf in sorted(drop):
             self._drop(t, f"{name}/{leaf}")
-        bad = listing[dumpdir.UNCHANGED] - (kids - subdirs)
+        # N entries not staged as non-directories: only the names it lists that are not staged
+        # (today's new Y files) or that are staged directories can be one
+        odd = (names - kids) | (names & subdirs)
+        bad = odd - listing.stored - dirs
         bad = {leaf for leaf in bad if not leaf.startswith(STAGING_PREFIX)}
         if bad:
             leaf = min(bad, key=os.fsencode)  # the first of them in the listing

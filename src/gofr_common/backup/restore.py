@@ -718,11 +718,6 @@ def restore(
             raise _not_ok(archive, res) from None
     meta = metas[-1]
     chained = len(links) > 1 or meta.get("kind") == "incremental"
-    skip = (
-        Superseded.read([lk.archive for lk in links], should_stop)
-        if len(links) > 1 and not req.dry_run
-        else None
-    )
     if chained:
         _check_chain(config, links, metas, req, should_stop)
     other = _foreign_project(config, archive, meta)
@@ -780,9 +775,14 @@ def restore(
                 st = os.stat(t.parent)
                 parent_times.setdefault(t.parent, (st.st_atime_ns, st.st_mtime_ns))
             staging.create()
+        ahead = (
+            Superseded.start([lk.archive for lk in links], should_stop)
+            if len(links) > 1 and not req.dry_run
+            else None
+        )
         try:
             ex, res, earlier_incomplete, seen = _extract_chain(
-                config, links, metas, req, targets, skip, should_stop
+                config, links, metas, req, targets, ahead, should_stop
             )
         except Rewind:  # the plan was wrong somewhere (see extract.Rewind): write everything
             for t in targets:  # a configured path may be a file or a symlink: not only directories
@@ -794,6 +794,9 @@ def restore(
             ex, res, earlier_incomplete, seen = _extract_chain(
                 config, links, metas, req, targets, None, should_stop
             )
+        finally:
+            if ahead is not None:
+                ahead.close()
         notes += seen
         if earlier_incomplete and not req.allow_incomplete:
             raise ConfigError(
@@ -890,6 +893,8 @@ def _extract_chain(
     notes: list[str] = []
     for i, (lk, m) in enumerate(zip(links, metas, strict=True)):
         if i > 0:
+            if plan is not None and i == 1:
+                plan.wait(should_stop)  # the incrementals' passes need the whole plan
             ex.next_archive(lk.archive.name, set(m.get("paths") or {}))
         try:
             res = verify_archive(lk.archive, lk.sha256, visit=ex, should_stop=should_stop)
