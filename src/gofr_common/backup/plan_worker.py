@@ -85,6 +85,8 @@ class Helper:
 
 def spawn(archives: list[Path]) -> Helper | None:
     """Start the helper on ``archives`` (None if it cannot be started: no plan from it)."""
+    if not sys.executable:  # an embedded interpreter: no helper, the plan stays partial
+        return None
     root = str(Path(__file__).resolve().parents[2])  # where gofr_common is imported from
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)

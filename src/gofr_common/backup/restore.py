@@ -785,6 +785,8 @@ def restore(
                 config, links, metas, req, targets, ahead, should_stop
             )
         except Rewind:  # the plan was wrong somewhere (see extract.Rewind): write everything
+            if ahead is not None:
+                ahead.close()  # its helper, if it still runs: the pass again has no plan
             for t in targets:  # a configured path may be a file or a symlink: not only directories
                 if os.path.isdir(t.staged) and not os.path.islink(t.staged):
                     shutil.rmtree(t.staged)
