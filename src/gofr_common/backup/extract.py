@@ -27,7 +27,8 @@ not stored) must be a non-directory there already, or the chain is incomplete an
 refused. A member replaces whatever an earlier archive staged at its name (another type too).
 
 A chain's restore does not write what cannot survive to its end (:class:`Superseded`, built from
-a pass over the incrementals before anything is staged; the full is read once): a file or hard
+the incrementals' member headers: the last archive's before the full's pass, the others' by a
+helper process during it, :mod:`.plan_worker`; the full is read once): a file or hard
 link that a later archive stores again, or that the last archive's listing of its directory
 leaves out (or lists as a directory). Such a member is still read, hashed and checked like every
 other, and the staged tree (:attr:`Extractor.tree`) holds it as if it were written, so every
@@ -138,7 +139,7 @@ class Superseded:
     @classmethod
     def read(cls, archives: list[Path], should_stop: Any) -> Superseded | None:
         """From the member headers of each incremental (``archives[1:]``; small: only the full is
-        big), read before the restore's own passes. Best effort, and never trusted: any failure
+        big), read in one go (:meth:`start` is what a restore uses). Best effort, and never trusted: any failure
         to read gives None (every member is written), and the restore's passes check everything
         as always; :meth:`Extractor.finish_chain` makes sure nothing it skipped is still needed."""
         plan = cls(len(archives))
