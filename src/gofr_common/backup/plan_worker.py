@@ -44,8 +44,9 @@ class Helper:
         """Whether its output can be read (it has written, or it has ended)."""
         if self.out is None:
             return True
-        r, _, _ = select.select([self.out], [], [], 0)
-        return bool(r)
+        p = select.poll()  # not select.select: it raises ValueError for a descriptor above 1023
+        p.register(self.out, select.POLLIN)
+        return bool(p.poll(0))
 
     def wait(self, should_stop: Any) -> None:
         while not self.ready():
@@ -92,7 +93,8 @@ def spawn(archives: list[Path]) -> Helper | None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gofr_common.backup.plan_worker", *map(str, archives)],
+            # -P: the restore's working directory is not put on sys.path (a json.py there is not run)
+            [sys.executable, "-P", "-m", "gofr_common.backup.plan_worker", *map(str, archives)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
