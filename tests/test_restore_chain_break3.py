@@ -80,3 +80,31 @@ def test_the_helper_runs_no_code_from_the_working_directory(tmp_path: Path) -> N
     assert r.returncode == 0, r.stderr
     assert snapshot(tmp_path / "out" / "storage") == snapshot(ch.data / "storage")
     assert not marker.exists(), "the helper ran json.py from the restore's working directory"
+
+
+def test_the_helper_imports_the_standard_library_as_the_restore_does(tmp_path: Path) -> None:
+    """gofr_common installed in a site-packages directory that also holds a module named like a
+    standard library one (a json.py: old PyPI backports such as pathlib or typing do this). The
+    restore imports the standard library's (site-packages comes after it on sys.path); the
+    helper was given that directory first on its PYTHONPATH and imported (ran) the other one."""
+    import shutil
+
+    ch = _chain3(tmp_path, files=30)
+    site = tmp_path / "site-packages"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "src" / "gofr_common", site / "gofr_common")
+    marker = tmp_path / "ran"
+    (site / "json.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('not json')\n")
+    env = {k: v for k, v in ch.env.items() if k != "PYTHONPATH"}
+    code = f"import sys; sys.path.append({str(site)!r}); from gofr_common.backup.cli import main; sys.exit(main())"
+    r = subprocess.run(
+        [sys.executable, "-P", "-c", code, "restore", ch.results[2].filename]
+        + ["--target", str(tmp_path / "out"), "--yes"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert snapshot(tmp_path / "out" / "storage") == snapshot(ch.data / "storage")
+    assert not marker.exists(), "the helper imported site-packages/json.py instead of the standard library's"

@@ -88,9 +88,15 @@ def spawn(archives: list[Path]) -> Helper | None:
     """Start the helper on ``archives`` (None if it cannot be started: no plan from it)."""
     if not sys.executable:  # an embedded interpreter: no helper, the plan stays partial
         return None
+    # it imports what the restore imports, in the same order (where gofr_common is installed,
+    # site-packages, comes after the standard library, as it does here: put first, a module
+    # there named like one of the standard library's would be imported instead of it)
+    paths = [p for p in sys.path if p]  # "": the working directory (-m, -c), never searched
     root = str(Path(__file__).resolve().parents[2])  # where gofr_common is imported from
+    if root not in paths:
+        paths.append(root)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     try:
         proc = subprocess.Popen(
             # -P: the restore's working directory is not put on sys.path (a json.py there is not run)
