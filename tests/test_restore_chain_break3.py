@@ -108,3 +108,25 @@ def test_the_helper_imports_the_standard_library_as_the_restore_does(tmp_path: P
     assert r.returncode == 0, r.stderr
     assert snapshot(tmp_path / "out" / "storage") == snapshot(ch.data / "storage")
     assert not marker.exists(), "the helper imported site-packages/json.py instead of the standard library's"
+
+
+def test_a_frozen_application_starts_no_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library inside a frozen application (PyInstaller, cx_Freeze): sys.executable is the
+    application, here one that runs until it is stopped whatever its arguments (a service). The
+    helper was that application started again: the incrementals' pass waited for its plan until
+    the restore was stopped. Now no helper is started (the plan stays partial) and the chain
+    restores exactly."""
+    import time
+
+    ch = _chain3(tmp_path, files=30)
+    app = tmp_path / "app"
+    app.write_text("#!/bin/sh\nexec sleep 600\n")
+    app.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(app))
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    links = [Link(w.path, w.sha256, e) for w, e in zip(ch.results, ch.entries, strict=True)]
+    t0 = time.monotonic()
+    restore_chain(
+        ch.cfg, links, RestoreRequest(target=tmp_path / "out"), should_stop=lambda: time.monotonic() - t0 > 20
+    )
+    assert snapshot(tmp_path / "out" / "storage") == snapshot(ch.data / "storage")

@@ -86,7 +86,9 @@ class Helper:
 
 def spawn(archives: list[Path]) -> Helper | None:
     """Start the helper on ``archives`` (None if it cannot be started: no plan from it)."""
-    if not sys.executable:  # an embedded interpreter: no helper, the plan stays partial
+    if not sys.executable or getattr(sys, "frozen", False):
+        # an embedded interpreter, or a frozen application (PyInstaller, cx_Freeze: sys.executable
+        # is the application itself, not a Python that runs -m): no helper, the plan stays partial
         return None
     # it imports what the restore imports, in the same order (where gofr_common is installed,
     # site-packages, comes after the standard library, as it does here: put first, a module
