@@ -44,8 +44,9 @@ class Helper:
         """Whether its output can be read (it has written, or it has ended)."""
         if self.out is None:
             return True
-        r, _, _ = select.select([self.out], [], [], 0)
-        return bool(r)
+        p = select.poll()  # not select.select: it raises ValueError for a descriptor above 1023
+        p.register(self.out, select.POLLIN)
+        return bool(p.poll(0))
 
     def wait(self, should_stop: Any) -> None:
         while not self.ready():
@@ -85,14 +86,23 @@ class Helper:
 
 def spawn(archives: list[Path]) -> Helper | None:
     """Start the helper on ``archives`` (None if it cannot be started: no plan from it)."""
-    if not sys.executable:  # an embedded interpreter: no helper, the plan stays partial
+    if not sys.executable or getattr(sys, "frozen", False):
+        # an embedded interpreter, or a frozen application (PyInstaller, cx_Freeze: sys.executable
+        # is the application itself, not a Python that runs -m): no helper, the plan stays partial
         return None
+    # it imports what the restore imports, in the same order (where gofr_common is installed,
+    # site-packages, comes after the standard library, as it does here: put first, a module
+    # there named like one of the standard library's would be imported instead of it)
+    paths = [p for p in sys.path if p]  # "": the working directory (-m, -c), never searched
     root = str(Path(__file__).resolve().parents[2])  # where gofr_common is imported from
+    if root not in paths:
+        paths.append(root)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gofr_common.backup.plan_worker", *map(str, archives)],
+            # -P: the restore's working directory is not put on sys.path (a json.py there is not run)
+            [sys.executable, "-P", "-m", "gofr_common.backup.plan_worker", *map(str, archives)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
