@@ -412,3 +412,18 @@ def test_a_name_tarfile_marks_binary_reads_back_the_same(tmp_path: Path) -> None
     assert b"hdrcharset=BINARY" in path.read_bytes()
     with archive_format.open_tar_stream(path) as tar:
         assert [m.name for m in tar] == [name]
+
+
+def test_a_helper_that_hangs_is_given_up() -> None:
+    """The incrementals' pass waits for the helper only as long as it has run already (at least
+    ``at_least`` seconds), then goes on with a partial plan; the hung process is killed."""
+    proc = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    h = extract.plan_worker.Helper(proc)
+    try:
+        t0 = time.monotonic()
+        h.wait(lambda: False, at_least=0.5)
+        assert 0.5 <= time.monotonic() - t0 < 5
+        assert h.result() is None
+    finally:
+        h.close()
+    assert proc.poll() is not None

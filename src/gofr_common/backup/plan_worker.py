@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 _PR_SET_PDEATHSIG = 1
+PATIENCE = 120.0  # seconds the incrementals' pass waits for the helper at least (see Helper.wait)
 
 
 class Helper:
@@ -39,6 +40,7 @@ class Helper:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.out: IO[bytes] | None = proc.stdout
+        self.started = time.monotonic()
 
     def ready(self) -> bool:
         """Whether its output can be read (it has written, or it has ended)."""
@@ -48,9 +50,14 @@ class Helper:
         p.register(self.out, select.POLLIN)
         return bool(p.poll(0))
 
-    def wait(self, should_stop: Any) -> None:
+    def wait(self, should_stop: Any, at_least: float = PATIENCE) -> None:
+        """Until it has written or ended, the restore is stopped, or it has been waited for as
+        long as it has run already (the whole full's pass: its reading is lighter than that
+        pass), and at least ``at_least`` seconds: a helper that hangs (a bug; a file system that
+        stops answering) costs the plan its skips, never the restore."""
+        give_up = time.monotonic() + max(at_least, time.monotonic() - self.started)
         while not self.ready():
-            if should_stop():
+            if should_stop() or time.monotonic() > give_up:
                 return
             time.sleep(0.02)
 
