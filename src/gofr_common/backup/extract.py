@@ -135,13 +135,18 @@ class Superseded:
         self.final: dict[str, set[str]] = {}  # the last archive's directories: their Y and N entries
         self.final_dirs: dict[str, set[str]] = {}  # ... and their D entries
         self.dirs: list[str] = []  # every directory of the last archive (of the restored tree), in order
+        self._helper: plan_worker.Helper | None = None  # reading the middle archives (see start)
+        self._partial = False  # no helper, or it failed: nothing of an incremental is skipped
+        self._polls = 0
 
     @classmethod
     def read(cls, archives: list[Path], should_stop: Any) -> Superseded | None:
         """From the member headers of each incremental (``archives[1:]``; small: only the full is
-        big), read in one go (:meth:`start` is what a restore uses). Best effort, and never trusted: any failure
-        to read gives None (every member is written), and the restore's passes check everything
-        as always; :meth:`Extractor.finish_chain` makes sure nothing it skipped is still needed."""
+        big), read in one go (:meth:`start` is what a restore uses; this is its reference in the
+        tests). Best effort, and never trusted: any failure to read gives None (every member is
+        written), and the restore's passes check everything as always; the end of each chain
+        restore (``restore._extract_chain``) makes sure nothing it skipped is still needed and
+        nothing made ahead is left over."""
         plan = cls(len(archives))
         return plan if plan._read(archives, range(1, len(archives)), should_stop) else None
 
@@ -175,10 +180,6 @@ class Superseded:
             plan._partial = plan._helper is None
         return plan
 
-    _helper: Any = None
-    _partial = False
-    _polls = 0
-
     def poll(self) -> None:
         """Take in the helper's findings if they are there (a cheap check, every 256th call)."""
         self._polls += 1
@@ -192,6 +193,7 @@ class Superseded:
             self._absorb()
 
     def _absorb(self) -> None:
+        assert self._helper is not None
         found = self._helper.result()
         self.close()
         if found is None:  # it failed: skip nothing of an incremental (the full's skips stand)
