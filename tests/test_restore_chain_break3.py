@@ -59,6 +59,22 @@ def test_a_restore_in_a_process_with_more_than_1024_descriptors(tmp_path: Path) 
     assert all(e.get("verified") is not False for e in manifest["backups"]), manifest
 
 
+def _restore_exactly(ch: Chain, tmp_path: Path, how: list[str], env: dict[str, str], cwd: Path) -> None:
+    """``python -P <how> restore <day 3> --target <tmp>/out --yes`` (the CLI, started as ``how``
+    says, from ``cwd``) succeeds and restores the live tree."""
+    r = subprocess.run(
+        [sys.executable, "-P", *how, "restore", ch.results[2].filename]
+        + ["--target", str(tmp_path / "out"), "--yes"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert snapshot(tmp_path / "out" / "storage") == snapshot(ch.data / "storage")
+
+
 def test_the_helper_runs_no_code_from_the_working_directory(tmp_path: Path) -> None:
     """The CLI (as its console script: the working directory not on sys.path) restores a chain
     from a directory holding a json.py. The helper (``python -m``) put the working directory
@@ -68,17 +84,7 @@ def test_the_helper_runs_no_code_from_the_working_directory(tmp_path: Path) -> N
     cwd.mkdir()
     marker = tmp_path / "ran"
     (cwd / "json.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('not json')\n")
-    r = subprocess.run(
-        [sys.executable, "-P", "-m", "gofr_common.backup", "restore", ch.results[2].filename]
-        + ["--target", str(tmp_path / "out"), "--yes"],
-        env=ch.env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
-    assert snapshot(tmp_path / "out" / "storage") == snapshot(ch.data / "storage")
+    _restore_exactly(ch, tmp_path, ["-m", "gofr_common.backup"], ch.env, cwd)
     assert not marker.exists(), "the helper ran json.py from the restore's working directory"
 
 
@@ -96,17 +102,7 @@ def test_the_helper_imports_the_standard_library_as_the_restore_does(tmp_path: P
     (site / "json.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('not json')\n")
     env = {k: v for k, v in ch.env.items() if k != "PYTHONPATH"}
     code = f"import sys; sys.path.append({str(site)!r}); from gofr_common.backup.cli import main; sys.exit(main())"
-    r = subprocess.run(
-        [sys.executable, "-P", "-c", code, "restore", ch.results[2].filename]
-        + ["--target", str(tmp_path / "out"), "--yes"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
-    assert snapshot(tmp_path / "out" / "storage") == snapshot(ch.data / "storage")
+    _restore_exactly(ch, tmp_path, ["-c", code], env, tmp_path)
     assert not marker.exists(), "the helper imported site-packages/json.py instead of the standard library's"
 
 

@@ -193,20 +193,26 @@ def test_a_wrong_plan_never_restores_short_or_more(tmp_path: Path, monkeypatch: 
     assert rewinds and "made before the pass" in rewinds[0]
 
 
-def test_the_plan_skips_what_later_days_replace_and_writes_the_rest(tmp_path: Path) -> None:
-    """What the plan decides, from real archives: the full's copy of a file changed on day 1 or
-    deleted on day 2 is skipped; unchanged files, the day's own files and files an incremental
-    hard-links to are written; nothing of the last archive is skipped."""
-    data = tmp_path / "data"
-    live = data / "storage"
-    for n in ("same", "changed", "deleted", "renamed"):
+def _changed_and_linked(tmp_path: Path, names: tuple[str, ...]) -> tuple[Chain, Path]:
+    """A chain of two days: ``d/<name>.txt`` for each name (day 0), then ``changed.txt`` changed
+    and a new hard-link pair ``linked.txt``/``link2.txt`` (day 1). Returns it and the live path."""
+    live = tmp_path / "data" / "storage"
+    for n in names:
         write(live / "d" / f"{n}.txt", n, 0o644, T0)
-    ch = Chain(data, tmp_path / "backups", "storage:storage")
+    ch = Chain(tmp_path / "data", tmp_path / "backups", "storage:storage")
     ch.day(0)
     write(live / "d" / "changed.txt", "changed!", 0o644, T0 + 1)
     write(live / "d" / "linked.txt", "linked", 0o644, T0 + 1)
     os.link(live / "d" / "linked.txt", live / "d" / "link2.txt")
     ch.day(1)
+    return ch, live
+
+
+def test_the_plan_skips_what_later_days_replace_and_writes_the_rest(tmp_path: Path) -> None:
+    """What the plan decides, from real archives: the full's copy of a file changed on day 1 or
+    deleted on day 2 is skipped; unchanged files, the day's own files and files an incremental
+    hard-links to are written; nothing of the last archive is skipped."""
+    ch, live = _changed_and_linked(tmp_path, ("same", "changed", "deleted", "renamed"))
     (live / "d" / "deleted.txt").unlink()
     os.rename(live / "d" / "renamed.txt", live / "d" / "renamed2.txt")
     ch.day(2)
@@ -274,16 +280,7 @@ def test_the_helper_finds_what_one_read_finds(tmp_path: Path) -> None:
     """``start`` reads the last archive itself and the ones between it and the full in a helper
     process; once waited for, it holds what ``read`` finds in one go (names, hard links, the
     last tree), and it skips the same members."""
-    data = tmp_path / "data"
-    live = data / "storage"
-    for n in ("same", "changed", "deleted", "renamed", "late"):
-        write(live / "d" / f"{n}.txt", n, 0o644, T0)
-    ch = Chain(data, tmp_path / "backups", "storage:storage")
-    ch.day(0)
-    write(live / "d" / "changed.txt", "changed!", 0o644, T0 + 1)
-    write(live / "d" / "linked.txt", "linked", 0o644, T0 + 1)
-    os.link(live / "d" / "linked.txt", live / "d" / "link2.txt")
-    ch.day(1)
+    ch, live = _changed_and_linked(tmp_path, ("same", "changed", "deleted", "renamed", "late"))
     (live / "d" / "deleted.txt").unlink()
     write(live / "d" / "late.txt", "late", 0o644, T0 + 2)
     ch.day(2)
